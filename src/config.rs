@@ -1,0 +1,289 @@
+//! Configuration: defaults < TOML file < `VAULTFS_*` environment < command-line flags.
+//!
+//! Every value is validated at start; an invalid one is refused with a message that names the
+//! setting and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for blobs, temp files and the SQLite database.
+    pub data_dir: PathBuf,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_size: u64,
+    /// Deadline for acquiring a request's lock set.
+    pub lock_timeout: Duration,
+    /// Deadline for the metadata store to answer (pool wait, SQLite busy).
+    pub metadata_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./vaultfs-data"),
+            max_upload_size: 16 * 1024 * 1024 * 1024,
+            lock_timeout: Duration::from_secs(10),
+            metadata_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with `data_dir`: what tests use.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            ..Config::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for setting `{setting}` (from {origin}): {reason}")]
+    Invalid {
+        setting: &'static str,
+        origin: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Values as given by one source; `None` means "not set here".
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub max_upload_size: Option<SizeValue>,
+    pub lock_timeout: Option<String>,
+    pub metadata_timeout: Option<String>,
+}
+
+/// A size, as a number of bytes or a string with a unit (`16GiB`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn as_text(&self) -> String {
+        match self {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(t) => t.clone(),
+        }
+    }
+}
+
+impl Overrides {
+    /// Reads `VAULTFS_*` variables through `env`.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        Overrides {
+            listen: env("VAULTFS_LISTEN"),
+            data_dir: env("VAULTFS_DATA_DIR"),
+            max_upload_size: env("VAULTFS_MAX_UPLOAD_SIZE").map(SizeValue::Text),
+            lock_timeout: env("VAULTFS_LOCK_TIMEOUT"),
+            metadata_timeout: env("VAULTFS_METADATA_TIMEOUT"),
+        }
+    }
+
+    /// Parses a TOML config file's text.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn apply(&self, config: &mut Config, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |setting: &'static str, value: &str, reason: String| ConfigError::Invalid {
+            setting,
+            origin: origin.to_string(),
+            value: value.to_string(),
+            reason,
+        };
+        if let Some(v) = &self.listen {
+            config.listen = v
+                .parse()
+                .map_err(|e| invalid("listen", v, format!("{e} (expected IP:PORT)")))?;
+        }
+        if let Some(v) = &self.data_dir {
+            if v.trim().is_empty() {
+                return Err(invalid("data_dir", v, "must not be empty".into()));
+            }
+            config.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = &self.max_upload_size {
+            let text = v.as_text();
+            let n = parse_size(&text).map_err(|r| invalid("max_upload_size", &text, r))?;
+            if n == 0 {
+                return Err(invalid("max_upload_size", &text, "must be positive".into()));
+            }
+            config.max_upload_size = n;
+        }
+        if let Some(v) = &self.lock_timeout {
+            config.lock_timeout = parse_duration(v).map_err(|r| invalid("lock_timeout", v, r))?;
+        }
+        if let Some(v) = &self.metadata_timeout {
+            config.metadata_timeout =
+                parse_duration(v).map_err(|r| invalid("metadata_timeout", v, r))?;
+        }
+        Ok(())
+    }
+}
+
+/// Layers the sources in order: defaults, then `file` (with its path), then `env`, then `flags`.
+pub fn resolve(
+    file: Option<(&Path, Overrides)>,
+    env: &Overrides,
+    flags: &Overrides,
+) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    if let Some((path, file)) = file {
+        file.apply(&mut config, &format!("config file {}", path.display()))?;
+    }
+    env.apply(&mut config, "environment (VAULTFS_*)")?;
+    flags.apply(&mut config, "command line")?;
+    Ok(config)
+}
+
+/// `16GiB`, `512 MiB`, `10MB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        "expected a whole number of bytes, optionally with a unit like MiB".to_string()
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
+}
+
+/// `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 10s or 500ms".to_string())?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown duration unit {other:?}")),
+    };
+    if d.is_zero() {
+        return Err("must be positive".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> Overrides {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Overrides::from_env(&move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults_are_zero_config() {
+        let c = resolve(None, &Overrides::default(), &Overrides::default());
+        let c = c.map_err(|e| e.to_string());
+        assert_eq!(c, Ok(Config::default()));
+        assert_eq!(Config::default().listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let path = Path::new("vaultfs.toml");
+        let file = Overrides::from_toml(
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/file\"\nmax_upload_size = 1024\nlock_timeout = \"3s\"\n",
+            path,
+        )
+        .map_err(|e| e.to_string());
+        let file = file.unwrap_or_else(|e| panic!("{e}"));
+        let env = env_of(&[("VAULTFS_DATA_DIR", "/env"), ("VAULTFS_LOCK_TIMEOUT", "4s")]);
+        let flags = Overrides {
+            lock_timeout: Some("5s".into()),
+            ..Overrides::default()
+        };
+        let c = resolve(Some((path, file)), &env, &flags).map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.max_upload_size, 1024);
+        assert_eq!(c.lock_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let env = env_of(&[("VAULTFS_LISTEN", "not-an-address")]);
+        let err = resolve(None, &env, &Overrides::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("`listen`") && err.contains("VAULTFS_"),
+            "{err}"
+        );
+
+        let flags = Overrides {
+            max_upload_size: Some(SizeValue::Text("12 parsecs".into())),
+            ..Overrides::default()
+        };
+        let err = resolve(None, &Overrides::default(), &flags)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("`max_upload_size`") && err.contains("command line"),
+            "{err}"
+        );
+
+        let bad_file = Overrides::from_toml("colour = \"blue\"", Path::new("x.toml"));
+        assert!(bad_file.is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("16GiB"), Ok(16 << 30));
+        assert_eq!(parse_size("10 MB"), Ok(10_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

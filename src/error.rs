@@ -1,0 +1,156 @@
+//! One error type at the HTTP edge.
+//!
+//! Services return their own `thiserror` enums; [`AppError`] maps each to a status and a stable
+//! snake_case `code` in one exhaustive `match`. Internal details (I/O errors, SQL errors) are
+//! logged here and never sent to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::paths::PathError;
+use crate::services::lock_manager::LockError;
+use crate::services::metadata::MetadataError;
+use crate::services::storage::StorageError;
+use crate::services::ServiceError;
+
+#[derive(Debug)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such file")
+    }
+
+    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<PathError> for AppError {
+    fn from(e: PathError) -> Self {
+        AppError::bad_request("invalid_path", e.to_string())
+    }
+}
+
+impl From<StorageError> for AppError {
+    fn from(e: StorageError) -> Self {
+        if e.is_storage_full() {
+            tracing::error!(error = %e, "storage full");
+            return AppError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the server is out of storage space",
+            );
+        }
+        match e {
+            StorageError::TooLarge { limit } => AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("upload exceeds the limit of {limit} bytes"),
+            ),
+            StorageError::NotFound(_) => AppError::not_found(),
+            StorageError::Io { .. } => AppError::internal(&e),
+        }
+    }
+}
+
+impl From<MetadataError> for AppError {
+    fn from(e: MetadataError) -> Self {
+        match e {
+            MetadataError::NotFound => AppError::not_found(),
+            MetadataError::AlreadyExists => AppError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "the target path already exists",
+            ),
+            MetadataError::PreconditionFailed => AppError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the file's current state does not match the request's precondition",
+            ),
+            MetadataError::PathChanged => {
+                AppError::unavailable("contended", "the file changed concurrently; retry")
+            }
+            MetadataError::Busy => {
+                AppError::unavailable("busy", "the metadata store is busy; retry")
+            }
+            MetadataError::StorageFull => AppError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the server is out of storage space",
+            ),
+            MetadataError::Schema(_) | MetadataError::Backend(_) => AppError::internal(&e),
+        }
+    }
+}
+
+impl From<LockError> for AppError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Timeout { .. } => {
+                tracing::warn!(error = %e, "lock timeout");
+                AppError::unavailable("lock_timeout", "timed out waiting for a lock; retry")
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for AppError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Storage(e) => e.into(),
+            ServiceError::Metadata(e) => e.into(),
+            ServiceError::Lock(e) => e.into(),
+            ServiceError::InvalidCursor => {
+                AppError::bad_request("invalid_cursor", "the cursor is not valid for this listing")
+            }
+            ServiceError::Contended => {
+                AppError::unavailable("contended", "the file kept changing; retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Serving file content: conditional requests, ranges, streaming.
+
+use std::io::SeekFrom;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{header_str, parse_etags};
+use crate::error::AppError;
+use crate::server::AppState;
+use crate::services::metadata::{EtagMatch, FileMeta};
+
+/// Read size for streaming a download.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// No (usable) Range: the whole content.
+    Full,
+    /// Inclusive byte range.
+    Partial(u64, u64),
+    Unsatisfiable,
+    Malformed,
+}
+
+fn parse_range(value: &str, size: u64) -> RangeSpec {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        // A unit we do not know: ignore the header (RFC 9110, 14.2).
+        return RangeSpec::Full;
+    };
+    if spec.contains(',') {
+        // Multiple ranges are optional; serve the whole content instead.
+        return RangeSpec::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeSpec::Malformed;
+    };
+    let parse = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match parse(suffix) {
+            None => RangeSpec::Malformed,
+            Some(0) => RangeSpec::Unsatisfiable,
+            Some(_) if size == 0 => RangeSpec::Unsatisfiable,
+            Some(n) => RangeSpec::Partial(size.saturating_sub(n), size - 1),
+        },
+        (start, "") => match parse(start) {
+            None => RangeSpec::Malformed,
+            Some(s) if s >= size => RangeSpec::Unsatisfiable,
+            Some(s) => RangeSpec::Partial(s, size - 1),
+        },
+        (start, end) => match (parse(start), parse(end)) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= size {
+                    RangeSpec::Unsatisfiable
+                } else {
+                    RangeSpec::Partial(s, e.min(size - 1))
+                }
+            }
+            _ => RangeSpec::Malformed,
+        },
+    }
+}
+
+fn http_date(ms: i64) -> String {
+    let secs = u64::try_from(ms / 1000).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn etag_matches_weakly(tags: &EtagMatch, sha256: &str, raw: &str) -> bool {
+    match tags {
+        EtagMatch::Any => true,
+        EtagMatch::OneOf(list) => {
+            // If-None-Match uses weak comparison: W/"x" matches "x".
+            list.iter().any(|t| t == sha256)
+                || raw
+                    .split(',')
+                    .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+                    .any(|t| t == sha256)
+        }
+    }
+}
+
+/// Answers a GET or HEAD for `meta`'s content.
+pub async fn serve(
+    state: &AppState,
+    meta: FileMeta,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, AppError> {
+    let etag = meta.etag();
+    let last_modified = http_date(meta.modified_ms);
+    let mut base = HeaderMap::new();
+    let put = |map: &mut HeaderMap, name: header::HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            map.insert(name, v);
+        }
+    };
+    put(&mut base, header::ETAG, &etag);
+    put(&mut base, header::LAST_MODIFIED, &last_modified);
+    put(&mut base, header::ACCEPT_RANGES, "bytes");
+
+    // Conditional GET.
+    if let Some(inm) = header_str(headers, "if-none-match")? {
+        if etag_matches_weakly(&parse_etags(inm), &meta.sha256, inm) {
+            return Ok((StatusCode::NOT_MODIFIED, base).into_response());
+        }
+    } else if let Some(ims) = header_str(headers, "if-modified-since")? {
+        if let Ok(since) = httpdate::parse_http_date(ims) {
+            let modified = UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(meta.modified_ms / 1000).unwrap_or(0));
+            if modified <= since && since <= SystemTime::now() + Duration::from_secs(60) {
+                return Ok((StatusCode::NOT_MODIFIED, base).into_response());
+            }
+        }
+    }
+
+    // Range, honouring If-Range (strong entity-tag or date).
+    let mut range = RangeSpec::Full;
+    if let Some(value) = header_str(headers, "range")? {
+        let if_range_ok = match header_str(headers, "if-range")? {
+            None => true,
+            Some(ir) if ir.trim_start().starts_with('"') => ir.trim() == etag,
+            Some(ir) => ir.trim() == last_modified,
+        };
+        if if_range_ok {
+            range = parse_range(value, meta.size);
+        }
+    }
+    let (status, start, len) = match range {
+        RangeSpec::Full => (StatusCode::OK, 0, meta.size),
+        RangeSpec::Partial(s, e) => {
+            put(
+                &mut base,
+                header::CONTENT_RANGE,
+                &format!("bytes {s}-{e}/{}", meta.size),
+            );
+            (StatusCode::PARTIAL_CONTENT, s, e - s + 1)
+        }
+        RangeSpec::Unsatisfiable | RangeSpec::Malformed => {
+            let mut err = AppError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                if range == RangeSpec::Malformed {
+                    "invalid_range"
+                } else {
+                    "range_not_satisfiable"
+                },
+                format!("the range cannot be served from {} bytes", meta.size),
+            )
+            .into_response();
+            put(
+                err.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes */{}", meta.size),
+            );
+            return Ok(err);
+        }
+    };
+    put(&mut base, header::CONTENT_TYPE, &meta.content_type);
+    put(&mut base, header::CONTENT_LENGTH, &len.to_string());
+
+    let body = if head {
+        Body::empty()
+    } else {
+        let mut file = state.files.open_content(&meta).await?;
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).await.map_err(|e| {
+                AppError::from(crate::services::storage::StorageError::Io {
+                    op: "seek blob",
+                    source: e,
+                })
+            })?;
+        }
+        Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
+    };
+    let mut response = (status, base).into_response();
+    *response.body_mut() = body;
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeSpec::Partial(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), RangeSpec::Partial(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), RangeSpec::Partial(90, 99));
+        assert_eq!(parse_range("bytes=-1000", 100), RangeSpec::Partial(0, 99));
+        assert_eq!(
+            parse_range("bytes=50-1000", 100),
+            RangeSpec::Partial(50, 99)
+        );
+        assert_eq!(parse_range("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=9-1", 100), RangeSpec::Malformed);
+        assert_eq!(parse_range("bytes=abc", 100), RangeSpec::Malformed);
+        assert_eq!(parse_range("bytes=1-2-3", 100), RangeSpec::Malformed);
+        assert_eq!(parse_range("bytes=+1-2", 100), RangeSpec::Malformed);
+        assert_eq!(parse_range("items=0-1", 100), RangeSpec::Full);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Full);
+    }
+}

@@ -1,0 +1,167 @@
+//! HTTP endpoints. Handlers parse, call a service, and map errors; they take no locks and do
+//! no I/O of their own (streaming a request body into a service writer is their job).
+
+pub mod admin;
+pub mod content;
+pub mod files;
+pub mod health;
+pub mod list;
+pub mod upload;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+use crate::services::files::RequestCtx;
+use crate::services::metadata::{EtagMatch, Precondition};
+
+/// The request id of the current request, set by [`request_id`].
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Accepts a sane `X-Request-Id` from the client or makes one, exposes it to handlers, carries
+/// it in the request's tracing span and returns it in the response.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), uri = %request.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        Ok(RequestCtx { request_id })
+    }
+}
+
+/// `Query` whose rejection is a JSON error.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(query_rejection(e)),
+        }
+    }
+}
+
+fn query_rejection(e: QueryRejection) -> AppError {
+    AppError::bad_request("invalid_query", e.body_text())
+}
+
+/// `Path` whose rejection is a JSON error (an undecodable path is `invalid_path`).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(path_rejection(e)),
+        }
+    }
+}
+
+fn path_rejection(e: PathRejection) -> AppError {
+    AppError::bad_request("invalid_path", e.body_text())
+}
+
+/// `Json` whose rejection is a JSON error.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> AppError {
+    let status = e.status();
+    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        "unsupported_media_type"
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "invalid_json"
+    };
+    AppError::new(status, code, e.body_text())
+}
+
+/// Parses an `If-Match` / `If-None-Match` list. Weak tags never match (strong comparison).
+pub fn parse_etags(value: &str) -> EtagMatch {
+    let value = value.trim();
+    if value == "*" {
+        return EtagMatch::Any;
+    }
+    EtagMatch::OneOf(
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.starts_with("W/"))
+            .map(|t| t.trim_matches('"').to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    )
+}
+
+/// The precondition of a write, from `If-Match` / `If-None-Match: *`.
+pub fn write_precondition(headers: &HeaderMap) -> Result<Precondition, AppError> {
+    let if_match = header_str(headers, "if-match")?;
+    let if_none_match = header_str(headers, "if-none-match")?;
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(AppError::bad_request(
+            "invalid_request",
+            "If-Match and If-None-Match cannot be combined",
+        )),
+        (Some(m), None) => Ok(Precondition::MustMatch(parse_etags(m))),
+        (None, Some(n)) if n.trim() == "*" => Ok(Precondition::MustNotExist),
+        (None, Some(_)) => Err(AppError::bad_request(
+            "invalid_request",
+            "only `If-None-Match: *` is supported on writes",
+        )),
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+/// A header as text; a header that is not visible ASCII is a client error.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, AppError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            AppError::bad_request("invalid_header", format!("header {name} is not valid text"))
+        }),
+    }
+}

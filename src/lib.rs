@@ -1,0 +1,18 @@
+//! VaultFS: self-hosted file storage and real-time sync.
+//!
+//! Module map (the README's "Concepts to files" table is the long form):
+//! - [`server`]: `run(listener, config, shutdown)`, the router and shared state.
+//! - [`config`]: defaults < TOML file < `VAULTFS_*` env < flags.
+//! - [`handlers`]: HTTP endpoints; parse, call services, map errors.
+//! - [`services`]: lock manager, blob storage, metadata, file operations.
+//! - [`paths`]: validation and normalization of user paths.
+//! - [`error`]: the one `AppError`, mapped to HTTP.
+//! - [`blocking`]: the one `spawn_blocking` wrapper.
+
+pub mod blocking;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod paths;
+pub mod server;
+pub mod services;

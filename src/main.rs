@@ -1,0 +1,151 @@
+//! The `vaultfs` binary: parses flags, loads configuration, and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vaultfs::config::{self, Overrides, SizeValue};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultfs",
+    version,
+    about = "Self-hosted file storage and real-time sync"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (zero configuration: 127.0.0.1:8080, ./vaultfs-data).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080; env VAULTFS_LISTEN]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory [default: ./vaultfs-data; env VAULTFS_DATA_DIR]
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// TOML configuration file [env VAULTFS_CONFIG]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Largest accepted upload, e.g. 16GiB [env VAULTFS_MAX_UPLOAD_SIZE]
+    #[arg(long)]
+    max_upload_size: Option<String>,
+    /// Deadline for acquiring locks, e.g. 10s [env VAULTFS_LOCK_TIMEOUT]
+    #[arg(long)]
+    lock_timeout: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let file_path = args
+        .config
+        .clone()
+        .or_else(|| env("VAULTFS_CONFIG").map(PathBuf::from));
+    let file = match &file_path {
+        Some(path) => {
+            // Runs before the runtime exists: a blocking read is fine here.
+            #[allow(clippy::disallowed_methods)]
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            Some((
+                path.as_path(),
+                Overrides::from_toml(&text, path).map_err(|e| e.to_string())?,
+            ))
+        }
+        None => None,
+    };
+    let flags = Overrides {
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        max_upload_size: args.max_upload_size.clone().map(SizeValue::Text),
+        lock_timeout: args.lock_timeout.clone(),
+        metadata_timeout: None,
+    };
+    config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vaultfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaultfs: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The one place that enters the runtime.
+    #[allow(clippy::disallowed_methods)]
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        vaultfs::server::run(listener, config, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vaultfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

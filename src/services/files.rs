@@ -1,0 +1,403 @@
+//! File operations: the rules that combine locks, blobs and metadata.
+//!
+//! Lock discipline (docs/CONCURRENCY.md): every mutating operation names its whole lock set
+//! to the [`LockManager`] at once and holds it only around the short commit (blob rename +
+//! metadata transaction), never while a request body streams in. Operations addressed by id
+//! read the file's path first, lock it, and let the metadata transaction verify that the path
+//! is unchanged ([`MetadataError::PathChanged`] -> retry).
+
+use std::sync::Arc;
+
+use base64::Engine;
+
+use super::lock_manager::{LockManager, LockOwner, LockRequest};
+use super::metadata::{
+    ChangeOutcome, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest,
+};
+use super::storage::{BlobStore, BlobWriter, StagedBlob};
+use super::ServiceError;
+use crate::paths::VPath;
+
+/// How many times an id-addressed operation re-reads the path after a concurrent move.
+const PATH_RETRIES: usize = 8;
+/// Largest page of a listing.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Who asked, carried into lock introspection and logs.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub request_id: String,
+}
+
+impl RequestCtx {
+    fn owner(&self, operation: &'static str) -> LockOwner {
+        LockOwner {
+            request_id: self.request_id.clone(),
+            operation,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListPage {
+    pub entries: Vec<FileMeta>,
+    pub prefixes: Vec<String>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct FileService {
+    storage: BlobStore,
+    meta: Arc<dyn MetadataStore>,
+    locks: LockManager,
+    max_upload_size: u64,
+}
+
+impl std::fmt::Debug for FileService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileService")
+            .field("storage", &self.storage)
+            .field("max_upload_size", &self.max_upload_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileService {
+    pub fn new(
+        storage: BlobStore,
+        meta: Arc<dyn MetadataStore>,
+        locks: LockManager,
+        max_upload_size: u64,
+    ) -> Self {
+        FileService {
+            storage,
+            meta,
+            locks,
+            max_upload_size,
+        }
+    }
+
+    pub fn locks(&self) -> &LockManager {
+        &self.locks
+    }
+
+    pub fn storage(&self) -> &BlobStore {
+        &self.storage
+    }
+
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
+    }
+
+    pub fn max_upload_size(&self) -> u64 {
+        self.max_upload_size
+    }
+
+    /// Starts an upload: a temp file that the caller streams the body into.
+    pub async fn begin_upload(&self) -> Result<BlobWriter, ServiceError> {
+        Ok(self.storage.begin(self.max_upload_size).await?)
+    }
+
+    /// Fails fast, before any byte is streamed, when the precondition cannot hold now. The
+    /// commit checks again under the lock; this only spares clients a useless transfer.
+    pub async fn precheck(
+        &self,
+        path: &VPath,
+        precondition: &Precondition,
+    ) -> Result<(), ServiceError> {
+        if *precondition == Precondition::None {
+            return Ok(());
+        }
+        let current = self.meta.get_by_path(path.as_str()).await?;
+        let ok = match (precondition, current) {
+            (Precondition::MustNotExist, Some(_)) => false,
+            (Precondition::MustMatch(_), None) => false,
+            (Precondition::MustMatch(tags), Some(cur)) => tags.matches(&cur.sha256),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(MetadataError::PreconditionFailed.into())
+        }
+    }
+
+    /// Makes a fully received upload visible at `path`.
+    pub async fn commit_upload(
+        &self,
+        path: &VPath,
+        staged: StagedBlob,
+        content_type: String,
+        precondition: Precondition,
+        ctx: &RequestCtx,
+    ) -> Result<PutOutcome, ServiceError> {
+        let blob = staged.blob.clone();
+        let request = LockRequest::new().write_path(path).blob(&blob.sha256);
+        let result = {
+            let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
+            let blob = self.storage.commit(staged).await?;
+            self.meta
+                .put(PutRequest {
+                    path: path.as_str().to_string(),
+                    blob,
+                    content_type,
+                    precondition,
+                })
+                .await
+        };
+        match result {
+            Ok(outcome) => {
+                if let Some(released) = &outcome.released {
+                    self.spawn_collect(released.clone());
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                // The blob may now be on disk with no reference: collect it.
+                self.spawn_collect(blob.sha256);
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn meta_by_id(&self, id: &str) -> Result<FileMeta, ServiceError> {
+        self.meta
+            .get_by_id(id)
+            .await?
+            .ok_or_else(|| MetadataError::NotFound.into())
+    }
+
+    pub async fn meta_by_path(&self, path: &VPath) -> Result<FileMeta, ServiceError> {
+        self.meta
+            .get_by_path(path.as_str())
+            .await?
+            .ok_or_else(|| MetadataError::NotFound.into())
+    }
+
+    /// Opens the content of `meta`. A blob collected between the metadata read and the open
+    /// (the file was replaced or deleted meanwhile) reads as "not found".
+    pub async fn open_content(&self, meta: &FileMeta) -> Result<tokio::fs::File, ServiceError> {
+        Ok(self.storage.open_blob(&meta.sha256).await?)
+    }
+
+    pub async fn delete(
+        &self,
+        id: &str,
+        precondition: &Precondition,
+        ctx: &RequestCtx,
+    ) -> Result<FileMeta, ServiceError> {
+        let outcome = self
+            .with_current_path(id, |service, path| async move {
+                let request = LockRequest::new().write_path(&path);
+                let _guard = service.locks.acquire(request, ctx.owner("delete")).await?;
+                Ok(service.meta.delete(id, path.as_str(), precondition).await?)
+            })
+            .await?;
+        Ok(self.finish_change(outcome))
+    }
+
+    pub async fn move_file(
+        &self,
+        id: &str,
+        to: &VPath,
+        overwrite: bool,
+        ctx: &RequestCtx,
+    ) -> Result<FileMeta, ServiceError> {
+        let outcome = self
+            .with_current_path(id, |service, from| async move {
+                let request = LockRequest::new().write_path(&from).write_path(to);
+                let _guard = service.locks.acquire(request, ctx.owner("move")).await?;
+                Ok(service
+                    .meta
+                    .rename(id, from.as_str(), to.as_str(), overwrite)
+                    .await?)
+            })
+            .await?;
+        Ok(self.finish_change(outcome))
+    }
+
+    pub async fn copy_file(
+        &self,
+        id: &str,
+        to: &VPath,
+        overwrite: bool,
+        ctx: &RequestCtx,
+    ) -> Result<FileMeta, ServiceError> {
+        let outcome = self
+            .with_current_path(id, |service, from| async move {
+                let request = LockRequest::new().read_path(&from).write_path(to);
+                let _guard = service.locks.acquire(request, ctx.owner("copy")).await?;
+                Ok(service
+                    .meta
+                    .copy(id, from.as_str(), to.as_str(), overwrite)
+                    .await?)
+            })
+            .await?;
+        Ok(self.finish_change(outcome))
+    }
+
+    /// Runs `op` with the file's current path, retrying when a concurrent move changed it
+    /// between the read and the locked transaction.
+    async fn with_current_path<'a, F, Fut>(
+        &'a self,
+        id: &'a str,
+        op: F,
+    ) -> Result<ChangeOutcome, ServiceError>
+    where
+        F: Fn(&'a FileService, VPath) -> Fut,
+        Fut: std::future::Future<Output = Result<ChangeOutcome, ServiceError>> + Send + 'a,
+    {
+        for _ in 0..PATH_RETRIES {
+            let current = self.meta_by_id(id).await?;
+            let path = VPath::parse(&current.path).map_err(|e| {
+                MetadataError::Backend(format!("stored path {:?} is invalid: {e}", current.path))
+            })?;
+            match op(self, path).await {
+                Err(ServiceError::Metadata(MetadataError::PathChanged)) => continue,
+                other => return other,
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+
+    fn finish_change(&self, outcome: ChangeOutcome) -> FileMeta {
+        for sha in outcome.released {
+            self.spawn_collect(sha);
+        }
+        outcome.meta
+    }
+
+    /// Lists files by path, S3-style: with `delimiter`, files below the next `/` are rolled up
+    /// into `prefixes`. The cursor is a position in path order, so it stays valid while others
+    /// write (entries created behind it are not revisited; entries ahead of it are seen).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, ServiceError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let (mut key, mut inclusive) = match cursor {
+            Some(c) => decode_cursor(c, prefix)?,
+            None => (prefix.to_string(), true),
+        };
+        let batch = (limit + 1).min(1000);
+        let mut entries = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut next_cursor = None;
+        'scan: loop {
+            let rows = self.meta.scan(&key, inclusive, batch).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let Some(rest) = row.path.strip_prefix(prefix) else {
+                    break 'scan;
+                };
+                let common = if delimiter {
+                    rest.find('/').map(|i| format!("{prefix}{}", &rest[..=i]))
+                } else {
+                    None
+                };
+                if entries.len() + prefixes.len() == limit {
+                    next_cursor = Some(encode_cursor(&key, inclusive));
+                    break 'scan;
+                }
+                match common {
+                    Some(cp) => {
+                        // Skip everything under this common prefix: '/' + 1 == '0'.
+                        key = format!("{}0", &cp[..cp.len() - 1]);
+                        inclusive = true;
+                        prefixes.push(cp);
+                        continue 'scan;
+                    }
+                    None => {
+                        key = row.path.clone();
+                        inclusive = false;
+                        entries.push(row);
+                    }
+                }
+            }
+        }
+        Ok(ListPage {
+            entries,
+            prefixes,
+            next_cursor,
+        })
+    }
+
+    /// Removes a blob that no version references any more. Runs in the background after the
+    /// change that released it; failures are logged and retried at the next start.
+    fn spawn_collect(&self, sha256: String) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = service.collect_blob(&sha256).await {
+                tracing::warn!(sha256, error = %e, "blob collection failed; will retry at start");
+            }
+        });
+    }
+
+    /// Deletes the blob if, under its lock, nothing references it.
+    pub async fn collect_blob(&self, sha256: &str) -> Result<bool, ServiceError> {
+        let owner = LockOwner {
+            request_id: "gc".to_string(),
+            operation: "collect",
+        };
+        let _guard = self
+            .locks
+            .acquire(LockRequest::new().blob(sha256), owner)
+            .await?;
+        if self.meta.blob_refcount(sha256).await? > 0 {
+            return Ok(false);
+        }
+        self.storage.delete_blob(sha256).await?;
+        self.meta.forget_blob(sha256).await?;
+        Ok(true)
+    }
+
+    /// Collects every unreferenced blob (start-up recovery).
+    pub async fn collect_unreferenced(&self) -> Result<usize, ServiceError> {
+        let mut collected = 0;
+        loop {
+            let batch = self.meta.unreferenced_blobs(500).await?;
+            if batch.is_empty() {
+                return Ok(collected);
+            }
+            let mut progressed = false;
+            for sha in batch {
+                if self.collect_blob(&sha).await? {
+                    collected += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(collected);
+            }
+        }
+    }
+}
+
+fn encode_cursor(key: &str, inclusive: bool) -> String {
+    let tagged = format!("{}{key}", if inclusive { "i:" } else { "x:" });
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tagged)
+}
+
+fn decode_cursor(cursor: &str, prefix: &str) -> Result<(String, bool), ServiceError> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| ServiceError::InvalidCursor)?;
+    let text = String::from_utf8(raw).map_err(|_| ServiceError::InvalidCursor)?;
+    let (inclusive, key) = if let Some(k) = text.strip_prefix("i:") {
+        (true, k)
+    } else if let Some(k) = text.strip_prefix("x:") {
+        (false, k)
+    } else {
+        return Err(ServiceError::InvalidCursor);
+    };
+    // A cursor belongs to the listing of its prefix.
+    if !key.starts_with(prefix) && key < prefix {
+        return Err(ServiceError::InvalidCursor);
+    }
+    Ok((key.to_string(), inclusive))
+}

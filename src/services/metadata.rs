@@ -1,0 +1,239 @@
+//! Files, blob references and the event log, behind one trait.
+//!
+//! [`MetadataStore`] is what the rest of VaultFS sees; `metadata_sqlite` implements it on
+//! SQLite (the embedded default). Every mutating method is one transaction that also appends
+//! the matching event(s) to the log, so a change and its event commit or roll back together.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::storage::BlobRef;
+
+/// A file as clients see it (API v1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub version: i64,
+    pub content_type: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub modified_at: String,
+    /// Milliseconds since the epoch, for `Last-Modified`; not part of the JSON.
+    #[serde(skip)]
+    pub modified_ms: i64,
+}
+
+impl FileMeta {
+    /// Strong entity tag, derived from the content hash.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.sha256)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+    Moved,
+    Copied,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Deleted => "deleted",
+            EventKind::Moved => "moved",
+            EventKind::Copied => "copied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => EventKind::Created,
+            "updated" => EventKind::Updated,
+            "deleted" => EventKind::Deleted,
+            "moved" => EventKind::Moved,
+            "copied" => EventKind::Copied,
+            _ => return None,
+        })
+    }
+}
+
+/// One committed change, in the durable log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: i64,
+    pub kind: EventKind,
+    pub id: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub from_path: Option<String>,
+    pub version: i64,
+    pub size: u64,
+    pub sha256: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Which entity tags an `If-Match` accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtagMatch {
+    Any,
+    /// SHA-256 hex values (the tags without quotes).
+    OneOf(Vec<String>),
+}
+
+impl EtagMatch {
+    pub fn matches(&self, sha256: &str) -> bool {
+        match self {
+            EtagMatch::Any => true,
+            EtagMatch::OneOf(tags) => tags.iter().any(|t| t == sha256),
+        }
+    }
+}
+
+/// A write's condition on the current state of its path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// `If-None-Match: *`: create only.
+    MustNotExist,
+    /// `If-Match`: replace only a matching current version.
+    MustMatch(EtagMatch),
+}
+
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub path: String,
+    pub blob: BlobRef,
+    pub content_type: String,
+    pub precondition: Precondition,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    pub meta: FileMeta,
+    pub created: bool,
+    /// A blob whose reference count this change dropped to zero: a collection candidate.
+    pub released: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeOutcome {
+    pub meta: FileMeta,
+    /// Blobs whose reference count this change dropped to zero.
+    pub released: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("not found")]
+    NotFound,
+    #[error("target already exists")]
+    AlreadyExists,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// The file is no longer at the path the caller locked; the caller retries.
+    #[error("file changed path concurrently")]
+    PathChanged,
+    /// The store did not answer within its deadline (pool exhausted, database busy).
+    #[error("metadata store busy")]
+    Busy,
+    #[error("metadata store is out of space")]
+    StorageFull,
+    #[error("metadata schema: {0}")]
+    Schema(String),
+    #[error("metadata store error: {0}")]
+    Backend(String),
+}
+
+/// The metadata engine. Implementations: SQLite (default); PostgreSQL (scale-out).
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError>;
+    async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError>;
+
+    /// Creates or replaces the file at `req.path` (same id, version + 1 on replace).
+    async fn put(&self, req: PutRequest) -> Result<PutOutcome, MetadataError>;
+
+    /// Deletes file `id`, which the caller locked at `expected_path`.
+    async fn delete(
+        &self,
+        id: &str,
+        expected_path: &str,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// Moves file `id` from `expected_path` to `to`; with `overwrite`, a file at `to` is
+    /// deleted first (its own `deleted` event).
+    async fn rename(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// Copies file `id` (at `expected_path`) to a new file at `to`, sharing the blob.
+    async fn copy(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// Files with `path > after` (or `>= from` when `inclusive`), by path, at most `limit`.
+    async fn scan(
+        &self,
+        start: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, MetadataError>;
+
+    /// Number of versions referencing a blob (0 when unknown).
+    async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError>;
+    /// Removes the blob's row if nothing references it; true when removed.
+    async fn forget_blob(&self, sha256: &str) -> Result<bool, MetadataError>;
+    /// Blobs with no reference left (collection after a crash between commit and collection).
+    async fn unreferenced_blobs(&self, limit: usize) -> Result<Vec<String>, MetadataError>;
+
+    /// Events with `seq > since`, in order, at most `limit`.
+    async fn events_after(&self, since: i64, limit: usize) -> Result<Vec<Event>, MetadataError>;
+    /// The highest committed seq (0 when the log is empty).
+    async fn latest_seq(&self) -> Result<i64, MetadataError>;
+    /// The lowest retained seq, if any.
+    async fn oldest_seq(&self) -> Result<Option<i64>, MetadataError>;
+
+    /// A trivial query, for readiness.
+    async fn ping(&self) -> Result<(), MetadataError>;
+    /// Closes connections (graceful shutdown).
+    async fn close(&self);
+}
+
+/// Current time in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}

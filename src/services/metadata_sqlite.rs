@@ -1,0 +1,625 @@
+//! [`MetadataStore`] on SQLite: the embedded default.
+//!
+//! - One writer connection (WAL, `synchronous=FULL`): every acknowledged change is durable when
+//!   its transaction commits, and SQLite's single-writer rule is met without `SQLITE_BUSY`
+//!   retries. Writers queue for that connection with a deadline ([`MetadataError::Busy`]).
+//! - A small pool of read-only connections serves lookups and listings concurrently with
+//!   writes (WAL readers never wait for the writer).
+//! - sqlx runs each SQLite connection on its own thread, so no query blocks a runtime worker.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use super::metadata::{
+    now_ms, rfc3339, ChangeOutcome, Event, EventKind, FileMeta, MetadataError, MetadataStore,
+    Precondition, PutOutcome, PutRequest,
+};
+
+/// Versioned schema migrations, applied in order at start. Never edit a released one: add one.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE files (
+    id           TEXT PRIMARY KEY,
+    path         TEXT NOT NULL UNIQUE,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    modified_at  INTEGER NOT NULL
+);
+CREATE TABLE blobs (
+    sha256   TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    refcount INTEGER NOT NULL CHECK (refcount >= 0)
+);
+CREATE INDEX blobs_unreferenced ON blobs (sha256) WHERE refcount = 0;
+CREATE TABLE events (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind      TEXT NOT NULL,
+    file_id   TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    from_path TEXT,
+    version   INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    sha256    TEXT NOT NULL,
+    at        INTEGER NOT NULL
+);
+"#,
+)];
+
+const FILE_COLUMNS: &str = "id, path, size, sha256, version, content_type, created_at, modified_at";
+
+#[derive(Debug, Clone)]
+pub struct SqliteMetadata {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+fn map_err(e: sqlx::Error) -> MetadataError {
+    match &e {
+        sqlx::Error::PoolTimedOut => MetadataError::Busy,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // SQLITE_BUSY, SQLITE_LOCKED and their extended codes (low byte).
+            Some(code) if matches!(code.parse::<i64>().map(|c| c & 0xff), Ok(5) | Ok(6)) => {
+                MetadataError::Busy
+            }
+            Some(code) if code.parse::<i64>().map(|c| c & 0xff) == Ok(13) => {
+                MetadataError::StorageFull
+            }
+            _ => MetadataError::Backend(e.to_string()),
+        },
+        _ => MetadataError::Backend(e.to_string()),
+    }
+}
+
+fn row_to_meta(row: &SqliteRow) -> Result<FileMeta, MetadataError> {
+    let created: i64 = row.try_get("created_at").map_err(map_err)?;
+    let modified: i64 = row.try_get("modified_at").map_err(map_err)?;
+    let size: i64 = row.try_get("size").map_err(map_err)?;
+    Ok(FileMeta {
+        id: row.try_get("id").map_err(map_err)?,
+        path: row.try_get("path").map_err(map_err)?,
+        size: u64::try_from(size).map_err(|_| MetadataError::Backend("negative size".into()))?,
+        sha256: row.try_get("sha256").map_err(map_err)?,
+        version: row.try_get("version").map_err(map_err)?,
+        content_type: row.try_get("content_type").map_err(map_err)?,
+        created_at: rfc3339(created),
+        modified_at: rfc3339(modified),
+        modified_ms: modified,
+    })
+}
+
+fn row_to_event(row: &SqliteRow) -> Result<Event, MetadataError> {
+    let kind: String = row.try_get("kind").map_err(map_err)?;
+    let size: i64 = row.try_get("size").map_err(map_err)?;
+    let at: i64 = row.try_get("at").map_err(map_err)?;
+    Ok(Event {
+        seq: row.try_get("seq").map_err(map_err)?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| MetadataError::Backend(format!("unknown event kind {kind}")))?,
+        id: row.try_get("file_id").map_err(map_err)?,
+        path: row.try_get("path").map_err(map_err)?,
+        from_path: row.try_get("from_path").map_err(map_err)?,
+        version: row.try_get("version").map_err(map_err)?,
+        size: u64::try_from(size).map_err(|_| MetadataError::Backend("negative size".into()))?,
+        sha256: row.try_get("sha256").map_err(map_err)?,
+        at: rfc3339(at),
+    })
+}
+
+fn size_i64(size: u64) -> Result<i64, MetadataError> {
+    i64::try_from(size).map_err(|_| MetadataError::Backend("size out of range".into()))
+}
+
+async fn file_by_id(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<FileMeta>, MetadataError> {
+    let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(row_to_meta).transpose()
+}
+
+async fn file_by_path(
+    conn: &mut SqliteConnection,
+    path: &str,
+) -> Result<Option<FileMeta>, MetadataError> {
+    let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?"))
+        .bind(path)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(row_to_meta).transpose()
+}
+
+async fn add_blob_ref(
+    conn: &mut SqliteConnection,
+    sha256: &str,
+    size: u64,
+) -> Result<(), MetadataError> {
+    sqlx::query(
+        "INSERT INTO blobs (sha256, size, refcount) VALUES (?, ?, 1)
+         ON CONFLICT (sha256) DO UPDATE SET refcount = refcount + 1",
+    )
+    .bind(sha256)
+    .bind(size_i64(size)?)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Drops one reference; returns the hash when none is left.
+async fn release_blob_ref(
+    conn: &mut SqliteConnection,
+    sha256: &str,
+) -> Result<Option<String>, MetadataError> {
+    let left: Option<i64> = sqlx::query_scalar(
+        "UPDATE blobs SET refcount = refcount - 1 WHERE sha256 = ? RETURNING refcount",
+    )
+    .bind(sha256)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(match left {
+        Some(0) => Some(sha256.to_string()),
+        Some(_) => None,
+        None => {
+            tracing::error!(sha256, "released a blob that has no reference row");
+            None
+        }
+    })
+}
+
+async fn append_event(
+    conn: &mut SqliteConnection,
+    kind: EventKind,
+    meta: &FileMeta,
+    from_path: Option<&str>,
+    at: i64,
+) -> Result<i64, MetadataError> {
+    sqlx::query_scalar(
+        "INSERT INTO events (kind, file_id, path, from_path, version, size, sha256, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(kind.as_str())
+    .bind(&meta.id)
+    .bind(&meta.path)
+    .bind(from_path)
+    .bind(meta.version)
+    .bind(size_i64(meta.size)?)
+    .bind(&meta.sha256)
+    .bind(at)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)
+}
+
+/// Deletes `victim` inside a transaction: row, blob reference, `deleted` event.
+async fn delete_row(
+    conn: &mut SqliteConnection,
+    victim: &FileMeta,
+    at: i64,
+    released: &mut Vec<String>,
+) -> Result<(), MetadataError> {
+    sqlx::query("DELETE FROM files WHERE id = ?")
+        .bind(&victim.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    released.extend(release_blob_ref(conn, &victim.sha256).await?);
+    append_event(conn, EventKind::Deleted, victim, None, at).await?;
+    Ok(())
+}
+
+impl SqliteMetadata {
+    /// Opens (creating if needed) `meta.db` in `data_dir` and applies pending migrations.
+    pub async fn open(
+        data_dir: &Path,
+        busy_timeout: Duration,
+        readers: u32,
+    ) -> Result<Self, MetadataError> {
+        let db_path = data_dir.join("meta.db");
+        let base = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(map_err)?
+            .filename(&db_path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(busy_timeout)
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .synchronous(SqliteSynchronous::Full),
+            )
+            .await
+            .map_err(map_err)?;
+        migrate(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(busy_timeout)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(SqliteMetadata { writer, readers })
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), MetadataError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(pool)
+            .await
+            .map_err(map_err)?;
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(MetadataError::Schema(format!(
+            "database schema version {current} is newer than this binary knows ({known}); \
+             refusing to start"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| MetadataError::Schema(format!("migration {version}: {e}")))?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        tracing::info!(version, "applied metadata migration");
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
+        let mut conn = self.readers.acquire().await.map_err(map_err)?;
+        file_by_id(&mut conn, id).await
+    }
+
+    async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError> {
+        let mut conn = self.readers.acquire().await.map_err(map_err)?;
+        file_by_path(&mut conn, path).await
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<PutOutcome, MetadataError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let now = now_ms();
+        let existing = file_by_path(&mut tx, &req.path).await?;
+        match (&req.precondition, &existing) {
+            (Precondition::MustNotExist, Some(_)) => return Err(MetadataError::PreconditionFailed),
+            (Precondition::MustMatch(_), None) => return Err(MetadataError::PreconditionFailed),
+            (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
+                return Err(MetadataError::PreconditionFailed)
+            }
+            _ => {}
+        }
+        add_blob_ref(&mut tx, &req.blob.sha256, req.blob.size).await?;
+        let outcome = match existing {
+            Some(cur) => {
+                let released = release_blob_ref(&mut tx, &cur.sha256).await?;
+                let meta = FileMeta {
+                    size: req.blob.size,
+                    sha256: req.blob.sha256.clone(),
+                    version: cur.version + 1,
+                    content_type: req.content_type.clone(),
+                    modified_at: rfc3339(now),
+                    modified_ms: now,
+                    ..cur
+                };
+                sqlx::query(
+                    "UPDATE files SET size = ?, sha256 = ?, version = ?, content_type = ?,
+                     modified_at = ? WHERE id = ?",
+                )
+                .bind(size_i64(meta.size)?)
+                .bind(&meta.sha256)
+                .bind(meta.version)
+                .bind(&meta.content_type)
+                .bind(now)
+                .bind(&meta.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                append_event(&mut tx, EventKind::Updated, &meta, None, now).await?;
+                PutOutcome {
+                    meta,
+                    created: false,
+                    released,
+                }
+            }
+            None => {
+                let meta = FileMeta {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    path: req.path.clone(),
+                    size: req.blob.size,
+                    sha256: req.blob.sha256.clone(),
+                    version: 1,
+                    content_type: req.content_type.clone(),
+                    created_at: rfc3339(now),
+                    modified_at: rfc3339(now),
+                    modified_ms: now,
+                };
+                insert_file(&mut tx, &meta, now).await?;
+                append_event(&mut tx, EventKind::Created, &meta, None, now).await?;
+                PutOutcome {
+                    meta,
+                    created: true,
+                    released: None,
+                }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(outcome)
+    }
+
+    async fn delete(
+        &self,
+        id: &str,
+        expected_path: &str,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let cur = file_by_id(&mut tx, id)
+            .await?
+            .ok_or(MetadataError::NotFound)?;
+        if cur.path != expected_path {
+            return Err(MetadataError::PathChanged);
+        }
+        if let Precondition::MustMatch(tags) = precondition {
+            if !tags.matches(&cur.sha256) {
+                return Err(MetadataError::PreconditionFailed);
+            }
+        }
+        let mut released = Vec::new();
+        delete_row(&mut tx, &cur, now_ms(), &mut released).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(ChangeOutcome {
+            meta: cur,
+            released,
+        })
+    }
+
+    async fn rename(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let cur = file_by_id(&mut tx, id)
+            .await?
+            .ok_or(MetadataError::NotFound)?;
+        if cur.path != expected_path {
+            return Err(MetadataError::PathChanged);
+        }
+        if cur.path == to {
+            return Ok(ChangeOutcome {
+                meta: cur,
+                released: Vec::new(),
+            });
+        }
+        let now = now_ms();
+        let mut released = Vec::new();
+        if let Some(target) = file_by_path(&mut tx, to).await? {
+            if !overwrite {
+                return Err(MetadataError::AlreadyExists);
+            }
+            delete_row(&mut tx, &target, now, &mut released).await?;
+        }
+        sqlx::query("UPDATE files SET path = ? WHERE id = ?")
+            .bind(to)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let from = cur.path.clone();
+        let meta = FileMeta {
+            path: to.to_string(),
+            ..cur
+        };
+        append_event(&mut tx, EventKind::Moved, &meta, Some(&from), now).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(ChangeOutcome { meta, released })
+    }
+
+    async fn copy(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let src = file_by_id(&mut tx, id)
+            .await?
+            .ok_or(MetadataError::NotFound)?;
+        if src.path != expected_path {
+            return Err(MetadataError::PathChanged);
+        }
+        if src.path == to {
+            return Err(MetadataError::AlreadyExists);
+        }
+        let now = now_ms();
+        let mut released = Vec::new();
+        if let Some(target) = file_by_path(&mut tx, to).await? {
+            if !overwrite {
+                return Err(MetadataError::AlreadyExists);
+            }
+            delete_row(&mut tx, &target, now, &mut released).await?;
+        }
+        let meta = FileMeta {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            path: to.to_string(),
+            size: src.size,
+            sha256: src.sha256.clone(),
+            version: 1,
+            content_type: src.content_type.clone(),
+            created_at: rfc3339(now),
+            modified_at: rfc3339(now),
+            modified_ms: now,
+        };
+        add_blob_ref(&mut tx, &meta.sha256, meta.size).await?;
+        insert_file(&mut tx, &meta, now).await?;
+        append_event(&mut tx, EventKind::Copied, &meta, Some(&src.path), now).await?;
+        tx.commit().await.map_err(map_err)?;
+        // Releasing the target's blob cannot free the source's: the copy holds a reference.
+        released.retain(|h| *h != meta.sha256);
+        Ok(ChangeOutcome { meta, released })
+    }
+
+    async fn scan(
+        &self,
+        start: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, MetadataError> {
+        let op = if inclusive { ">=" } else { ">" };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE path {op} ? ORDER BY path LIMIT ?"
+        ))
+        .bind(start)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(row_to_meta).collect()
+    }
+
+    async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT refcount FROM blobs WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn forget_blob(&self, sha256: &str) -> Result<bool, MetadataError> {
+        let done = sqlx::query("DELETE FROM blobs WHERE sha256 = ? AND refcount = 0")
+            .bind(sha256)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn unreferenced_blobs(&self, limit: usize) -> Result<Vec<String>, MetadataError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        sqlx::query_scalar("SELECT sha256 FROM blobs WHERE refcount = 0 LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn events_after(&self, since: i64, limit: usize) -> Result<Vec<Event>, MetadataError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT seq, kind, file_id, path, from_path, version, size, sha256, at
+             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn latest_seq(&self) -> Result<i64, MetadataError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn oldest_seq(&self) -> Result<Option<i64>, MetadataError> {
+        sqlx::query_scalar("SELECT MIN(seq) FROM events")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+async fn insert_file(
+    conn: &mut SqliteConnection,
+    meta: &FileMeta,
+    now: i64,
+) -> Result<(), MetadataError> {
+    sqlx::query(
+        "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&meta.id)
+    .bind(&meta.path)
+    .bind(size_i64(meta.size)?)
+    .bind(&meta.sha256)
+    .bind(meta.version)
+    .bind(&meta.content_type)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}

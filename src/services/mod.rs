@@ -1,0 +1,31 @@
+//! Services: everything below the HTTP edge.
+//!
+//! - [`lock_manager`]: the only place that locks paths.
+//! - [`storage`]: blob I/O.
+//! - [`metadata`] / [`metadata_sqlite`]: files, blob references and the event log.
+//! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
+
+pub mod files;
+pub mod lock_manager;
+pub mod metadata;
+pub mod metadata_sqlite;
+pub mod storage;
+
+use lock_manager::LockError;
+use metadata::MetadataError;
+use storage::StorageError;
+
+/// Errors of the service layer; `crate::error::AppError` maps them to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("invalid list cursor")]
+    InvalidCursor,
+    #[error("the file kept changing while the operation retried")]
+    Contended,
+}

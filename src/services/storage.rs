@@ -1,0 +1,387 @@
+//! Blob I/O: content-addressed, durable, never blocking a runtime worker.
+//!
+//! Layout under the data directory:
+//! - `blobs/<aa>/<sha256 hex>`: immutable content, named by its SHA-256. The 256 fan-out
+//!   directories are created (and fsynced) at start, so committing a blob only needs the fsync
+//!   of its own fan-out directory.
+//! - `tmp/<uuid>.part`: uploads in flight. Removed on failure (by [`BlobWriter`]'s and
+//!   [`StagedBlob`]'s drop) and swept at every start.
+//!
+//! Durability order for a new blob: write + hash while streaming, `fdatasync` the temp file,
+//! rename it into place, `fsync` the fan-out directory. Only then may metadata reference it.
+//!
+//! All file I/O goes through `tokio::fs` (which runs it on the blocking pool); hashing of a
+//! chunk larger than [`INLINE_HASH_LIMIT`] goes through [`crate::blocking::run`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Chunks up to this size are hashed inline (about 0.2 ms of CPU at most); larger ones are
+/// hashed on the blocking pool so that no runtime worker is held for long.
+pub const INLINE_HASH_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("blob {0} not found")]
+    NotFound(String),
+    #[error("storage I/O error during {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StorageError {
+    fn io(op: &'static str) -> impl FnOnce(io::Error) -> StorageError {
+        move |source| StorageError::Io { op, source }
+    }
+
+    /// True when the underlying error is "no space left on device".
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => source.kind() == io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
+/// A blob as metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Local-disk blob store.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store under `data_dir`, and removes leftover temp files.
+    pub async fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let store = BlobStore {
+            blobs_dir: data_dir.join("blobs"),
+            tmp_dir: data_dir.join("tmp"),
+        };
+        tokio::fs::create_dir_all(&store.tmp_dir)
+            .await
+            .map_err(StorageError::io("create tmp dir"))?;
+        tokio::fs::create_dir_all(&store.blobs_dir)
+            .await
+            .map_err(StorageError::io("create blobs dir"))?;
+        for i in 0..=255u8 {
+            let dir = store.blobs_dir.join(format!("{i:02x}"));
+            if !tokio::fs::try_exists(&dir)
+                .await
+                .map_err(StorageError::io("stat fan-out dir"))?
+            {
+                tokio::fs::create_dir(&dir)
+                    .await
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(StorageError::io("create fan-out dir"))?;
+            }
+        }
+        fsync_dir(&store.blobs_dir).await?;
+        fsync_dir(data_dir).await?;
+        let removed = store.sweep_tmp().await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed leftover temporary upload files");
+        }
+        Ok(store)
+    }
+
+    async fn sweep_tmp(&self) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        let mut dir = tokio::fs::read_dir(&self.tmp_dir)
+            .await
+            .map_err(StorageError::io("read tmp dir"))?;
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(StorageError::io("read tmp dir"))?
+        {
+            match tokio::fs::remove_file(entry.path()).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove temp file")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Number of temporary files currently present (for tests and fsck).
+    pub async fn temp_file_count(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        let mut dir = tokio::fs::read_dir(&self.tmp_dir)
+            .await
+            .map_err(StorageError::io("read tmp dir"))?;
+        while dir
+            .next_entry()
+            .await
+            .map_err(StorageError::io("read tmp dir"))?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn blob_path(&self, sha256_hex: &str) -> PathBuf {
+        let fan = sha256_hex.get(..2).unwrap_or("00");
+        self.blobs_dir.join(fan).join(sha256_hex)
+    }
+
+    /// Starts streaming a new upload into a temporary file. `limit` is the maximum size.
+    pub async fn begin(&self, limit: u64) -> Result<BlobWriter, StorageError> {
+        let path = self
+            .tmp_dir
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(StorageError::io("create temp file"))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            temp: TempFile { path: Some(path) },
+            hasher: Some(Sha256::new()),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Makes a staged blob part of the store: renames it into its content address (or drops it
+    /// when identical content is already stored) and fsyncs the directory.
+    ///
+    /// The caller must hold the blob's lock ([`super::lock_manager::LockKey::Blob`]) so that
+    /// collection of the same content cannot run concurrently.
+    pub async fn commit(&self, mut staged: StagedBlob) -> Result<BlobRef, StorageError> {
+        let target = self.blob_path(&staged.blob.sha256);
+        let exists = tokio::fs::try_exists(&target)
+            .await
+            .map_err(StorageError::io("stat blob"))?;
+        if exists {
+            // Identical content is stored once; our copy is discarded by TempFile's drop.
+            return Ok(staged.blob.clone());
+        }
+        let Some(temp_path) = staged.temp.path.take() else {
+            return Err(StorageError::Io {
+                op: "commit blob",
+                source: io::Error::other("staged blob has no temporary file"),
+            });
+        };
+        if let Err(e) = tokio::fs::rename(&temp_path, &target).await {
+            staged.temp.path = Some(temp_path);
+            return Err(StorageError::io("rename blob into place")(e));
+        }
+        if let Some(dir) = target.parent() {
+            fsync_dir(dir).await?;
+        }
+        Ok(staged.blob.clone())
+    }
+
+    /// Opens a blob for reading.
+    pub async fn open_blob(&self, sha256_hex: &str) -> Result<tokio::fs::File, StorageError> {
+        match tokio::fs::File::open(self.blob_path(sha256_hex)).await {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(sha256_hex.to_string()))
+            }
+            Err(e) => Err(StorageError::io("open blob")(e)),
+        }
+    }
+
+    pub async fn blob_exists(&self, sha256_hex: &str) -> Result<bool, StorageError> {
+        tokio::fs::try_exists(self.blob_path(sha256_hex))
+            .await
+            .map_err(StorageError::io("stat blob"))
+    }
+
+    /// Removes a blob. The caller must hold its lock and have checked that nothing references
+    /// it. Removing a blob that is already gone is not an error.
+    pub async fn delete_blob(&self, sha256_hex: &str) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.blob_path(sha256_hex)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("remove blob")(e)),
+        }
+    }
+
+    /// Number of blob files on disk (for tests and fsck).
+    pub async fn blob_count(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        let mut fans = tokio::fs::read_dir(&self.blobs_dir)
+            .await
+            .map_err(StorageError::io("read blobs dir"))?;
+        while let Some(fan) = fans
+            .next_entry()
+            .await
+            .map_err(StorageError::io("read blobs dir"))?
+        {
+            let mut dir = tokio::fs::read_dir(fan.path())
+                .await
+                .map_err(StorageError::io("read fan-out dir"))?;
+            while dir
+                .next_entry()
+                .await
+                .map_err(StorageError::io("read fan-out dir"))?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+async fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    let handle = tokio::fs::File::open(dir)
+        .await
+        .map_err(StorageError::io("open dir for fsync"))?;
+    handle
+        .sync_all()
+        .await
+        .map_err(StorageError::io("fsync dir"))
+}
+
+/// A temporary file that removes itself when dropped unless its path was taken.
+#[derive(Debug)]
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        // Never block in drop: hand the unlink to the runtime. Without a runtime (process
+        // exiting) the file stays, and the sweep at the next start removes it.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %e, "could not remove temp file");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// An upload being streamed to a temporary file, hashed in flight.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<tokio::fs::File>,
+    temp: TempFile,
+    /// `None` only while a large chunk is being hashed on the blocking pool.
+    hasher: Option<Sha256>,
+    size: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a chunk. Fails with [`StorageError::TooLarge`] as soon as the limit is passed.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let new_size = self.size.saturating_add(chunk.len() as u64);
+        if new_size > self.limit {
+            return Err(StorageError::TooLarge { limit: self.limit });
+        }
+        self.size = new_size;
+        let file = self.file.as_mut().ok_or_else(|| StorageError::Io {
+            op: "write temp file",
+            source: io::Error::other("writer already finished"),
+        })?;
+        if chunk.len() <= INLINE_HASH_LIMIT {
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&chunk);
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(StorageError::io("write temp file"))?;
+        } else {
+            // Hash on the blocking pool while the write proceeds.
+            let mut hasher = self.hasher.take().ok_or_else(lost_hasher)?;
+            let to_hash = chunk.clone();
+            let hashing = crate::blocking::run(move || {
+                hasher.update(&to_hash);
+                Ok(hasher)
+            });
+            let writing = file.write_all(&chunk);
+            let (hashed, written) = tokio::join!(hashing, writing);
+            self.hasher = Some(hashed.map_err(StorageError::io("hash chunk"))?);
+            written.map_err(StorageError::io("write temp file"))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and fdatasyncs the temp file and returns the staged blob with its digest.
+    pub async fn finish(mut self) -> Result<StagedBlob, StorageError> {
+        let mut file = self.file.take().ok_or_else(|| StorageError::Io {
+            op: "finish temp file",
+            source: io::Error::other("writer already finished"),
+        })?;
+        file.flush()
+            .await
+            .map_err(StorageError::io("flush temp file"))?;
+        file.sync_data()
+            .await
+            .map_err(StorageError::io("fsync temp file"))?;
+        drop(file);
+        let digest = self.hasher.take().ok_or_else(lost_hasher)?.finalize();
+        Ok(StagedBlob {
+            temp: TempFile {
+                path: self.temp.path.take(),
+            },
+            blob: BlobRef {
+                sha256: hex::encode(digest),
+                size: self.size,
+            },
+        })
+    }
+}
+
+/// The hasher is taken out only while a chunk is hashed on the blocking pool; if that future
+/// was cancelled the digest is unknown and the upload must fail rather than guess.
+fn lost_hasher() -> StorageError {
+    StorageError::Io {
+        op: "hash upload",
+        source: io::Error::other("hash state lost after an interrupted write"),
+    }
+}
+
+/// A complete, fsynced upload in the temp directory, not yet part of the store.
+#[derive(Debug)]
+pub struct StagedBlob {
+    temp: TempFile,
+    pub blob: BlobRef,
+}
+
+impl StagedBlob {
+    /// The raw SHA-256 digest, for comparing with a client-supplied checksum.
+    pub fn sha256_bytes(&self) -> Option<Vec<u8>> {
+        hex::decode(&self.blob.sha256).ok()
+    }
+}
