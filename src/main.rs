@@ -104,7 +104,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     // The one place that enters the runtime.
-    #[allow(clippy::disallowed_methods)]
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -109,7 +109,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(e: JsonRejection) -> AppError {
-    let status = e.status();
+    // Syntax and data errors alike are 400 `invalid_json` (axum says 422 for the latter).
+    let status = match e.status() {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        other => other,
+    };
     let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         "unsupported_media_type"
     } else if status == StatusCode::PAYLOAD_TOO_LARGE {

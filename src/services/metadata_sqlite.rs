@@ -283,10 +283,14 @@ async fn migrate(pool: &SqlitePool) -> Result<(), MetadataError> {
     }
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         let mut tx = pool.begin().await.map_err(map_err)?;
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| MetadataError::Schema(format!("migration {version}: {e}")))?;
+        // One statement at a time: `raw_sql(..).execute(&mut conn)` defeats Send inference
+        // inside tokio::spawn (sqlx issue #3150). Migrations contain no ';' in literals.
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| MetadataError::Schema(format!("migration {version}: {e}")))?;
+        }
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
             .bind(version)
             .bind(now_ms())

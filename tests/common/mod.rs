@@ -1,0 +1,205 @@
+//! Test harness: a real VaultFS server on 127.0.0.1:0 in a temporary data directory.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use vaultfs::config::Config;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), vaultfs::server::ServerError>>>,
+}
+
+impl TestServer {
+    /// A fresh server in a new temp dir; keep the `TempDir` alive for the test's duration.
+    pub async fn start() -> (tempfile::TempDir, TestServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+        (dir, server)
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
+        let handle = tokio::spawn(vaultfs::server::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let server = TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            client,
+            data_dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("server did not stop within 30 s")
+                .expect("server task panicked")
+                .expect("server returned an error");
+        }
+    }
+
+    /// Raw upload of `body` to `path` (the path is percent-encoded here).
+    pub async fn upload(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/files/upload?path={}", enc(path))))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads and returns the FileMeta JSON, asserting success.
+    pub async fn put(&self, path: &str, body: &[u8]) -> serde_json::Value {
+        let r = self.upload(path, body.to_vec()).await;
+        let status = r.status();
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert!(status.is_success(), "upload {path}: {status} {json}");
+        json
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn blob_count(&self) -> usize {
+        count_files(&self.data_dir.join("blobs"), 2).await
+    }
+
+    pub async fn temp_count(&self) -> usize {
+        count_files(&self.data_dir.join("tmp"), 1).await
+    }
+
+    /// Sends raw bytes on a fresh connection and returns what the server answered (until it
+    /// closes or `read_for` passes).
+    pub async fn raw(&self, request: &[u8], read_for: Duration) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(read_for, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Files at exactly `depth` levels below `dir`.
+pub async fn count_files(dir: &Path, depth: usize) -> usize {
+    let mut n = 0;
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return 0;
+    };
+    while let Ok(Some(entry)) = rd.next_entry().await {
+        if depth <= 1 {
+            n += 1;
+        } else {
+            n += Box::pin(count_files(&entry.path(), depth - 1)).await;
+        }
+    }
+    n
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
