@@ -286,18 +286,45 @@ impl LockManager {
         owner: LockOwner,
         timeout: Duration,
     ) -> Result<LockSetGuard, LockError> {
-        let keys = request.canonical();
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let keys = request.canonical();
+        let mut guard = self.register(&keys, owner);
+        let waited = tokio::time::timeout(
+            timeout,
+            self.lock_all(&keys, &mut guard, || std::future::ready(())),
+        )
+        .await;
+        match waited {
+            Ok(contended) => {
+                self.record_acquired(&guard, started, contended);
+                Ok(guard)
+            }
+            Err(_elapsed) => {
+                self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                let key = keys
+                    .get(guard.held.len())
+                    .map(|(k, _)| k.to_string())
+                    .unwrap_or_default();
+                Err(LockError::Timeout {
+                    key,
+                    waited: started.elapsed(),
+                })
+                // `guard` drops here and releases the keys taken so far.
+            }
+        }
+    }
 
+    /// Registers a lock set (introspection entry, table references) without taking anything.
+    /// `keys` must already be in canonical order; only the model test passes anything else.
+    fn register(&self, keys: &[(LockKey, LockMode)], owner: LockOwner) -> LockSetGuard {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.holders).insert(
             id,
             HolderInfo {
                 owner,
-                keys: keys.clone(),
+                keys: keys.to_vec(),
                 state: HolderState::Waiting,
-                since: started,
+                since: Instant::now(),
             },
         );
         let mut guard = LockSetGuard {
@@ -306,51 +333,55 @@ impl LockManager {
             entries: Vec::with_capacity(keys.len()),
             held: Vec::with_capacity(keys.len()),
         };
-        {
-            let mut table = lock(&self.inner.table);
-            for (key, _) in &keys {
-                let key_lock = table
-                    .entry(key.clone())
-                    .or_insert_with(|| Arc::new(RwLock::new(())));
-                guard.entries.push((key.clone(), Arc::clone(key_lock)));
-            }
+        let mut table = lock(&self.inner.table);
+        for (key, _) in keys {
+            let key_lock = table
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(RwLock::new(())));
+            guard.entries.push((key.clone(), Arc::clone(key_lock)));
         }
+        guard
+    }
 
+    /// Takes every key of `keys` (in the order given) into `guard`, calling `between` before
+    /// each key (the model test yields to its scheduler there). Returns whether any key had to
+    /// be waited for. Has no deadline of its own: the caller bounds it.
+    async fn lock_all<Y, F>(
+        &self,
+        keys: &[(LockKey, LockMode)],
+        guard: &mut LockSetGuard,
+        mut between: Y,
+    ) -> bool
+    where
+        Y: FnMut() -> F,
+        F: std::future::Future<Output = ()>,
+    {
         let mut contended = false;
-        for (index, (key, mode)) in keys.iter().enumerate() {
+        for (index, (_, mode)) in keys.iter().enumerate().skip(guard.held.len()) {
+            between().await;
             let key_lock = Arc::clone(&guard.entries[index].1);
-            // Fast path first, so uncontended acquisition never touches the timer.
-            let held = match mode {
+            // Fast path first: an uncontended key never parks.
+            let fast = match mode {
                 LockMode::Shared => key_lock.clone().try_read_owned().ok().map(Held::Shared),
                 LockMode::Exclusive => key_lock.clone().try_write_owned().ok().map(Held::Exclusive),
             };
-            let held = match held {
+            let held = match fast {
                 Some(held) => held,
                 None => {
                     contended = true;
-                    let wait = async {
-                        match mode {
-                            LockMode::Shared => Held::Shared(key_lock.read_owned().await),
-                            LockMode::Exclusive => Held::Exclusive(key_lock.write_owned().await),
-                        }
-                    };
-                    match tokio::time::timeout_at(deadline, wait).await {
-                        Ok(held) => held,
-                        Err(_elapsed) => {
-                            self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(LockError::Timeout {
-                                key: key.to_string(),
-                                waited: started.elapsed(),
-                            });
-                        }
+                    match mode {
+                        LockMode::Shared => Held::Shared(key_lock.read_owned().await),
+                        LockMode::Exclusive => Held::Exclusive(key_lock.write_owned().await),
                     }
                 }
             };
             guard.held.push(held);
         }
+        contended
+    }
 
-        let waited = started.elapsed();
-        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+    fn record_acquired(&self, guard: &LockSetGuard, started: Instant, contended: bool) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let stats = &self.inner.stats;
         stats.acquired.fetch_add(1, Ordering::Relaxed);
         if contended {
@@ -358,11 +389,10 @@ impl LockManager {
         }
         stats.wait_nanos_total.fetch_add(nanos, Ordering::Relaxed);
         stats.wait_nanos_max.fetch_max(nanos, Ordering::Relaxed);
-        if let Some(info) = lock(&self.inner.holders).get_mut(&id) {
+        if let Some(info) = lock(&self.inner.holders).get_mut(&guard.id) {
             info.state = HolderState::Held;
             info.since = Instant::now();
         }
-        Ok(guard)
     }
 
     /// Every lock set currently held or waited for.
@@ -401,6 +431,290 @@ impl LockManager {
             wait_seconds_max: s.wait_nanos_max.load(Ordering::Relaxed) as f64 / 1e9,
             held_or_waiting_sets,
             table_entries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The deadlock invariant, proven three ways: a randomized-schedule model check (shuttle)
+    //! of two and three tasks naming overlapping sets in opposite orders, a control showing the
+    //! same model *does* deadlock without the canonical order, and a proptest of 64 real tokio
+    //! tasks with random overlapping sets.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path(p: &str) -> LockKey {
+        LockKey::Path(p.to_string())
+    }
+
+    fn owner() -> LockOwner {
+        LockOwner {
+            request_id: "test".into(),
+            operation: "test",
+        }
+    }
+
+    /// Exclusive holders per key, to catch two holders of one exclusive key.
+    type Ledger = Arc<Mutex<HashMap<LockKey, (usize, usize)>>>;
+
+    fn enter(ledger: &Ledger, keys: &[(LockKey, LockMode)]) {
+        let mut l = lock(ledger);
+        for (k, m) in keys {
+            let e = l.entry(k.clone()).or_insert((0, 0));
+            match m {
+                LockMode::Exclusive => e.0 += 1,
+                LockMode::Shared => e.1 += 1,
+            }
+            assert!(e.0 <= 1, "two exclusive holders of {k}");
+            assert!(
+                e.0 == 0 || e.1 == 0,
+                "exclusive and shared holders of {k} at once"
+            );
+        }
+    }
+
+    fn leave(ledger: &Ledger, keys: &[(LockKey, LockMode)]) {
+        let mut l = lock(ledger);
+        for (k, m) in keys {
+            if let Some(e) = l.get_mut(k) {
+                match m {
+                    LockMode::Exclusive => e.0 -= 1,
+                    LockMode::Shared => e.1 -= 1,
+                }
+            }
+        }
+    }
+
+    /// One task of the model: takes `keys` (sorted first when `canonical`), yielding to the
+    /// scheduler between keys and while holding them.
+    async fn model_task(
+        manager: LockManager,
+        keys: Vec<(LockKey, LockMode)>,
+        canonical: bool,
+        ledger: Ledger,
+    ) {
+        let keys = if canonical {
+            LockRequest { keys }.canonical()
+        } else {
+            keys
+        };
+        let mut guard = manager.register(&keys, owner());
+        manager
+            .lock_all(&keys, &mut guard, shuttle::future::yield_now)
+            .await;
+        enter(&ledger, &keys);
+        shuttle::future::yield_now().await;
+        leave(&ledger, &keys);
+    }
+
+    fn run_model(sets: Vec<Vec<(LockKey, LockMode)>>, canonical: bool) {
+        shuttle::future::block_on(async move {
+            let manager = LockManager::new(Duration::from_secs(10));
+            let ledger: Ledger = Arc::default();
+            let handles: Vec<_> = sets
+                .into_iter()
+                .map(|keys| {
+                    shuttle::future::spawn(model_task(
+                        manager.clone(),
+                        keys,
+                        canonical,
+                        Arc::clone(&ledger),
+                    ))
+                })
+                .collect();
+            for h in handles {
+                assert!(h.await.is_ok());
+            }
+            assert_eq!(manager.stats().table_entries, 0, "table emptied");
+            assert_eq!(manager.stats().held_or_waiting_sets, 0);
+        });
+    }
+
+    use LockMode::{Exclusive as X, Shared as S};
+
+    fn two_opposite() -> Vec<Vec<(LockKey, LockMode)>> {
+        vec![
+            vec![(path("a"), X), (path("b"), X)],
+            vec![(path("b"), X), (path("a"), X)],
+        ]
+    }
+
+    fn three_cycle() -> Vec<Vec<(LockKey, LockMode)>> {
+        vec![
+            vec![(path("a"), X), (path("b"), X)],
+            vec![(path("b"), X), (path("c"), X)],
+            vec![(path("c"), X), (path("a"), S), (path("d/"), S)],
+        ]
+    }
+
+    #[test]
+    fn model_two_tasks_opposite_orders_never_deadlock() {
+        shuttle::check_random(|| run_model(two_opposite(), true), 2000);
+        shuttle::check_pct(|| run_model(two_opposite(), true), 2000, 3);
+    }
+
+    #[test]
+    fn model_three_tasks_in_a_cycle_never_deadlock() {
+        shuttle::check_random(|| run_model(three_cycle(), true), 2000);
+        shuttle::check_pct(|| run_model(three_cycle(), true), 2000, 3);
+    }
+
+    /// The control: the same model, keys taken in the callers' order, finds the escalation's
+    /// deadlock. This is what shows the model test has teeth.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn model_finds_the_deadlock_without_canonical_order() {
+        shuttle::check_pct(|| run_model(two_opposite(), false), 2000, 3);
+    }
+
+    #[tokio::test]
+    async fn timeout_releases_partial_set_and_names_the_key() {
+        let m = LockManager::new(Duration::from_millis(50));
+        let blocker = m
+            .acquire(LockRequest::new().add(path("b"), X), owner())
+            .await
+            .map_err(|e| e.to_string());
+        assert!(blocker.is_ok());
+        let r = m
+            .acquire(
+                LockRequest::new().add(path("b"), X).add(path("a"), X),
+                owner(),
+            )
+            .await;
+        match r {
+            Err(LockError::Timeout { key, .. }) => assert_eq!(key, "path:b"),
+            Ok(_) => panic!("should have timed out"),
+        }
+        // `a` (taken first, canonical order) was released: another request gets it at once.
+        let a = m
+            .acquire_with_timeout(
+                LockRequest::new().add(path("a"), X),
+                owner(),
+                Duration::from_millis(1),
+            )
+            .await;
+        assert!(a.is_ok());
+        assert_eq!(m.stats().timeouts, 1);
+        drop(a);
+        drop(blocker);
+        assert_eq!(m.stats().table_entries, 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_acquisition_releases_everything() {
+        let m = LockManager::new(Duration::from_secs(10));
+        let blocker = m
+            .acquire(LockRequest::new().add(path("z"), X), owner())
+            .await
+            .map_err(|e| e.to_string());
+        let waiting = m.acquire(
+            LockRequest::new().add(path("a"), X).add(path("z"), X),
+            owner(),
+        );
+        // The client goes away while the request waits for `z`, holding `a`.
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+        assert!(cancelled.is_err());
+        assert_eq!(m.holders().len(), 1, "only the blocker is registered");
+        let a = m
+            .acquire_with_timeout(
+                LockRequest::new().add(path("a"), X),
+                owner(),
+                Duration::from_millis(1),
+            )
+            .await;
+        assert!(a.is_ok(), "`a` was released by the cancelled request");
+        drop(a);
+        drop(blocker);
+        assert_eq!(m.stats().table_entries, 0);
+    }
+
+    #[tokio::test]
+    async fn table_stays_flat_after_many_distinct_paths() {
+        let m = LockManager::new(Duration::from_secs(10));
+        for i in 0..200_000u32 {
+            let p = crate::paths::VPath::parse(&format!("dir{}/file{i}", i % 97));
+            let p = p.map_err(|e| e.to_string());
+            let p = match p {
+                Ok(p) => p,
+                Err(e) => panic!("{e}"),
+            };
+            let g = m.acquire(LockRequest::new().write_path(&p), owner()).await;
+            assert!(g.is_ok());
+        }
+        let stats = m.stats();
+        assert_eq!(stats.table_entries, 0);
+        assert_eq!(stats.held_or_waiting_sets, 0);
+        assert_eq!(stats.acquired, 200_000);
+    }
+
+    #[test]
+    fn canonical_sorts_dedups_and_upgrades() {
+        let req = LockRequest::new()
+            .add(path("b"), S)
+            .add(LockKey::Blob("ff".into()), X)
+            .add(path("a"), S)
+            .add(path("b"), X)
+            .add(path("a"), S);
+        assert_eq!(
+            req.canonical(),
+            vec![
+                (path("a"), S),
+                (path("b"), X),
+                (LockKey::Blob("ff".into()), X)
+            ]
+        );
+    }
+
+    fn lock_set() -> impl Strategy<Value = Vec<(u8, bool)>> {
+        proptest::collection::vec((0u8..12, any::<bool>()), 1..5)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// 64 tasks on a real multi-threaded runtime, random overlapping sets named in random
+        /// orders: all finish (a hang detector, generous bound) and no exclusive key is ever
+        /// held twice.
+        #[test]
+        fn random_overlapping_sets_all_finish(sets in proptest::collection::vec(lock_set(), 64)) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build();
+            let rt = match rt { Ok(rt) => rt, Err(e) => panic!("{e}") };
+            let finished = rt.block_on(async move {
+                let m = LockManager::new(Duration::from_secs(30));
+                let ledger: Ledger = Arc::default();
+                let mut tasks = tokio::task::JoinSet::new();
+                for set in sets {
+                    let m = m.clone();
+                    let ledger = Arc::clone(&ledger);
+                    tasks.spawn(async move {
+                        let mut req = LockRequest::new();
+                        for (k, exclusive) in set {
+                            req = req.add(path(&format!("k{k}")), if exclusive { X } else { S });
+                        }
+                        let keys = req.clone().canonical();
+                        for _ in 0..3 {
+                            let g = m.acquire(req.clone(), owner()).await;
+                            assert!(g.is_ok(), "lock timeout: a hang");
+                            enter(&ledger, &keys);
+                            tokio::task::yield_now().await;
+                            leave(&ledger, &keys);
+                        }
+                    });
+                }
+                let all = tokio::time::timeout(Duration::from_secs(60), async {
+                    while let Some(r) = tasks.join_next().await {
+                        assert!(r.is_ok(), "task panicked");
+                    }
+                })
+                .await;
+                all.is_ok() && m.stats().table_entries == 0
+            });
+            prop_assert!(finished, "all 64 tasks finish and the table empties");
         }
     }
 }
