@@ -8,6 +8,7 @@
 //! - [`paths`]: validation and normalization of user paths.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
 //! - [`blocking`]: the one `spawn_blocking` wrapper.
+//! - [`watchdog`]: the runtime stall watchdog.
 
 pub mod blocking;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod handlers;
 pub mod paths;
 pub mod server;
 pub mod services;
+pub mod watchdog;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -19,6 +20,11 @@ use crate::services::metadata::{MetadataError, MetadataStore};
 use crate::services::metadata_sqlite::SqliteMetadata;
 use crate::services::storage::{BlobStore, StorageError};
 use crate::services::ServiceError;
+use crate::watchdog::StallMonitor;
+
+/// How often the watchdog probes the runtime, and the delay it reports as a stall.
+const STALL_PROBE_INTERVAL: Duration = Duration::from_millis(20);
+const STALL_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// Largest JSON request body (move/copy requests).
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -30,6 +36,8 @@ const METADATA_READERS: u32 = 4;
 pub struct AppState {
     pub files: FileService,
     pub config: Arc<Config>,
+    /// Scheduling-delay probe of the runtime serving this state.
+    pub stall: StallMonitor,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
 }
@@ -82,9 +90,15 @@ impl AppState {
         if collected > 0 {
             tracing::info!(collected, "collected unreferenced blobs");
         }
+        let stall = StallMonitor::start(
+            tokio::runtime::Handle::current(),
+            STALL_PROBE_INTERVAL,
+            STALL_THRESHOLD,
+        )?;
         Ok(AppState {
             files,
             config: Arc::new(config),
+            stall,
             _data_dir_lock: Arc::new(lock_file),
         })
     }
@@ -112,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/fs/{*path}", get(files::get_by_path))
         .route("/api/v1/list", get(list::list))
         .route("/api/v1/admin/locks", get(admin::locks))
+        .route("/api/v1/admin/runtime", get(admin::runtime))
         .fallback(|| async {
             AppError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -11,3 +11,8 @@ pub async fn locks(State(state): State<AppState>) -> Json<Value> {
     let locks = state.files.locks();
     Json(json!({"locks": locks.holders(), "stats": locks.stats()}))
 }
+
+/// `GET /api/v1/admin/runtime`: the stall watchdog's readings.
+pub async fn runtime(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"stall": state.stall.snapshot()}))
+}

@@ -1,0 +1,170 @@
+//! Runtime stall watchdog (docs/CONCURRENCY.md, invariant 2).
+//!
+//! A dedicated OS thread (not a runtime task, so it keeps working when every worker is
+//! wedged) spawns a tiny probe task onto the runtime every `interval` and measures how long the
+//! runtime takes to poll it: the scheduling delay. A delay past `threshold` is logged as a
+//! warning while it lasts and counted; the last and maximum delays, and the age of a probe
+//! still waiting, are readable through [`StallMonitor::snapshot`] for the admin endpoint, the
+//! metrics exporter and liveness.
+//!
+//! What it sees: any stall of the whole runtime (all workers blocked or saturated), and of a
+//! single-threaded runtime. A single blocked worker among several is seen only when the probe
+//! lands on that worker's queue; the lints (`clippy.toml`) are what keep blocking calls out.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug)]
+struct Inner {
+    origin: Instant,
+    threshold: Duration,
+    interval: Duration,
+    stop: AtomicBool,
+    last_delay_ns: AtomicU64,
+    max_delay_ns: AtomicU64,
+    stalls: AtomicU64,
+    probes: AtomicU64,
+    /// Nanoseconds after `origin` at which the outstanding probe was sent; 0 when none waits.
+    outstanding_since_ns: AtomicU64,
+}
+
+/// Handle to the watchdog thread; stops it when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct StallMonitor {
+    inner: Arc<Inner>,
+    _stopper: Arc<Stopper>,
+}
+
+#[derive(Debug)]
+struct Stopper {
+    inner: Arc<Inner>,
+    thread: Option<std::thread::Thread>,
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StallSnapshot {
+    pub last_delay_ms: f64,
+    pub max_delay_ms: f64,
+    /// How long the probe now in flight has waited (0 when none is waiting).
+    pub current_delay_ms: f64,
+    pub stalls_over_threshold: u64,
+    pub probes: u64,
+    pub threshold_ms: f64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl StallMonitor {
+    /// Starts probing `handle`'s runtime.
+    pub fn start(
+        handle: tokio::runtime::Handle,
+        interval: Duration,
+        threshold: Duration,
+    ) -> std::io::Result<Self> {
+        let inner = Arc::new(Inner {
+            origin: Instant::now(),
+            threshold,
+            interval,
+            stop: AtomicBool::new(false),
+            last_delay_ns: AtomicU64::new(0),
+            max_delay_ns: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            outstanding_since_ns: AtomicU64::new(0),
+        });
+        let thread_inner = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("vaultfs-watchdog".into())
+            .spawn(move || probe_loop(&thread_inner, &handle))?;
+        Ok(StallMonitor {
+            _stopper: Arc::new(Stopper {
+                inner: Arc::clone(&inner),
+                thread: Some(thread.thread().clone()),
+            }),
+            inner,
+        })
+    }
+
+    pub fn snapshot(&self) -> StallSnapshot {
+        let i = &self.inner;
+        let since = i.outstanding_since_ns.load(Ordering::Relaxed);
+        let current = if since == 0 {
+            0
+        } else {
+            nanos(i.origin.elapsed()).saturating_sub(since)
+        };
+        StallSnapshot {
+            last_delay_ms: ms(i.last_delay_ns.load(Ordering::Relaxed)),
+            max_delay_ms: ms(i.max_delay_ns.load(Ordering::Relaxed).max(current)),
+            current_delay_ms: ms(current),
+            stalls_over_threshold: i.stalls.load(Ordering::Relaxed),
+            probes: i.probes.load(Ordering::Relaxed),
+            threshold_ms: ms(nanos(i.threshold)),
+        }
+    }
+}
+
+fn probe_loop(inner: &Inner, handle: &tokio::runtime::Handle) {
+    while !inner.stop.load(Ordering::Relaxed) {
+        let (tx, rx) = sync_channel::<()>(1);
+        let sent = Instant::now();
+        inner
+            .outstanding_since_ns
+            .store(nanos(inner.origin.elapsed()).max(1), Ordering::Relaxed);
+        handle.spawn(async move {
+            let _ = tx.try_send(());
+        });
+        let mut warned = false;
+        loop {
+            match rx.recv_timeout(inner.threshold) {
+                Ok(()) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if inner.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    warned = true;
+                    tracing::warn!(
+                        waited_ms = sent.elapsed().as_millis() as u64,
+                        "runtime stall: a probe task has not been scheduled yet"
+                    );
+                }
+                // The runtime shut down and dropped the probe.
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let delay = nanos(sent.elapsed());
+        inner.outstanding_since_ns.store(0, Ordering::Relaxed);
+        inner.probes.fetch_add(1, Ordering::Relaxed);
+        inner.last_delay_ns.store(delay, Ordering::Relaxed);
+        inner.max_delay_ns.fetch_max(delay, Ordering::Relaxed);
+        if delay > nanos(inner.threshold) {
+            inner.stalls.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                delay_ms = ms(delay),
+                recovered = warned,
+                "runtime stall: scheduling delay over threshold"
+            );
+        }
+        // Not a sleep in async code: this is the watchdog's own OS thread.
+        std::thread::park_timeout(inner.interval);
+    }
+}

@@ -1,0 +1,143 @@
+//! Invariants 2 and 3 at run time: the watchdog reports a blocked runtime; every handler and
+//! service future is `Send`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+
+/// On a single-threaded runtime (the server and this test share it), a 200 ms blocking call is
+/// exactly the escalation's second root cause. The watchdog must report it within a second.
+#[tokio::test(flavor = "current_thread")]
+async fn watchdog_reports_a_blocked_runtime_within_a_second() {
+    let (_dir, s) = TestServer::start().await;
+    let (_, before) = s.get_json("/api/v1/admin/runtime").await;
+    assert!(
+        before["stall"]["max_delay_ms"].as_f64().unwrap() < 150.0,
+        "{before}"
+    );
+
+    let injected = std::time::Instant::now();
+    tokio::spawn(async {
+        // Deliberately blocking: the bug the watchdog exists to catch.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    tokio::task::yield_now().await;
+
+    let mut reported = None;
+    while injected.elapsed() < Duration::from_secs(1) {
+        let (_, snap) = s.get_json("/api/v1/admin/runtime").await;
+        if snap["stall"]["max_delay_ms"].as_f64().unwrap() >= 150.0 {
+            reported = Some(snap);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = reported.expect("the watchdog did not report the stall within a second");
+    assert!(
+        snap["stall"]["stalls_over_threshold"].as_u64().unwrap() >= 1,
+        "{snap}"
+    );
+    s.stop().await;
+}
+
+fn assert_send<T: Send>(_: &T) {}
+
+/// Invariant 3: compile-time proof that handler and service futures are `Send`. The closure
+/// is never called; type-checking it is the test (a non-`Send` future fails the build).
+#[test]
+#[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+fn handler_and_service_futures_are_send() {
+    use axum::extract::{Request, State};
+    use vaultfs::handlers::{self, ApiJson, ApiPath, ApiQuery};
+    use vaultfs::server::AppState;
+    use vaultfs::services::files::{FileService, RequestCtx};
+    use vaultfs::services::lock_manager::{LockManager, LockOwner, LockRequest};
+    use vaultfs::services::metadata::{MetadataStore, Precondition, PutRequest};
+    use vaultfs::services::storage::{BlobStore, BlobWriter, StagedBlob};
+
+    let _never_called = || {
+        let state: AppState = todo!();
+        let ctx: RequestCtx = todo!();
+        let req: Request = todo!();
+        let id: ApiPath<String> = todo!();
+        // Handlers.
+        assert_send(&handlers::health::healthz());
+        assert_send(&handlers::upload::upload(
+            State(state.clone()),
+            ctx.clone(),
+            ApiQuery(todo!()),
+            todo!(),
+        ));
+        assert_send(&handlers::files::get_content(
+            State(state.clone()),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::files::get_by_path(
+            State(state.clone()),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::files::get_meta(State(state.clone()), todo!()));
+        assert_send(&handlers::files::delete(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::files::move_file(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            ApiJson(todo!()),
+        ));
+        assert_send(&handlers::files::copy_file(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            ApiJson(todo!()),
+        ));
+        assert_send(&handlers::list::list(State(state.clone()), todo!()));
+        assert_send(&handlers::admin::locks(State(state.clone())));
+        assert_send(&handlers::admin::runtime(State(state.clone())));
+        assert_send(&handlers::request_id(req, todo!()));
+        // Services.
+        let files: FileService = todo!();
+        let path: vaultfs::paths::VPath = todo!();
+        let staged: StagedBlob = todo!();
+        assert_send(&files.begin_upload());
+        assert_send(&files.precheck(&path, &Precondition::None));
+        assert_send(&files.commit_upload(&path, staged, String::new(), Precondition::None, &ctx));
+        assert_send(&files.meta_by_id(""));
+        assert_send(&files.meta_by_path(&path));
+        assert_send(&files.open_content(todo!()));
+        assert_send(&files.delete("", &Precondition::None, &ctx));
+        assert_send(&files.move_file("", &path, false, &ctx));
+        assert_send(&files.copy_file("", &path, false, &ctx));
+        assert_send(&files.list("", true, None, 10));
+        assert_send(&files.collect_blob(""));
+        assert_send(&files.collect_unreferenced());
+        let locks: LockManager = todo!();
+        let owner: LockOwner = todo!();
+        assert_send(&locks.acquire(LockRequest::new(), owner.clone()));
+        assert_send(&locks.acquire_with_timeout(LockRequest::new(), owner, Duration::ZERO));
+        let blobs: BlobStore = todo!();
+        let mut writer: BlobWriter = todo!();
+        assert_send(&blobs.begin(1));
+        assert_send(&blobs.commit(todo!()));
+        assert_send(&blobs.open_blob(""));
+        assert_send(&blobs.delete_blob(""));
+        assert_send(&writer.write(todo!()));
+        assert_send(&writer.finish());
+        let meta: &dyn MetadataStore = todo!();
+        let put: PutRequest = todo!();
+        assert_send(&meta.put(put));
+        assert_send(&meta.events_after(0, 1));
+        assert_send(&AppState::open(todo!()));
+        assert_send(&vaultfs::server::run(todo!(), todo!(), async {}));
+    };
+}
