@@ -28,7 +28,10 @@ async fn contended_manager(tasks: usize, per_task: u64) -> f64 {
         set.spawn(async move {
             for _ in 0..per_task {
                 let g = m
-                    .acquire(LockRequest::new().add(LockKey::Path("hot".into()), LockMode::Exclusive), owner())
+                    .acquire(
+                        LockRequest::new().add(LockKey::Path("hot".into()), LockMode::Exclusive),
+                        owner(),
+                    )
                     .await
                     .unwrap();
                 tokio::task::yield_now().await;
@@ -74,7 +77,10 @@ fn main() {
         let t = Instant::now();
         for _ in 0..N {
             let g = m
-                .acquire(LockRequest::new().add(LockKey::Path("k".into()), LockMode::Exclusive), owner())
+                .acquire(
+                    LockRequest::new().add(LockKey::Path("k".into()), LockMode::Exclusive),
+                    owner(),
+                )
                 .await
                 .unwrap();
             drop(g);
@@ -86,13 +92,22 @@ fn main() {
             drop(mu.lock().await);
         }
         let peer = rate(N, t.elapsed());
-        println!("| uncontended, 1 key, acquisitions/s | {lm:.0} | {peer:.0} | {:.3} |", lm / peer);
+        println!(
+            "| uncontended, 1 key, acquisitions/s | {lm:.0} | {peer:.0} | {:.3} |",
+            lm / peer
+        );
 
         // Uncontended upload-shaped set: `a/b/file-i` = 2 shared parents + 1 exclusive, distinct paths.
-        let paths: Vec<VPath> = (0..N).map(|i| VPath::parse(&format!("ci/build/file-{i}")).unwrap()).collect();
+        let paths: Vec<VPath> = (0..N)
+            .map(|i| VPath::parse(&format!("ci/build/file-{i}")).unwrap())
+            .collect();
         let t = Instant::now();
         for p in &paths {
-            drop(m.acquire(LockRequest::new().write_path(p), owner()).await.unwrap());
+            drop(
+                m.acquire(LockRequest::new().write_path(p), owner())
+                    .await
+                    .unwrap(),
+            );
         }
         let lm3 = rate(N, t.elapsed());
         println!("| uncontended, 3-key upload set, distinct paths, sets/s | {lm3:.0} | - | - |");
@@ -101,6 +116,9 @@ fn main() {
         // Contended: 16 tasks on one exclusive key, yielding while holding it.
         let lmc = contended_manager(16, 20_000).await;
         let muc = contended_mutex(16, 20_000).await;
-        println!("| contended, 16 tasks on 1 key, acquisitions/s | {lmc:.0} | {muc:.0} | {:.3} |", lmc / muc);
+        println!(
+            "| contended, 16 tasks on 1 key, acquisitions/s | {lmc:.0} | {muc:.0} | {:.3} |",
+            lmc / muc
+        );
     });
 }

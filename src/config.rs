@@ -21,6 +21,12 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Deadline for the metadata store to answer (pool wait, SQLite busy).
     pub metadata_timeout: Duration,
+    /// Events older than this are pruned from the log.
+    pub events_retention: Duration,
+    /// At most this many events are kept.
+    pub events_max: u64,
+    /// How often the pruner runs.
+    pub events_prune_interval: Duration,
 }
 
 impl Default for Config {
@@ -31,6 +37,9 @@ impl Default for Config {
             max_upload_size: 16 * 1024 * 1024 * 1024,
             lock_timeout: Duration::from_secs(10),
             metadata_timeout: Duration::from_secs(10),
+            events_retention: Duration::from_secs(7 * 24 * 3600),
+            events_max: 10_000_000,
+            events_prune_interval: Duration::from_secs(60),
         }
     }
 }
@@ -67,6 +76,8 @@ pub struct Overrides {
     pub max_upload_size: Option<SizeValue>,
     pub lock_timeout: Option<String>,
     pub metadata_timeout: Option<String>,
+    pub events_retention: Option<String>,
+    pub events_max: Option<SizeValue>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -95,6 +106,8 @@ impl Overrides {
             max_upload_size: env("VAULTFS_MAX_UPLOAD_SIZE").map(SizeValue::Text),
             lock_timeout: env("VAULTFS_LOCK_TIMEOUT"),
             metadata_timeout: env("VAULTFS_METADATA_TIMEOUT"),
+            events_retention: env("VAULTFS_EVENTS_RETENTION"),
+            events_max: env("VAULTFS_EVENTS_MAX").map(SizeValue::Text),
         }
     }
 
@@ -139,6 +152,20 @@ impl Overrides {
             config.metadata_timeout =
                 parse_duration(v).map_err(|r| invalid("metadata_timeout", v, r))?;
         }
+        if let Some(v) = &self.events_retention {
+            config.events_retention =
+                parse_duration(v).map_err(|r| invalid("events_retention", v, r))?;
+        }
+        if let Some(v) = &self.events_max {
+            let text = v.as_text();
+            config.events_max = text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                invalid(
+                    "events_max",
+                    &text,
+                    "expected a positive whole number".into(),
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -182,7 +209,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "size too large".to_string())
 }
 
-/// `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+/// `10s`, `500ms`, `2m`, `1h`, `7d`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -195,6 +222,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         other => return Err(format!("unknown duration unit {other:?}")),
     };
     if d.is_zero() {

@@ -81,6 +81,8 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         max_upload_size: args.max_upload_size.clone().map(SizeValue::Text),
         lock_timeout: args.lock_timeout.clone(),
         metadata_timeout: None,
+        events_retention: None,
+        events_max: None,
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())
 }

@@ -10,14 +10,16 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::handlers::{self, admin, files, health, list, upload};
+use crate::handlers::{self, admin, files, health, list, sync, upload};
 use crate::services::files::FileService;
 use crate::services::lock_manager::LockManager;
 use crate::services::metadata::{MetadataError, MetadataStore};
 use crate::services::metadata_sqlite::SqliteMetadata;
+use crate::services::notification::{Notifier, Retention};
 use crate::services::storage::{BlobStore, StorageError};
 use crate::services::ServiceError;
 use crate::watchdog::StallMonitor;
@@ -36,6 +38,9 @@ const METADATA_READERS: u32 = 4;
 pub struct AppState {
     pub files: FileService,
     pub config: Arc<Config>,
+    /// Turns true when the server begins shutting down (sync streams close with 1001).
+    pub shutdown: watch::Receiver<bool>,
+    shutdown_trigger: Arc<watch::Sender<bool>>,
     /// Scheduling-delay probe of the runtime serving this state.
     pub stall: StallMonitor,
     /// Holds the data directory's exclusive lock for the life of the server.
@@ -85,7 +90,14 @@ impl AppState {
         let metadata: Arc<dyn MetadataStore> =
             Arc::new(SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?);
         let locks = LockManager::new(config.lock_timeout);
-        let files = FileService::new(storage, metadata, locks, config.max_upload_size);
+        let (shutdown_trigger, shutdown) = watch::channel(false);
+        let retention = Retention {
+            max_age: config.events_retention,
+            max_events: config.events_max,
+            prune_every: config.events_prune_interval,
+        };
+        let notifier = Notifier::start(Arc::clone(&metadata), retention, shutdown.clone()).await?;
+        let files = FileService::new(storage, metadata, locks, notifier, config.max_upload_size);
         let collected = files.collect_unreferenced().await?;
         if collected > 0 {
             tracing::info!(collected, "collected unreferenced blobs");
@@ -99,11 +111,20 @@ impl AppState {
             files,
             config: Arc::new(config),
             stall,
+            shutdown,
+            shutdown_trigger: Arc::new(shutdown_trigger),
             _data_dir_lock: Arc::new(lock_file),
         })
     }
 
+    /// Starts shutting down: sync streams close with 1001, long-polls answer, the event hub
+    /// and pruner stop.
+    pub fn begin_shutdown(&self) {
+        self.shutdown_trigger.send_replace(true);
+    }
+
     pub async fn close(&self) {
+        self.begin_shutdown();
         self.files.metadata().close().await;
     }
 }
@@ -125,6 +146,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/files/{id}/copy", post(files::copy_file))
         .route("/api/v1/fs/{*path}", get(files::get_by_path))
         .route("/api/v1/list", get(list::list))
+        .route("/api/v1/sync", get(sync::sync))
+        .route("/api/v1/events", get(sync::events))
         .route("/api/v1/admin/locks", get(admin::locks))
         .route("/api/v1/admin/runtime", get(admin::runtime))
         .fallback(|| async {
@@ -162,8 +185,12 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    let draining = state.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.begin_shutdown();
+        })
         .await?;
     state.close().await;
     tracing::info!("VaultFS stopped");

@@ -104,6 +104,12 @@ fn handler_and_service_futures_are_send() {
         assert_send(&handlers::list::list(State(state.clone()), todo!()));
         assert_send(&handlers::admin::locks(State(state.clone())));
         assert_send(&handlers::admin::runtime(State(state.clone())));
+        assert_send(&handlers::sync::sync(
+            State(state.clone()),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::sync::events(State(state.clone()), todo!()));
         assert_send(&handlers::request_id(req, todo!()));
         // Services.
         let files: FileService = todo!();
@@ -137,6 +143,11 @@ fn handler_and_service_futures_are_send() {
         let put: PutRequest = todo!();
         assert_send(&meta.put(put));
         assert_send(&meta.events_after(0, 1));
+        let notifier: vaultfs::services::notification::Notifier = todo!();
+        let mut sub: vaultfs::services::notification::Subscription = todo!();
+        assert_send(&notifier.subscribe(None, String::new()));
+        assert_send(&notifier.poll(None, "", 1, Duration::ZERO));
+        assert_send(&sub.next());
         assert_send(&AppState::open(todo!()));
         assert_send(&vaultfs::server::run(todo!(), todo!(), async {}));
     };

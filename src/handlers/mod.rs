@@ -6,6 +6,7 @@ pub mod content;
 pub mod files;
 pub mod health;
 pub mod list;
+pub mod sync;
 pub mod upload;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};

@@ -14,6 +14,7 @@ use super::lock_manager::{LockManager, LockOwner, LockRequest};
 use super::metadata::{
     ChangeOutcome, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest,
 };
+use super::notification::Notifier;
 use super::storage::{BlobStore, BlobWriter, StagedBlob};
 use super::ServiceError;
 use crate::paths::VPath;
@@ -50,6 +51,7 @@ pub struct FileService {
     storage: BlobStore,
     meta: Arc<dyn MetadataStore>,
     locks: LockManager,
+    notifier: Notifier,
     max_upload_size: u64,
 }
 
@@ -67,14 +69,20 @@ impl FileService {
         storage: BlobStore,
         meta: Arc<dyn MetadataStore>,
         locks: LockManager,
+        notifier: Notifier,
         max_upload_size: u64,
     ) -> Self {
         FileService {
             storage,
             meta,
             locks,
+            notifier,
             max_upload_size,
         }
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     pub fn locks(&self) -> &LockManager {
@@ -147,6 +155,7 @@ impl FileService {
         };
         match result {
             Ok(outcome) => {
+                self.notifier.poke();
                 if let Some(released) = &outcome.released {
                     self.spawn_collect(released.clone());
                 }
@@ -261,6 +270,7 @@ impl FileService {
     }
 
     fn finish_change(&self, outcome: ChangeOutcome) -> FileMeta {
+        self.notifier.poke();
         for sha in outcome.released {
             self.spawn_collect(sha);
         }

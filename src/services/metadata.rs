@@ -213,6 +213,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn latest_seq(&self) -> Result<i64, MetadataError>;
     /// The lowest retained seq, if any.
     async fn oldest_seq(&self) -> Result<Option<i64>, MetadataError>;
+    /// Deletes events older than `older_than_ms` or beyond the newest `keep_last`; returns how
+    /// many. The latest seq is unaffected (seqs are never reused).
+    async fn prune_events(&self, older_than_ms: i64, keep_last: i64) -> Result<u64, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

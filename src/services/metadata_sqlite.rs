@@ -578,10 +578,13 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn latest_seq(&self) -> Result<i64, MetadataError> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(map_err)
+        // AUTOINCREMENT's counter: survives pruning, never reused.
+        sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .fetch_one(&self.readers)
+        .await
+        .map_err(map_err)
     }
 
     async fn oldest_seq(&self) -> Result<Option<i64>, MetadataError> {
@@ -589,6 +592,28 @@ impl MetadataStore for SqliteMetadata {
             .fetch_one(&self.readers)
             .await
             .map_err(map_err)
+    }
+
+    async fn prune_events(&self, older_than_ms: i64, keep_last: i64) -> Result<u64, MetadataError> {
+        let latest = self.latest_seq().await?;
+        let cut = latest.saturating_sub(keep_last);
+        let mut total = 0;
+        loop {
+            // Small batches keep the writer free for commits in between.
+            let done = sqlx::query(
+                "DELETE FROM events WHERE seq IN (
+                    SELECT seq FROM events WHERE seq <= ? OR at < ? ORDER BY seq LIMIT 5000)",
+            )
+            .bind(cut)
+            .bind(older_than_ms)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+            total += done.rows_affected();
+            if done.rows_affected() < 5000 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

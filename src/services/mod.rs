@@ -3,12 +3,14 @@
 //! - [`lock_manager`]: the only place that locks paths.
 //! - [`storage`]: blob I/O.
 //! - [`metadata`] / [`metadata_sqlite`]: files, blob references and the event log.
+//! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 
 pub mod files;
 pub mod lock_manager;
 pub mod metadata;
 pub mod metadata_sqlite;
+pub mod notification;
 pub mod storage;
 
 use lock_manager::LockError;

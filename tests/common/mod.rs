@@ -203,3 +203,46 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a sync client reads: a JSON text frame, or the close code.
+#[derive(Debug)]
+pub enum Frame {
+    Json(serde_json::Value),
+    Closed(Option<u16>),
+}
+
+impl TestServer {
+    /// Opens `/api/v1/sync?{query}`.
+    pub async fn ws(&self, query: &str) -> Ws {
+        let url = format!("ws://{}/api/v1/sync?{query}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws
+    }
+}
+
+/// Next frame within 20 s (pings are skipped; tungstenite answers them).
+pub async fn next_frame(ws: &mut Ws) -> Frame {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("no frame within 20 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Frame::Json(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(c))) => return Frame::Closed(c.map(|c| u16::from(c.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Frame::Closed(None),
+        }
+    }
+}
+
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    match next_frame(ws).await {
+        Frame::Json(v) => v,
+        Frame::Closed(c) => panic!("stream closed ({c:?}) while a frame was expected"),
+    }
+}

@@ -1,0 +1,213 @@
+//! The sync feed: `GET /api/v1/sync` (WebSocket) and `GET /api/v1/events` (long-poll).
+//!
+//! Close codes sent by the server:
+//! - 1000: the client closed; we answer in kind.
+//! - 1001: the server is shutting down, or the peer stopped answering pings (45 s).
+//! - 1007: the client sent a text frame that is not UTF-8.
+//! - 1009: the client sent a frame or message over 64 KiB.
+//! - 1011: an internal error (the event log could not be read).
+//! - 4000: `resync_required`: the cursor is outside the retained log; re-list, then resume from
+//!   the `latest_seq` of the preceding frame.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiQuery;
+use crate::error::AppError;
+use crate::paths::validate_prefix;
+use crate::server::AppState;
+use crate::services::notification::{until_true, SubscribeError};
+
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(45);
+pub const CLOSE_RESYNC: u16 = 4000;
+/// Longest long-poll.
+pub const MAX_WAIT_SECS: u64 = 60;
+pub const MAX_EVENTS_LIMIT: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub struct SyncQuery {
+    since: Option<i64>,
+    #[serde(default)]
+    prefix: String,
+}
+
+pub async fn sync(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<SyncQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let ws = ws.map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("{e}; use GET /api/v1/events for the HTTP long-poll fallback"),
+        )
+    })?;
+    let prefix = validate_prefix(&q.prefix)?;
+    Ok(ws
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| session(state, socket, q.since, prefix)))
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Sends with a deadline: a peer that does not read cannot hold the session forever.
+async fn send(socket: &mut WebSocket, msg: Message) -> bool {
+    matches!(
+        tokio::time::timeout(PEER_TIMEOUT, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, prefix: String) {
+    let notifier = state.files.notifier().clone();
+    let (mut sub, latest) = match notifier.subscribe(since, prefix).await {
+        Ok(ok) => ok,
+        Err(SubscribeError::ResyncRequired { latest, .. }) => {
+            let frame = json!({"kind": "resync_required", "latest_seq": latest}).to_string();
+            if send(&mut socket, Message::Text(frame.into())).await {
+                let _ = send(&mut socket, close(CLOSE_RESYNC, "resync_required")).await;
+            }
+            return;
+        }
+        Err(SubscribeError::Store(e)) => {
+            tracing::error!(error = %e, "sync: cannot subscribe");
+            let _ = send(&mut socket, close(1011, "internal error")).await;
+            return;
+        }
+    };
+    let hello = json!({"kind": "hello", "latest_seq": latest}).to_string();
+    if !send(&mut socket, Message::Text(hello.into())).await {
+        return;
+    }
+    let mut shutdown = state.shutdown.clone();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset(); // the first tick would fire at once
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            next = sub.next() => match next {
+                Ok(Some(event)) => {
+                    let text = match serde_json::to_string(&event) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(error = %e, "sync: cannot encode event");
+                            let _ = send(&mut socket, close(1011, "internal error")).await;
+                            return;
+                        }
+                    };
+                    if !send(&mut socket, Message::Text(text.into())).await {
+                        return; // peer gone or not reading for 45 s
+                    }
+                }
+                Ok(None) => {
+                    let _ = send(&mut socket, close(1001, "server shutting down")).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sync: cannot read the event log");
+                    let _ = send(&mut socket, close(1011, "internal error")).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                None => return,
+                Some(Ok(Message::Close(_))) => {
+                    let _ = send(&mut socket, close(1000, "bye")).await;
+                    return;
+                }
+                Some(Ok(_)) => last_heard = Instant::now(), // pong, ping, or ignored data
+                Some(Err(e)) => {
+                    let (code, reason) = classify(&e);
+                    tracing::debug!(error = %e, code, "sync: client protocol error");
+                    let _ = send(&mut socket, close(code, reason)).await;
+                    return;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > PEER_TIMEOUT {
+                    let _ = send(&mut socket, close(1001, "ping timeout")).await;
+                    return;
+                }
+                if !send(&mut socket, Message::Ping(Vec::new().into())).await {
+                    return;
+                }
+            }
+            () = until_true(&mut shutdown) => {
+                let _ = send(&mut socket, close(1001, "server shutting down")).await;
+                return;
+            }
+        }
+    }
+}
+
+fn classify(e: &axum::Error) -> (u16, &'static str) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(ws) = err.downcast_ref::<WsError>() {
+            return match ws {
+                WsError::Capacity(_) => (1009, "message too big"),
+                WsError::Utf8(_) => (1007, "invalid UTF-8"),
+                _ => (1002, "protocol error"),
+            };
+        }
+        source = err.source();
+    }
+    (1002, "protocol error")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    since: Option<i64>,
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    wait: Option<u64>,
+}
+
+/// `GET /api/v1/events`: `{"events": [...], "next_since": N}`, long-polling up to `wait` s.
+pub async fn events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Response, AppError> {
+    let prefix = validate_prefix(&q.prefix)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_EVENTS_LIMIT);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    match state
+        .files
+        .notifier()
+        .poll(q.since, &prefix, limit, wait)
+        .await
+    {
+        Ok((events, next_since)) => {
+            Ok(Json(json!({"events": events, "next_since": next_since})).into_response())
+        }
+        Err(SubscribeError::ResyncRequired { latest, .. }) => {
+            let body = json!({
+                "error": {
+                    "code": "resync_required",
+                    "message": "the cursor is outside the retained event log; re-list and resume from latest_seq",
+                },
+                "latest_seq": latest,
+            });
+            Ok((StatusCode::GONE, Json(body)).into_response())
+        }
+        Err(SubscribeError::Store(e)) => Err(e.into()),
+    }
+}

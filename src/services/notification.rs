@@ -1,0 +1,491 @@
+//! The durable, sequence-numbered event log's live side: fan-out to subscribers.
+//!
+//! Events are written by the metadata store in the same transaction as each change (so the
+//! log is complete and in commit order). This module never publishes an event from a writer:
+//!
+//! - A writer, after its commit, calls [`Notifier::poke`]: a `watch` counter bump. It never
+//!   blocks, never fails, and works with zero subscribers.
+//! - One hub task reads new events from the log in seq order and sends them on a bounded
+//!   `broadcast` channel ([`BROADCAST_CAPACITY`]). It also polls the log every second, so a
+//!   missed poke only delays, never loses.
+//! - A [`Subscription`] subscribes to the broadcast *before* it replays from the log, skips
+//!   what it already delivered, and turns `Lagged` (it fell behind) or a seq gap into catch-up
+//!   reads from the log. It never slows anyone else down and never loses an event.
+//!   `Closed` (the hub stopped: shutdown) ends the stream cleanly.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use super::metadata::{now_ms, Event, MetadataError, MetadataStore};
+
+/// Live events buffered for subscribers; a subscriber further behind catches up from the log.
+pub const BROADCAST_CAPACITY: usize = 1024;
+/// Events per catch-up read.
+pub const CATCH_UP_BATCH: usize = 500;
+/// The hub re-reads the log at least this often, whatever pokes it got.
+const HUB_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The cursor is older than the retained log (or ahead of it): re-list, resume from
+    /// `latest`.
+    #[error("cursor {since} is outside the retained event log; resync from {latest}")]
+    ResyncRequired { since: i64, latest: i64 },
+    #[error(transparent)]
+    Store(#[from] MetadataError),
+}
+
+/// Retention of the event log.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_events: u64,
+    pub prune_every: Duration,
+}
+
+struct Inner {
+    meta: Arc<dyn MetadataStore>,
+    /// Bumped after every commit; the hub waits on it.
+    poke: watch::Sender<u64>,
+    /// A receiver that never reads, kept only to `resubscribe()` new subscribers. A tokio
+    /// broadcast channel overwrites old slots whatever its receivers do, so it holds no memory.
+    template: broadcast::Receiver<Arc<Event>>,
+    /// Highest seq the hub has read and broadcast; long-polls wait on it.
+    published: watch::Sender<i64>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").finish_non_exhaustive()
+    }
+}
+
+impl Notifier {
+    /// Starts the hub (and the retention pruner) on the current runtime. Both stop when
+    /// `shutdown` turns true; the hub then drops the broadcast sender, which ends every
+    /// subscription with `Closed`.
+    pub async fn start(
+        meta: Arc<dyn MetadataStore>,
+        retention: Retention,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, MetadataError> {
+        let latest = meta.latest_seq().await?;
+        let (tx, template) = broadcast::channel(BROADCAST_CAPACITY);
+        let (poke, poked) = watch::channel(0u64);
+        let (published, _) = watch::channel(latest);
+        let notifier = Notifier {
+            inner: Arc::new(Inner {
+                meta: Arc::clone(&meta),
+                poke,
+                template,
+                published,
+                shutdown: shutdown.clone(),
+            }),
+        };
+        tokio::spawn(hub(notifier.clone(), tx, poked, latest, shutdown.clone()));
+        tokio::spawn(pruner(meta, retention, shutdown));
+        Ok(notifier)
+    }
+
+    /// Tells the hub that something committed. Never blocks, never fails.
+    pub fn poke(&self) {
+        self.inner.poke.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The highest seq broadcast so far.
+    pub fn published(&self) -> i64 {
+        *self.inner.published.borrow()
+    }
+
+    async fn check_cursor(&self, since: i64, latest: i64) -> Result<(), SubscribeError> {
+        if since > latest || since < 0 {
+            return Err(SubscribeError::ResyncRequired { since, latest });
+        }
+        if since < latest {
+            let oldest = self.inner.meta.oldest_seq().await?;
+            if oldest.is_none_or(|o| o > since + 1) {
+                return Err(SubscribeError::ResyncRequired { since, latest });
+            }
+        }
+        Ok(())
+    }
+
+    /// A subscription delivering every event with `seq > since` (or from now, without
+    /// `since`) whose path or source path starts with `prefix`, in seq order. Returns the
+    /// latest committed seq at subscription time too (the `hello` frame's `latest_seq`).
+    pub async fn subscribe(
+        &self,
+        since: Option<i64>,
+        prefix: String,
+    ) -> Result<(Subscription, i64), SubscribeError> {
+        // Subscribe to the live feed before reading anything: whatever commits from here on
+        // is either in the replay or in the channel.
+        let rx = self.inner.template.resubscribe();
+        let latest = self.inner.meta.latest_seq().await?;
+        let last = match since {
+            None => latest,
+            Some(since) => {
+                self.check_cursor(since, latest).await?;
+                since
+            }
+        };
+        Ok((
+            Subscription {
+                meta: Arc::clone(&self.inner.meta),
+                rx,
+                last,
+                prefix,
+                behind: true,
+                pending: VecDeque::new(),
+                catch_up_reads: 0,
+            },
+            latest,
+        ))
+    }
+
+    /// One long-poll: events after `since` (from now without it) matching `prefix`, at most
+    /// `limit`; when there are none, waits up to `wait` for one. Returns the events and the
+    /// cursor to pass next time (the last seq examined, matching or not).
+    pub async fn poll(
+        &self,
+        since: Option<i64>,
+        prefix: &str,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<(Vec<Event>, i64), SubscribeError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let latest = self.inner.meta.latest_seq().await?;
+        let mut cursor = since.unwrap_or(latest);
+        self.check_cursor(cursor, latest).await?;
+        let mut published = self.inner.published.subscribe();
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            let batch = self.inner.meta.events_after(cursor, limit).await?;
+            let full = batch.len() == limit;
+            if let Some(last) = batch.last() {
+                cursor = last.seq;
+            }
+            let matched: Vec<Event> = batch.into_iter().filter(|e| matches(e, prefix)).collect();
+            if !matched.is_empty() {
+                return Ok((matched, cursor));
+            }
+            if full {
+                continue; // a full page of non-matching events: keep scanning
+            }
+            let target = cursor;
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, async {
+                    published.wait_for(|p| *p > target).await.is_ok()
+                }) => {
+                    match r {
+                        Ok(true) => continue,
+                        // Deadline passed, or the hub is gone (shutdown): answer what we have.
+                        Ok(false) | Err(_) => return Ok((Vec::new(), cursor)),
+                    }
+                }
+                () = until_true(&mut shutdown) => return Ok((Vec::new(), cursor)),
+            }
+        }
+    }
+}
+
+/// Resolves once `rx` reads true (or its sender is gone). The `watch` read guard that
+/// `wait_for` returns is not `Send`; this drops it before returning, so callers may await
+/// after selecting on it.
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn matches(e: &Event, prefix: &str) -> bool {
+    prefix.is_empty()
+        || e.path.starts_with(prefix)
+        || e.from_path
+            .as_deref()
+            .is_some_and(|p| p.starts_with(prefix))
+}
+
+/// A gapless, ordered stream of events for one subscriber.
+pub struct Subscription {
+    meta: Arc<dyn MetadataStore>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    /// Highest seq delivered or skipped (filtered out).
+    last: i64,
+    prefix: String,
+    /// Reading from the log instead of the channel (replay, or after falling behind).
+    behind: bool,
+    pending: VecDeque<Event>,
+    catch_up_reads: u64,
+}
+
+impl Subscription {
+    /// Highest seq this subscription has passed.
+    pub fn last_seq(&self) -> i64 {
+        self.last
+    }
+
+    /// How many catch-up reads from the log this subscription made (replay and lag).
+    pub fn catch_up_reads(&self) -> u64 {
+        self.catch_up_reads
+    }
+
+    /// The next matching event; `Ok(None)` once the feed has closed (server shutting down).
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Result<Option<Event>, MetadataError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.behind {
+                let batch = self.meta.events_after(self.last, CATCH_UP_BATCH).await?;
+                self.catch_up_reads += 1;
+                if batch.len() < CATCH_UP_BATCH {
+                    self.behind = false;
+                }
+                for e in batch {
+                    self.last = e.seq;
+                    if matches(&e, &self.prefix) {
+                        self.pending.push_back(e);
+                    }
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(e) => {
+                    if e.seq <= self.last {
+                        continue; // already delivered by the replay
+                    }
+                    if e.seq != self.last + 1 {
+                        self.behind = true; // a gap: the log has it
+                        continue;
+                    }
+                    self.last = e.seq;
+                    if matches(&e, &self.prefix) {
+                        return Ok(Some((*e).clone()));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::debug!(
+                        skipped,
+                        last = self.last,
+                        "subscriber lagged; catching up from the log"
+                    );
+                    self.behind = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(None),
+            }
+        }
+    }
+}
+
+async fn hub(
+    notifier: Notifier,
+    tx: broadcast::Sender<Arc<Event>>,
+    mut poked: watch::Receiver<u64>,
+    mut cursor: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Only a weak interest in the notifier: the published watch lives in it.
+    let published = notifier.inner.published.clone();
+    let meta = Arc::clone(&notifier.inner.meta);
+    drop(notifier);
+    loop {
+        tokio::select! {
+            changed = poked.changed() => {
+                if changed.is_err() {
+                    break; // every Notifier is gone
+                }
+            }
+            () = tokio::time::sleep(HUB_POLL) => {}
+            () = until_true(&mut shutdown) => break,
+        }
+        loop {
+            match meta.events_after(cursor, CATCH_UP_BATCH).await {
+                Ok(batch) => {
+                    let n = batch.len();
+                    for e in batch {
+                        cursor = e.seq;
+                        // Err means "no subscriber right now": nothing to do.
+                        let _ = tx.send(Arc::new(e));
+                    }
+                    published.send_replace(cursor);
+                    if n < CATCH_UP_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event hub could not read the log; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+    tracing::debug!("event hub stopped");
+    // Dropping `tx` ends every subscription with `Closed`.
+}
+
+async fn pruner(
+    meta: Arc<dyn MetadataStore>,
+    retention: Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(retention.prune_every) => {}
+            () = until_true(&mut shutdown) => return,
+        }
+        let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let older_than = now_ms().saturating_sub(max_age_ms);
+        let keep = i64::try_from(retention.max_events).unwrap_or(i64::MAX);
+        match meta.prune_events(older_than, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+            Err(e) => tracing::warn!(error = %e, "event pruning failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Invariant 4: a receiver that overflows resyncs from the log and continues in order; a
+    //! sender dropped mid-stream ends the stream cleanly. No unwrap on any receive.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::services::metadata::{Precondition, PutRequest};
+    use crate::services::metadata_sqlite::SqliteMetadata;
+    use crate::services::storage::BlobRef;
+
+    async fn store(dir: &std::path::Path) -> Arc<dyn MetadataStore> {
+        Arc::new(
+            SqliteMetadata::open(dir, Duration::from_secs(10), 2)
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn commit(meta: &Arc<dyn MetadataStore>, notifier: &Notifier, path: &str) {
+        meta.put(PutRequest {
+            path: path.to_string(),
+            blob: BlobRef {
+                sha256: "00".repeat(32),
+                size: 1,
+            },
+            content_type: "x".into(),
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap();
+        notifier.poke();
+    }
+
+    fn retention() -> Retention {
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_events: 1_000_000,
+            prune_every: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn overflowed_subscriber_catches_up_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = store(dir.path()).await;
+        let (_trigger, shutdown) = watch::channel(false);
+        let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
+            .await
+            .unwrap();
+        let (mut slow, latest) = notifier.subscribe(None, String::new()).await.unwrap();
+        assert_eq!(latest, 0);
+        // Three times the channel's capacity commits while `slow` reads nothing.
+        let total = (BROADCAST_CAPACITY * 3) as i64;
+        for i in 0..total {
+            commit(&meta, &notifier, &format!("f{i}")).await;
+        }
+        // Let the hub broadcast everything so the receiver really overflows.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while notifier.published() < total {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        for want in 1..=total {
+            let e = tokio::time::timeout(Duration::from_secs(10), slow.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.seq, want, "in order, no gap, no duplicate");
+        }
+        assert!(
+            slow.catch_up_reads() >= 2,
+            "it lagged and read from the log"
+        );
+    }
+
+    #[tokio::test]
+    async fn sender_dropped_mid_stream_ends_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = store(dir.path()).await;
+        let (trigger, shutdown) = watch::channel(false);
+        let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
+            .await
+            .unwrap();
+        let (mut sub, _) = notifier.subscribe(None, String::new()).await.unwrap();
+        commit(&meta, &notifier, "a").await;
+        let first = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
+        assert_eq!(first.unwrap().map(|e| e.seq), Some(1));
+        // Shutdown: the hub drops the only broadcast sender.
+        trigger.send_replace(true);
+        let end = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(end, Ok(None)),
+            "Closed ends the stream with None, no panic"
+        );
+        // New subscribers after shutdown also end at once.
+        let (mut late, _) = notifier.subscribe(None, String::new()).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), late.next())
+            .await
+            .unwrap();
+        assert!(matches!(end, Ok(None)));
+        // Publishing after shutdown neither blocks nor panics.
+        commit(&meta, &notifier, "b").await;
+    }
+
+    #[tokio::test]
+    async fn prefix_filter_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = store(dir.path()).await;
+        let (_t, shutdown) = watch::channel(false);
+        let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
+            .await
+            .unwrap();
+        for p in ["a/1", "b/1", "a/2"] {
+            commit(&meta, &notifier, p).await;
+        }
+        let (mut sub, latest) = notifier.subscribe(Some(0), "a/".into()).await.unwrap();
+        assert_eq!(latest, 3);
+        let e1 = sub.next().await.unwrap().unwrap();
+        let e2 = sub.next().await.unwrap().unwrap();
+        assert_eq!((e1.path.as_str(), e2.path.as_str()), ("a/1", "a/2"));
+        assert!(matches!(
+            notifier.subscribe(Some(99), String::new()).await,
+            Err(SubscribeError::ResyncRequired { latest: 3, .. })
+        ));
+    }
+}
