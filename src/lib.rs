@@ -7,10 +7,12 @@
 //! - [`services`]: lock manager, blob storage, metadata, file operations.
 //! - [`paths`]: validation and normalization of user paths.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
+//! - [`client`]: the HTTP/WebSocket client the CLI and load tool use.
 //! - [`blocking`]: the one `spawn_blocking` wrapper.
 //! - [`watchdog`]: the runtime stall watchdog.
 
 pub mod blocking;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod handlers;

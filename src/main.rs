@@ -21,6 +21,21 @@ struct Cli {
 enum Command {
     /// Run the server (zero configuration: 127.0.0.1:8080, ./vaultfs-data).
     Serve(ServeArgs),
+    /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Server URL
+    #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Start after this seq (replaying what was missed); without it, from now
+    #[arg(long)]
+    since: Option<i64>,
+    /// Only paths under this prefix
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,13 +62,71 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Watch(args) => run_client(watch(args)),
     }
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr: client commands print their results on stdout.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a client command on a small runtime; the future returns the exit code.
+fn run_client(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("vaultfs: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn watch(args: WatchArgs) -> ExitCode {
+    use std::io::Write;
+    let client = match vaultfs::client::Client::new(&args.server) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vaultfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut since = args.since;
+    loop {
+        let printer = |event: &serde_json::Value| {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{event}").is_ok() && out.flush().is_ok()
+        };
+        let end = tokio::select! {
+            end = vaultfs::client::watch(&client, since, &args.prefix, printer) => end,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        match end {
+            vaultfs::client::WatchEnd::ResyncRequired { latest } => {
+                eprintln!(
+                    "vaultfs: the server no longer has events after seq {since:?}; re-list, then \
+                     continuing from seq {latest}"
+                );
+                println!(
+                    "{}",
+                    serde_json::json!({"kind": "resync_required", "latest_seq": latest})
+                );
+                since = Some(latest);
+            }
+            // stdout closed (e.g. piped into `head`): done.
+            vaultfs::client::WatchEnd::Stopped => return ExitCode::SUCCESS,
+            vaultfs::client::WatchEnd::Disconnected(_) => {}
+        }
+    }
 }
 
 fn load_config(args: &ServeArgs) -> Result<config::Config, String> {

@@ -28,7 +28,12 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// On a given address (a restart on the same port, for reconnecting clients).
+    pub async fn start_on(config: Config, addr: &str) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
