@@ -5,6 +5,7 @@
 //! - [`config`]: defaults < TOML file < `VAULTFS_*` env < flags.
 //! - [`handlers`]: HTTP endpoints; parse, call services, map errors.
 //! - [`services`]: lock manager, blob storage, metadata, file operations.
+//! - [`loadtest`]: `vaultfs loadtest`, the escalation's load, verified.
 //! - [`paths`]: validation and normalization of user paths.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
 //! - [`client`]: the HTTP/WebSocket client the CLI and load tool use.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod loadtest;
 pub mod paths;
 pub mod server;
 pub mod services;

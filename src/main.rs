@@ -23,6 +23,42 @@ enum Command {
     Serve(ServeArgs),
     /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
     Watch(WatchArgs),
+    /// Run the escalation's load against a server and verify it (exit 1 on any failure).
+    Loadtest(LoadtestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadtestArgs {
+    /// Server URL
+    #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent uploaders
+    #[arg(long, default_value_t = 50)]
+    uploaders: usize,
+    /// Concurrent downloaders reading back every upload [default: uploaders/4, at least 1]
+    #[arg(long)]
+    downloaders: Option<usize>,
+    /// Workers issuing opposite moves (a->b while b->a)
+    #[arg(long, default_value_t = 4)]
+    movers: usize,
+    /// Sync subscribers checking the feed
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// How long to run, e.g. 30s (ignored with --count)
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    /// Run this many uploads instead of a duration
+    #[arg(long)]
+    count: Option<u64>,
+    /// Weighted size mix
+    #[arg(long, default_value = "4KiB:50,1MiB:45,64MiB:5")]
+    sizes: String,
+    /// Fail when no request completes for this long
+    #[arg(long, default_value = "5s")]
+    stall_limit: String,
+    /// Also write the report as JSON to FILE (`-` for standard output)
+    #[arg(long)]
+    json: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +99,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Watch(args) => run_client(watch(args)),
+        Command::Loadtest(args) => run_client(loadtest(args)),
     }
 }
 
@@ -88,6 +125,66 @@ fn run_client(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
             eprintln!("vaultfs: cannot start the runtime: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn loadtest(args: LoadtestArgs) -> ExitCode {
+    use vaultfs::config::parse_duration;
+    use vaultfs::loadtest::{parse_sizes, LoadConfig};
+    let parsed = (|| -> Result<LoadConfig, String> {
+        Ok(LoadConfig {
+            url: args.url.clone(),
+            uploaders: args.uploaders.max(1),
+            downloaders: args.downloaders.unwrap_or((args.uploaders / 4).max(1)),
+            movers: args.movers,
+            subscribers: args.subscribers,
+            duration: match args.count {
+                Some(_) => None,
+                None => {
+                    Some(parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?)
+                }
+            },
+            count: args.count,
+            sizes: parse_sizes(&args.sizes).map_err(|e| format!("--sizes: {e}"))?,
+            stall_limit: parse_duration(&args.stall_limit)
+                .map_err(|e| format!("--stall-limit: {e}"))?,
+            progress: true,
+        })
+    })();
+    let config = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vaultfs loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match vaultfs::loadtest::run(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vaultfs loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.text());
+    if let Some(target) = &args.json {
+        let json = match serde_json::to_string_pretty(&report) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("vaultfs loadtest: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if target == "-" {
+            println!("{json}");
+        } else if let Err(e) = tokio::fs::write(target, json).await {
+            eprintln!("vaultfs loadtest: cannot write {target}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -161,6 +258,11 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    // Every connection is a descriptor: 1,000 uploads and their subscribers need more than
+    // the usual soft limit of 1,024.
+    if let Err(e) = rlimit::increase_nofile_limit(65_536) {
+        eprintln!("vaultfs: warning: cannot raise the open-file limit: {e}");
+    }
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {

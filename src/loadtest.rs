@@ -1,0 +1,761 @@
+//! `vaultfs loadtest`: the escalation's load against any deployment, verified as it runs.
+//!
+//! At once, for a duration or a count of uploads: N uploaders (sizes from a weighted mix,
+//! SHA-256 declared so the server verifies), downloaders reading back every acknowledged
+//! upload and checking its SHA-256, movers issuing opposite moves (a->b while b->a, overwrite
+//! on), M sync subscribers checking that the feed is gapless and in order, and a health prober.
+//! Memory is bounded: a payload is one seeded 64 KiB block streamed as many times as needed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{Client, ClientError};
+
+const BLOCK: usize = 64 * 1024;
+/// Largest payload hashed inline; bigger ones are hashed on the blocking pool.
+const INLINE_HASH: u64 = 1 << 20;
+/// Latency samples kept per kind (a run longer than this keeps the first ones).
+const MAX_SAMPLES: usize = 2_000_000;
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub url: String,
+    pub uploaders: usize,
+    pub downloaders: usize,
+    pub movers: usize,
+    pub subscribers: usize,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+    /// (bytes, weight)
+    pub sizes: Vec<(u64, u32)>,
+    pub stall_limit: Duration,
+    pub progress: bool,
+}
+
+impl LoadConfig {
+    pub fn new(url: &str) -> Self {
+        LoadConfig {
+            url: url.to_string(),
+            uploaders: 20,
+            downloaders: 8,
+            movers: 4,
+            subscribers: 10,
+            duration: Some(Duration::from_secs(30)),
+            count: None,
+            sizes: vec![(4 << 10, 50), (1 << 20, 45), (64 << 20, 5)],
+            stall_limit: Duration::from_secs(5),
+            progress: false,
+        }
+    }
+}
+
+/// `4KiB:50,1MiB:45,64MiB:5`
+pub fn parse_sizes(text: &str) -> Result<Vec<(u64, u32)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (size, weight) = part
+            .split_once(':')
+            .ok_or_else(|| format!("{part:?}: expected SIZE:WEIGHT"))?;
+        let size = crate::config::parse_size(size).map_err(|e| format!("{part:?}: {e}"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: weight must be a whole number"))?;
+        if weight > 0 {
+            out.push((size, weight));
+        }
+    }
+    if out.is_empty() {
+        return Err("no size with a positive weight".into());
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(samples: &mut [f64]) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+        Latency {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            p99_ms: at(0.99),
+            max_ms: samples[samples.len() - 1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub count: u64,
+    pub errors: u64,
+    pub per_sec: f64,
+    pub mib_per_sec: f64,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReport {
+    pub subscribers: usize,
+    pub expected_per_subscriber: i64,
+    pub delivered: u64,
+    pub subscribers_complete: usize,
+    pub gaps: u64,
+    /// From the event's commit timestamp (millisecond resolution) to its arrival.
+    pub delivery_latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub seconds: f64,
+    pub uploaders: usize,
+    pub downloaders: usize,
+    pub movers: usize,
+    pub kinds: BTreeMap<String, KindReport>,
+    pub longest_stall_seconds: f64,
+    pub events: EventsReport,
+    pub errors_by_status: BTreeMap<String, u64>,
+    pub failures: Vec<String>,
+    pub passed: bool,
+}
+
+#[derive(Default)]
+struct KindStats {
+    count: u64,
+    errors: u64,
+    bytes: u64,
+    samples: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    /// Guards per-kind counters; held for one update, never across `.await`.
+    kinds: Mutex<HashMap<&'static str, KindStats>>,
+    /// Guards the error tally; same discipline.
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// Guards the first failure messages; same discipline.
+    failures: Mutex<Vec<String>>,
+    completions: AtomicU64,
+    in_flight: AtomicI64,
+    events: AtomicU64,
+    gaps: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Recorder {
+    fn ok(&self, kind: &'static str, took: Duration, bytes: u64) {
+        let mut kinds = lock(&self.kinds);
+        let k = kinds.entry(kind).or_default();
+        k.count += 1;
+        k.bytes += bytes;
+        if k.samples.len() < MAX_SAMPLES {
+            k.samples.push(took.as_secs_f64() * 1000.0);
+        }
+        if kind != "event" && kind != "health" {
+            self.completions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn err(&self, kind: &'static str, e: &ClientError) {
+        {
+            let mut kinds = lock(&self.kinds);
+            let k = kinds.entry(kind).or_default();
+            k.count += 1;
+            k.errors += 1;
+        }
+        self.completions.fetch_add(1, Ordering::Relaxed);
+        let key = match e {
+            ClientError::Api { status, code, .. } => format!("{status} {code}"),
+            other => other.code().to_string(),
+        };
+        *lock(&self.errors).entry(key).or_default() += 1;
+        self.fail(format!("{kind}: {e}"));
+    }
+
+    fn fail(&self, msg: String) {
+        let mut f = lock(&self.failures);
+        if f.len() < 100 {
+            f.push(msg);
+        } else if f.len() == 100 {
+            f.push("... more failures not shown".into());
+        }
+    }
+
+    fn failure_count(&self) -> usize {
+        lock(&self.failures).len()
+    }
+
+    fn count(&self, kind: &str) -> u64 {
+        lock(&self.kinds).get(kind).map_or(0, |k| k.count)
+    }
+}
+
+fn seeded_block(seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(BLOCK);
+    while out.len() < BLOCK {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+fn chunks(block: &Bytes, size: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
+    let block = block.clone();
+    let full = size / BLOCK as u64;
+    let rest = (size % BLOCK as u64) as usize;
+    (0..full)
+        .map({
+            let b = block.clone();
+            move |_| b.clone()
+        })
+        .chain((rest > 0).then(move || block.slice(..rest)))
+}
+
+async fn payload_sha(block: &Bytes, size: u64) -> Result<String, ClientError> {
+    let block = block.clone();
+    let hash = move || {
+        let mut h = Sha256::new();
+        for c in chunks(&block, size) {
+            h.update(&c);
+        }
+        Ok(hex::encode(h.finalize()))
+    };
+    if size <= INLINE_HASH {
+        hash().map_err(|e: std::io::Error| ClientError::Other(e.to_string()))
+    } else {
+        crate::blocking::run(hash)
+            .await
+            .map_err(|e| ClientError::Other(e.to_string()))
+    }
+}
+
+struct Uploaded {
+    id: String,
+    sha256: String,
+    size: u64,
+}
+
+struct Shared {
+    client: Client,
+    cfg: LoadConfig,
+    rec: Recorder,
+    stop: AtomicBool,
+    tickets: AtomicU64,
+    run_id: String,
+    total_weight: u32,
+}
+
+impl Shared {
+    fn pick_size(&self, n: u64) -> u64 {
+        let mut r = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 % self.total_weight.max(1);
+        for (size, w) in &self.cfg.sizes {
+            if r < *w {
+                return *size;
+            }
+            r -= w;
+        }
+        self.cfg.sizes.first().map_or(4096, |s| s.0)
+    }
+
+    /// Whether another upload may start.
+    fn take_ticket(&self) -> Option<u64> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = self.tickets.fetch_add(1, Ordering::Relaxed);
+        match self.cfg.count {
+            Some(c) if n >= c => None,
+            _ => Some(n),
+        }
+    }
+}
+
+async fn upload_one(
+    sh: &Shared,
+    path: &str,
+    seed: u64,
+    size: u64,
+) -> Result<Uploaded, ClientError> {
+    let block = seeded_block(seed);
+    let sha = payload_sha(&block, size).await?;
+    let stream = futures_util::stream::iter(chunks(&block, size).map(Ok::<Bytes, std::io::Error>));
+    let resp = sh
+        .client
+        .http()
+        .post(sh.client.url(&format!(
+            "/api/v1/files/upload?path={}",
+            crate::client::encode_path(path)
+        )))
+        .header("x-checksum-sha256", &sha)
+        .header("content-length", size)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    let meta: crate::services::metadata::FileMeta = Client::parse(resp).await?;
+    if meta.sha256 != sha || meta.size != size {
+        return Err(ClientError::Other(format!(
+            "{path}: server acknowledged sha {} size {}, sent {sha} size {size}",
+            meta.sha256, meta.size
+        )));
+    }
+    Ok(Uploaded {
+        id: meta.id,
+        sha256: sha,
+        size,
+    })
+}
+
+async fn uploader(sh: Arc<Shared>, worker: usize, verify: mpsc::Sender<Uploaded>) {
+    while let Some(n) = sh.take_ticket() {
+        let size = sh.pick_size(n);
+        let path = format!("loadtest/{}/u{worker}/{n}.bin", sh.run_id);
+        let started = Instant::now();
+        sh.rec.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = upload_one(&sh, &path, n ^ 0x5EED, size).await;
+        sh.rec.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(up) => {
+                sh.rec.ok("upload", started.elapsed(), size);
+                if verify.send(up).await.is_err() {
+                    return; // downloaders gone: the run is ending
+                }
+            }
+            Err(e) => sh.rec.err("upload", &e),
+        }
+    }
+}
+
+async fn download_one(sh: &Shared, up: &Uploaded) -> Result<(), ClientError> {
+    let resp = sh
+        .client
+        .http()
+        .get(sh.client.url(&format!("/api/v1/files/{}", up.id)))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        return Err(Client::api_error(resp).await);
+    }
+    let mut body = resp.bytes_stream();
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        n += chunk.len() as u64;
+        h.update(&chunk);
+    }
+    let got = hex::encode(h.finalize());
+    if got != up.sha256 || n != up.size {
+        return Err(ClientError::Other(format!(
+            "read back {} ({n} bytes): sha {got}, expected {} ({} bytes)",
+            up.id, up.sha256, up.size
+        )));
+    }
+    Ok(())
+}
+
+async fn downloader(sh: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Uploaded>>>) {
+    loop {
+        // The queue's async mutex is held only while waiting for the next item.
+        let next = { queue.lock().await.recv().await };
+        let Some(up) = next else { return };
+        let started = Instant::now();
+        sh.rec.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = download_one(&sh, &up).await;
+        sh.rec.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok(()) => sh.rec.ok("download", started.elapsed(), up.size),
+            Err(e) => sh.rec.err("download", &e),
+        }
+    }
+}
+
+async fn mover(sh: Arc<Shared>, worker: usize) {
+    let base = format!("loadtest/{}/m{worker}", sh.run_id);
+    let (pa, pb) = (format!("{base}/a"), format!("{base}/b"));
+    let mut round = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) {
+        round += 1;
+        let seed = (worker as u64) << 40 | round << 1;
+        let (a, b) = tokio::join!(
+            upload_one(&sh, &pa, seed, 1024),
+            upload_one(&sh, &pb, seed | 1, 1024)
+        );
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                sh.rec.err("move", &e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let (r1, r2) = tokio::join!(
+            sh.client.move_file(&a.id, &pb, true),
+            sh.client.move_file(&b.id, &pa, true)
+        );
+        let took = started.elapsed();
+        let mut ok = 0;
+        for r in [r1, r2] {
+            match r {
+                Ok(_) => {
+                    ok += 1;
+                    sh.rec.ok("move", took, 0);
+                }
+                // The other move of the pair overwrote this file first: expected.
+                Err(ClientError::Api { status: 404, .. }) => sh.rec.ok("move", took, 0),
+                Err(e) => sh.rec.err("move", &e),
+            }
+        }
+        if ok == 0 {
+            sh.rec
+                .fail(format!("{base}: neither of two opposite moves succeeded"));
+        }
+    }
+}
+
+async fn prober(sh: Arc<Shared>, done: Arc<AtomicBool>) {
+    while !done.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), sh.client.health()).await;
+        match r {
+            Ok(Ok(())) => sh.rec.ok("health", started.elapsed(), 0),
+            Ok(Err(e)) => sh.rec.err("health", &e),
+            Err(_) => sh.rec.err(
+                "health",
+                &ClientError::Transport("health timed out after 10 s".into()),
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One subscriber: connects from `since`, checks order and gaps, records delivery latency,
+/// and returns the last seq it saw once it reaches `target` (sent when the load is over).
+async fn subscriber(
+    sh: Arc<Shared>,
+    since: i64,
+    mut target: tokio::sync::watch::Receiver<i64>,
+) -> i64 {
+    let url = sh.client.sync_url(Some(since), "");
+    let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            sh.rec.fail(format!("subscriber could not connect: {e}"));
+            return since;
+        }
+    };
+    let mut last = since;
+    loop {
+        let want = *target.borrow();
+        if want > 0 && last >= want {
+            return last;
+        }
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = target.changed() => continue,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(c))) => {
+                sh.rec
+                    .fail(format!("subscriber closed by server at seq {last}: {c:?}"));
+                return last;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                sh.rec.fail(format!("subscriber error at seq {last}: {e}"));
+                return last;
+            }
+            None => return last,
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            sh.rec.fail("subscriber got invalid JSON".into());
+            return last;
+        };
+        let Some(seq) = v["seq"].as_i64() else {
+            continue;
+        }; // hello
+        if seq != last + 1 {
+            sh.rec.gaps.fetch_add(1, Ordering::Relaxed);
+            sh.rec
+                .fail(format!("subscriber saw seq {seq} after {last}"));
+        }
+        last = seq;
+        sh.rec.events.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = v["at"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        }) {
+            let lag = time::OffsetDateTime::now_utc() - at;
+            let lag = Duration::from_secs_f64(lag.as_seconds_f64().max(0.0));
+            sh.rec.ok("event", lag, 0);
+        }
+    }
+}
+
+async fn latest_seq(client: &Client) -> Result<i64, ClientError> {
+    let resp = client
+        .http()
+        .get(client.url("/api/v1/events?wait=0&limit=1"))
+        .send()
+        .await?;
+    let v: serde_json::Value = Client::parse(resp).await?;
+    v["next_since"]
+        .as_i64()
+        .ok_or_else(|| ClientError::Other("events answer without next_since".into()))
+}
+
+/// Runs the load and returns the report. Fails only when the server cannot be reached at all.
+pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
+    if let Err(e) = rlimit::increase_nofile_limit(65_536) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    let client = Client::new(&cfg.url)?;
+    client.health().await?;
+    let start_seq = latest_seq(&client).await?;
+    let total_weight = cfg.sizes.iter().map(|s| s.1).sum();
+    let sh = Arc::new(Shared {
+        client,
+        cfg: cfg.clone(),
+        rec: Recorder::default(),
+        stop: AtomicBool::new(false),
+        tickets: AtomicU64::new(0),
+        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        total_weight,
+    });
+
+    let (target_tx, target_rx) = tokio::sync::watch::channel(0i64);
+    let mut subs = tokio::task::JoinSet::new();
+    for _ in 0..cfg.subscribers {
+        subs.spawn(subscriber(Arc::clone(&sh), start_seq, target_rx.clone()));
+    }
+    let probe_done = Arc::new(AtomicBool::new(false));
+    let probe = tokio::spawn(prober(Arc::clone(&sh), Arc::clone(&probe_done)));
+
+    let started = Instant::now();
+    let (verify_tx, verify_rx) = mpsc::channel::<Uploaded>(10_000);
+    let queue = Arc::new(tokio::sync::Mutex::new(verify_rx));
+    let mut downloaders = tokio::task::JoinSet::new();
+    for _ in 0..cfg.downloaders.max(1) {
+        downloaders.spawn(downloader(Arc::clone(&sh), Arc::clone(&queue)));
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..cfg.uploaders.max(1) {
+        workers.spawn(uploader(Arc::clone(&sh), w, verify_tx.clone()));
+    }
+    drop(verify_tx);
+    let mut movers = tokio::task::JoinSet::new();
+    for w in 0..cfg.movers {
+        movers.spawn(mover(Arc::clone(&sh), w));
+    }
+
+    // Progress, stall detection, and the duration limit.
+    let mut longest_stall = Duration::ZERO;
+    let mut last_completions = 0;
+    let mut last_change = Instant::now();
+    let mut last_print = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let c = sh.rec.completions.load(Ordering::Relaxed);
+        if c != last_completions {
+            last_completions = c;
+            last_change = now;
+        } else if sh.rec.in_flight.load(Ordering::Relaxed) > 0 {
+            longest_stall = longest_stall.max(now - last_change);
+        } else {
+            last_change = now;
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            sh.stop.store(true, Ordering::Relaxed);
+        }
+        if cfg.progress && now - last_print >= Duration::from_secs(1) {
+            last_print = now;
+            let secs = started.elapsed().as_secs_f64();
+            let line = format!(
+                "[{secs:6.1}s] uploads {} ({:.0}/s)  downloads {}  moves {}  in flight {}  events {}  failures {}",
+                sh.rec.count("upload"),
+                sh.rec.count("upload") as f64 / secs,
+                sh.rec.count("download"),
+                sh.rec.count("move"),
+                sh.rec.in_flight.load(Ordering::Relaxed),
+                sh.rec.events.load(Ordering::Relaxed),
+                sh.rec.failure_count(),
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        if workers.is_empty() && downloaders.is_empty() {
+            break;
+        }
+        while let Some(r) = workers.try_join_next() {
+            if let Err(e) = r {
+                sh.rec.fail(format!("uploader task failed: {e}"));
+            }
+        }
+        while let Some(r) = downloaders.try_join_next() {
+            if let Err(e) = r {
+                sh.rec.fail(format!("downloader task failed: {e}"));
+            }
+        }
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    while movers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    if cfg.progress && tty {
+        eprintln!();
+    }
+
+    // Every subscriber must reach the final seq.
+    let final_seq = latest_seq(&sh.client).await.unwrap_or(start_seq);
+    target_tx.send_replace(final_seq.max(1));
+    let mut complete = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(r) = subs.join_next().await {
+            if matches!(r, Ok(last) if last >= final_seq) {
+                complete += 1;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        sh.rec.fail(format!(
+            "subscribers did not reach seq {final_seq} within 60 s"
+        ));
+    }
+    probe_done.store(true, Ordering::Relaxed);
+    let _ = probe.await;
+    if complete < cfg.subscribers {
+        sh.rec.fail(format!(
+            "{} of {} subscribers did not receive every event up to seq {final_seq}",
+            cfg.subscribers - complete,
+            cfg.subscribers
+        ));
+    }
+    if longest_stall > cfg.stall_limit {
+        sh.rec.fail(format!(
+            "no request completed for {:.2?} (limit {:.2?})",
+            longest_stall, cfg.stall_limit
+        ));
+    }
+
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let mut kinds = BTreeMap::new();
+    let mut event_latency = Latency::default();
+    for (name, k) in lock(&sh.rec.kinds).iter_mut() {
+        let latency = Latency::of(&mut k.samples);
+        if *name == "event" {
+            event_latency = latency.clone();
+        }
+        kinds.insert(
+            (*name).to_string(),
+            KindReport {
+                count: k.count,
+                errors: k.errors,
+                per_sec: k.count as f64 / secs,
+                mib_per_sec: k.bytes as f64 / secs / f64::from(1u32 << 20),
+                latency,
+            },
+        );
+    }
+    let failures = lock(&sh.rec.failures).clone();
+    let errors_by_status = lock(&sh.rec.errors).clone();
+    Ok(Report {
+        url: cfg.url.clone(),
+        seconds: secs,
+        uploaders: cfg.uploaders,
+        downloaders: cfg.downloaders,
+        movers: cfg.movers,
+        kinds,
+        longest_stall_seconds: longest_stall.as_secs_f64(),
+        events: EventsReport {
+            subscribers: cfg.subscribers,
+            expected_per_subscriber: final_seq - start_seq,
+            delivered: sh.rec.events.load(Ordering::Relaxed),
+            subscribers_complete: complete,
+            gaps: sh.rec.gaps.load(Ordering::Relaxed),
+            delivery_latency: event_latency,
+        },
+        passed: failures.is_empty() && errors_by_status.is_empty(),
+        errors_by_status,
+        failures,
+    })
+}
+
+impl Report {
+    /// A human-readable summary.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "VaultFS load test against {} for {:.1}s ({} uploaders, {} downloaders, {} movers, {} subscribers)\n\n",
+            self.url, self.seconds, self.uploaders, self.downloaders, self.movers, self.events.subscribers
+        );
+        s.push_str(
+            "kind       count  errors    req/s    MiB/s   p50 ms   p90 ms   p99 ms   max ms\n",
+        );
+        for (name, k) in &self.kinds {
+            s.push_str(&format!(
+                "{name:<9} {:>6} {:>7} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
+                k.count,
+                k.errors,
+                k.per_sec,
+                k.mib_per_sec,
+                k.latency.p50_ms,
+                k.latency.p90_ms,
+                k.latency.p99_ms,
+                k.latency.max_ms
+            ));
+        }
+        s.push_str(&format!(
+            "\nlongest window with no completion: {:.3}s\nevents: {} delivered to {} subscribers ({} complete, {} gaps), {} expected each\n",
+            self.longest_stall_seconds,
+            self.events.delivered,
+            self.events.subscribers,
+            self.events.subscribers_complete,
+            self.events.gaps,
+            self.events.expected_per_subscriber
+        ));
+        if !self.errors_by_status.is_empty() {
+            s.push_str(&format!("errors by status: {:?}\n", self.errors_by_status));
+        }
+        for f in &self.failures {
+            s.push_str(&format!("FAILURE: {f}\n"));
+        }
+        s.push_str(if self.passed {
+            "\nPASSED\n"
+        } else {
+            "\nFAILED\n"
+        });
+        s
+    }
+}
