@@ -134,7 +134,7 @@ pub struct ChangeOutcome {
     pub released: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetadataError {
     #[error("not found")]
     NotFound,

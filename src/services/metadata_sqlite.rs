@@ -17,6 +17,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use super::metadata::{
     now_ms, rfc3339, ChangeOutcome, Event, EventKind, FileMeta, MetadataError, MetadataStore,
@@ -59,10 +60,52 @@ CREATE TABLE events (
 
 const FILE_COLUMNS: &str = "id, path, size, sha256, version, content_type, created_at, modified_at";
 
+/// Most writes committed in one transaction (one WAL fsync).
+const MAX_BATCH: usize = 256;
+/// Writes waiting for the committer; past this, writers wait (with their deadline).
+const QUEUE_CAPACITY: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct SqliteMetadata {
     writer: SqlitePool,
     readers: SqlitePool,
+    jobs: mpsc::Sender<Job>,
+    timeout: Duration,
+}
+
+/// One write, as queued for the group committer.
+#[derive(Debug)]
+enum WriteOp {
+    Put(PutRequest),
+    Delete {
+        id: String,
+        expected_path: String,
+        precondition: Precondition,
+    },
+    Rename {
+        id: String,
+        expected_path: String,
+        to: String,
+        overwrite: bool,
+    },
+    Copy {
+        id: String,
+        expected_path: String,
+        to: String,
+        overwrite: bool,
+    },
+}
+
+#[derive(Debug)]
+enum WriteDone {
+    Put(PutOutcome),
+    Change(ChangeOutcome),
+}
+
+#[derive(Debug)]
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteDone, MetadataError>>,
 }
 
 fn map_err(e: sqlx::Error) -> MetadataError {
@@ -257,8 +300,136 @@ impl SqliteMetadata {
             .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(SqliteMetadata { writer, readers })
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(committer(writer.clone(), queue));
+        Ok(SqliteMetadata {
+            writer,
+            readers,
+            jobs,
+            timeout: busy_timeout,
+        })
     }
+
+    /// Queues a write for the group committer and waits for its outcome. Both waits have the
+    /// metadata deadline; past it the caller gets [`MetadataError::Busy`]. (A write still
+    /// queued then may commit later: it was not acknowledged, and it is complete if visible.)
+    async fn submit(&self, op: WriteOp) -> Result<WriteDone, MetadataError> {
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout(self.timeout, self.jobs.send(Job { op, reply })).await {
+            Err(_) => return Err(MetadataError::Busy),
+            Ok(Err(_)) => return Err(MetadataError::Backend("metadata committer stopped".into())),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout(self.timeout, answer).await {
+            Err(_) => Err(MetadataError::Busy),
+            Ok(Err(_)) => Err(MetadataError::Backend("metadata committer stopped".into())),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+/// Group commit: takes whatever writes are queued (up to [`MAX_BATCH`]) and commits them in one
+/// transaction, each inside its own savepoint so that one failing write (a precondition, a
+/// conflict) rolls back alone. Under load many commits share one WAL fsync; alone, a write
+/// commits at once.
+async fn committer(writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&writer, &mut batch).await;
+    }
+    tracing::debug!("metadata committer stopped");
+}
+
+async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
+    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let err = map_err(e);
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        let result = apply_in_savepoint(&mut tx, job.op).await;
+        results.push((job.reply, result));
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for (reply, result) in results {
+                // Err: the caller is gone (client disconnected); the write stands.
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let err = map_err(e);
+            tracing::error!(error = %err, "metadata batch commit failed");
+            for (reply, _) in results {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+async fn apply_in_savepoint(
+    conn: &mut SqliteConnection,
+    op: WriteOp,
+) -> Result<WriteDone, MetadataError> {
+    sqlx::query("SAVEPOINT vaultfs_op")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let result = match op {
+        WriteOp::Put(req) => apply_put(conn, req).await.map(WriteDone::Put),
+        WriteOp::Delete {
+            id,
+            expected_path,
+            precondition,
+        } => apply_delete(conn, &id, &expected_path, &precondition)
+            .await
+            .map(WriteDone::Change),
+        WriteOp::Rename {
+            id,
+            expected_path,
+            to,
+            overwrite,
+        } => apply_rename(conn, &id, &expected_path, &to, overwrite)
+            .await
+            .map(WriteDone::Change),
+        WriteOp::Copy {
+            id,
+            expected_path,
+            to,
+            overwrite,
+        } => apply_copy(conn, &id, &expected_path, &to, overwrite)
+            .await
+            .map(WriteDone::Change),
+    };
+    let end = if result.is_ok() {
+        "RELEASE vaultfs_op"
+    } else {
+        "ROLLBACK TO vaultfs_op; RELEASE vaultfs_op"
+    };
+    for statement in end.split("; ") {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    result
+}
+
+fn unexpected() -> MetadataError {
+    MetadataError::Backend("committer answered with the wrong outcome kind".into())
 }
 
 async fn migrate(pool: &SqlitePool) -> Result<(), MetadataError> {
@@ -305,88 +476,11 @@ async fn migrate(pool: &SqlitePool) -> Result<(), MetadataError> {
 
 #[async_trait]
 impl MetadataStore for SqliteMetadata {
-    async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
-        let mut conn = self.readers.acquire().await.map_err(map_err)?;
-        file_by_id(&mut conn, id).await
-    }
-
-    async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError> {
-        let mut conn = self.readers.acquire().await.map_err(map_err)?;
-        file_by_path(&mut conn, path).await
-    }
-
     async fn put(&self, req: PutRequest) -> Result<PutOutcome, MetadataError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let now = now_ms();
-        let existing = file_by_path(&mut tx, &req.path).await?;
-        match (&req.precondition, &existing) {
-            (Precondition::MustNotExist, Some(_)) => return Err(MetadataError::PreconditionFailed),
-            (Precondition::MustMatch(_), None) => return Err(MetadataError::PreconditionFailed),
-            (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
-                return Err(MetadataError::PreconditionFailed)
-            }
-            _ => {}
+        match self.submit(WriteOp::Put(req)).await? {
+            WriteDone::Put(outcome) => Ok(outcome),
+            WriteDone::Change(_) => Err(unexpected()),
         }
-        add_blob_ref(&mut tx, &req.blob.sha256, req.blob.size).await?;
-        let outcome = match existing {
-            Some(cur) => {
-                let released = release_blob_ref(&mut tx, &cur.sha256).await?;
-                let meta = FileMeta {
-                    size: req.blob.size,
-                    sha256: req.blob.sha256.clone(),
-                    version: cur.version + 1,
-                    content_type: req.content_type.clone(),
-                    modified_at: rfc3339(now),
-                    modified_ms: now,
-                    ..cur
-                };
-                sqlx::query(
-                    "UPDATE files SET size = ?, sha256 = ?, version = ?, content_type = ?,
-                     modified_at = ? WHERE id = ?",
-                )
-                .bind(size_i64(meta.size)?)
-                .bind(&meta.sha256)
-                .bind(meta.version)
-                .bind(&meta.content_type)
-                .bind(now)
-                .bind(&meta.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                append_event(&mut tx, EventKind::Updated, &meta, None, now).await?;
-                PutOutcome {
-                    meta,
-                    created: false,
-                    released,
-                }
-            }
-            None => {
-                let meta = FileMeta {
-                    id: uuid::Uuid::new_v4().simple().to_string(),
-                    path: req.path.clone(),
-                    size: req.blob.size,
-                    sha256: req.blob.sha256.clone(),
-                    version: 1,
-                    content_type: req.content_type.clone(),
-                    created_at: rfc3339(now),
-                    modified_at: rfc3339(now),
-                    modified_ms: now,
-                };
-                insert_file(&mut tx, &meta, now).await?;
-                append_event(&mut tx, EventKind::Created, &meta, None, now).await?;
-                PutOutcome {
-                    meta,
-                    created: true,
-                    released: None,
-                }
-            }
-        };
-        tx.commit().await.map_err(map_err)?;
-        Ok(outcome)
     }
 
     async fn delete(
@@ -395,29 +489,15 @@ impl MetadataStore for SqliteMetadata {
         expected_path: &str,
         precondition: &Precondition,
     ) -> Result<ChangeOutcome, MetadataError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let cur = file_by_id(&mut tx, id)
-            .await?
-            .ok_or(MetadataError::NotFound)?;
-        if cur.path != expected_path {
-            return Err(MetadataError::PathChanged);
+        let op = WriteOp::Delete {
+            id: id.to_string(),
+            expected_path: expected_path.to_string(),
+            precondition: precondition.clone(),
+        };
+        match self.submit(op).await? {
+            WriteDone::Change(outcome) => Ok(outcome),
+            WriteDone::Put(_) => Err(unexpected()),
         }
-        if let Precondition::MustMatch(tags) = precondition {
-            if !tags.matches(&cur.sha256) {
-                return Err(MetadataError::PreconditionFailed);
-            }
-        }
-        let mut released = Vec::new();
-        delete_row(&mut tx, &cur, now_ms(), &mut released).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(ChangeOutcome {
-            meta: cur,
-            released,
-        })
     }
 
     async fn rename(
@@ -427,45 +507,16 @@ impl MetadataStore for SqliteMetadata {
         to: &str,
         overwrite: bool,
     ) -> Result<ChangeOutcome, MetadataError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let cur = file_by_id(&mut tx, id)
-            .await?
-            .ok_or(MetadataError::NotFound)?;
-        if cur.path != expected_path {
-            return Err(MetadataError::PathChanged);
-        }
-        if cur.path == to {
-            return Ok(ChangeOutcome {
-                meta: cur,
-                released: Vec::new(),
-            });
-        }
-        let now = now_ms();
-        let mut released = Vec::new();
-        if let Some(target) = file_by_path(&mut tx, to).await? {
-            if !overwrite {
-                return Err(MetadataError::AlreadyExists);
-            }
-            delete_row(&mut tx, &target, now, &mut released).await?;
-        }
-        sqlx::query("UPDATE files SET path = ? WHERE id = ?")
-            .bind(to)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let from = cur.path.clone();
-        let meta = FileMeta {
-            path: to.to_string(),
-            ..cur
+        let op = WriteOp::Rename {
+            id: id.to_string(),
+            expected_path: expected_path.to_string(),
+            to: to.to_string(),
+            overwrite,
         };
-        append_event(&mut tx, EventKind::Moved, &meta, Some(&from), now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(ChangeOutcome { meta, released })
+        match self.submit(op).await? {
+            WriteDone::Change(outcome) => Ok(outcome),
+            WriteDone::Put(_) => Err(unexpected()),
+        }
     }
 
     async fn copy(
@@ -475,46 +526,26 @@ impl MetadataStore for SqliteMetadata {
         to: &str,
         overwrite: bool,
     ) -> Result<ChangeOutcome, MetadataError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let src = file_by_id(&mut tx, id)
-            .await?
-            .ok_or(MetadataError::NotFound)?;
-        if src.path != expected_path {
-            return Err(MetadataError::PathChanged);
-        }
-        if src.path == to {
-            return Err(MetadataError::AlreadyExists);
-        }
-        let now = now_ms();
-        let mut released = Vec::new();
-        if let Some(target) = file_by_path(&mut tx, to).await? {
-            if !overwrite {
-                return Err(MetadataError::AlreadyExists);
-            }
-            delete_row(&mut tx, &target, now, &mut released).await?;
-        }
-        let meta = FileMeta {
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            path: to.to_string(),
-            size: src.size,
-            sha256: src.sha256.clone(),
-            version: 1,
-            content_type: src.content_type.clone(),
-            created_at: rfc3339(now),
-            modified_at: rfc3339(now),
-            modified_ms: now,
+        let op = WriteOp::Copy {
+            id: id.to_string(),
+            expected_path: expected_path.to_string(),
+            to: to.to_string(),
+            overwrite,
         };
-        add_blob_ref(&mut tx, &meta.sha256, meta.size).await?;
-        insert_file(&mut tx, &meta, now).await?;
-        append_event(&mut tx, EventKind::Copied, &meta, Some(&src.path), now).await?;
-        tx.commit().await.map_err(map_err)?;
-        // Releasing the target's blob cannot free the source's: the copy holds a reference.
-        released.retain(|h| *h != meta.sha256);
-        Ok(ChangeOutcome { meta, released })
+        match self.submit(op).await? {
+            WriteDone::Change(outcome) => Ok(outcome),
+            WriteDone::Put(_) => Err(unexpected()),
+        }
+    }
+
+    async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
+        let mut conn = self.readers.acquire().await.map_err(map_err)?;
+        file_by_id(&mut conn, id).await
+    }
+
+    async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError> {
+        let mut conn = self.readers.acquire().await.map_err(map_err)?;
+        file_by_path(&mut conn, path).await
     }
 
     async fn scan(
@@ -628,6 +659,187 @@ impl MetadataStore for SqliteMetadata {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+async fn apply_put(
+    conn: &mut SqliteConnection,
+    req: PutRequest,
+) -> Result<PutOutcome, MetadataError> {
+    let now = now_ms();
+    let existing = file_by_path(&mut *conn, &req.path).await?;
+    match (&req.precondition, &existing) {
+        (Precondition::MustNotExist, Some(_)) => return Err(MetadataError::PreconditionFailed),
+        (Precondition::MustMatch(_), None) => return Err(MetadataError::PreconditionFailed),
+        (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
+            return Err(MetadataError::PreconditionFailed)
+        }
+        _ => {}
+    }
+    add_blob_ref(&mut *conn, &req.blob.sha256, req.blob.size).await?;
+    let outcome = match existing {
+        Some(cur) => {
+            let released = release_blob_ref(&mut *conn, &cur.sha256).await?;
+            let meta = FileMeta {
+                size: req.blob.size,
+                sha256: req.blob.sha256.clone(),
+                version: cur.version + 1,
+                content_type: req.content_type.clone(),
+                modified_at: rfc3339(now),
+                modified_ms: now,
+                ..cur
+            };
+            sqlx::query(
+                "UPDATE files SET size = ?, sha256 = ?, version = ?, content_type = ?,
+                 modified_at = ? WHERE id = ?",
+            )
+            .bind(size_i64(meta.size)?)
+            .bind(&meta.sha256)
+            .bind(meta.version)
+            .bind(&meta.content_type)
+            .bind(now)
+            .bind(&meta.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            append_event(&mut *conn, EventKind::Updated, &meta, None, now).await?;
+            PutOutcome {
+                meta,
+                created: false,
+                released,
+            }
+        }
+        None => {
+            let meta = FileMeta {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                path: req.path.clone(),
+                size: req.blob.size,
+                sha256: req.blob.sha256.clone(),
+                version: 1,
+                content_type: req.content_type.clone(),
+                created_at: rfc3339(now),
+                modified_at: rfc3339(now),
+                modified_ms: now,
+            };
+            insert_file(&mut *conn, &meta, now).await?;
+            append_event(&mut *conn, EventKind::Created, &meta, None, now).await?;
+            PutOutcome {
+                meta,
+                created: true,
+                released: None,
+            }
+        }
+    };
+    Ok(outcome)
+}
+
+async fn apply_delete(
+    conn: &mut SqliteConnection,
+    id: &str,
+    expected_path: &str,
+    precondition: &Precondition,
+) -> Result<ChangeOutcome, MetadataError> {
+    let cur = file_by_id(&mut *conn, id)
+        .await?
+        .ok_or(MetadataError::NotFound)?;
+    if cur.path != expected_path {
+        return Err(MetadataError::PathChanged);
+    }
+    if let Precondition::MustMatch(tags) = precondition {
+        if !tags.matches(&cur.sha256) {
+            return Err(MetadataError::PreconditionFailed);
+        }
+    }
+    let mut released = Vec::new();
+    delete_row(&mut *conn, &cur, now_ms(), &mut released).await?;
+    Ok(ChangeOutcome {
+        meta: cur,
+        released,
+    })
+}
+
+async fn apply_rename(
+    conn: &mut SqliteConnection,
+    id: &str,
+    expected_path: &str,
+    to: &str,
+    overwrite: bool,
+) -> Result<ChangeOutcome, MetadataError> {
+    let cur = file_by_id(&mut *conn, id)
+        .await?
+        .ok_or(MetadataError::NotFound)?;
+    if cur.path != expected_path {
+        return Err(MetadataError::PathChanged);
+    }
+    if cur.path == to {
+        return Ok(ChangeOutcome {
+            meta: cur,
+            released: Vec::new(),
+        });
+    }
+    let now = now_ms();
+    let mut released = Vec::new();
+    if let Some(target) = file_by_path(&mut *conn, to).await? {
+        if !overwrite {
+            return Err(MetadataError::AlreadyExists);
+        }
+        delete_row(&mut *conn, &target, now, &mut released).await?;
+    }
+    sqlx::query("UPDATE files SET path = ? WHERE id = ?")
+        .bind(to)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let from = cur.path.clone();
+    let meta = FileMeta {
+        path: to.to_string(),
+        ..cur
+    };
+    append_event(&mut *conn, EventKind::Moved, &meta, Some(&from), now).await?;
+    Ok(ChangeOutcome { meta, released })
+}
+
+async fn apply_copy(
+    conn: &mut SqliteConnection,
+    id: &str,
+    expected_path: &str,
+    to: &str,
+    overwrite: bool,
+) -> Result<ChangeOutcome, MetadataError> {
+    let src = file_by_id(&mut *conn, id)
+        .await?
+        .ok_or(MetadataError::NotFound)?;
+    if src.path != expected_path {
+        return Err(MetadataError::PathChanged);
+    }
+    if src.path == to {
+        return Err(MetadataError::AlreadyExists);
+    }
+    let now = now_ms();
+    let mut released = Vec::new();
+    if let Some(target) = file_by_path(&mut *conn, to).await? {
+        if !overwrite {
+            return Err(MetadataError::AlreadyExists);
+        }
+        delete_row(&mut *conn, &target, now, &mut released).await?;
+    }
+    let meta = FileMeta {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        path: to.to_string(),
+        size: src.size,
+        sha256: src.sha256.clone(),
+        version: 1,
+        content_type: src.content_type.clone(),
+        created_at: rfc3339(now),
+        modified_at: rfc3339(now),
+        modified_ms: now,
+    };
+    add_blob_ref(&mut *conn, &meta.sha256, meta.size).await?;
+    insert_file(&mut *conn, &meta, now).await?;
+    append_event(&mut *conn, EventKind::Copied, &meta, Some(&src.path), now).await?;
+    // Releasing the target's blob cannot free the source's: the copy holds a reference.
+    released.retain(|h| *h != meta.sha256);
+    Ok(ChangeOutcome { meta, released })
 }
 
 async fn insert_file(
