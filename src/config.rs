@@ -27,6 +27,12 @@ pub struct Config {
     pub events_max: u64,
     /// How often the pruner runs.
     pub events_prune_interval: Duration,
+    /// Uploads streaming at once; more wait for a slot (admission control).
+    pub max_concurrent_uploads: usize,
+    /// Longest wait for an upload slot before 503 `overloaded`.
+    pub upload_queue_timeout: Duration,
+    /// Most uploads waiting for a slot; past it, 503 `overloaded` at once.
+    pub max_queued_uploads: usize,
 }
 
 impl Default for Config {
@@ -40,6 +46,9 @@ impl Default for Config {
             events_retention: Duration::from_secs(7 * 24 * 3600),
             events_max: 10_000_000,
             events_prune_interval: Duration::from_secs(60),
+            max_concurrent_uploads: 64,
+            upload_queue_timeout: Duration::from_secs(30),
+            max_queued_uploads: 10_000,
         }
     }
 }
@@ -78,6 +87,8 @@ pub struct Overrides {
     pub metadata_timeout: Option<String>,
     pub events_retention: Option<String>,
     pub events_max: Option<SizeValue>,
+    pub max_concurrent_uploads: Option<SizeValue>,
+    pub upload_queue_timeout: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -108,6 +119,8 @@ impl Overrides {
             metadata_timeout: env("VAULTFS_METADATA_TIMEOUT"),
             events_retention: env("VAULTFS_EVENTS_RETENTION"),
             events_max: env("VAULTFS_EVENTS_MAX").map(SizeValue::Text),
+            max_concurrent_uploads: env("VAULTFS_MAX_CONCURRENT_UPLOADS").map(SizeValue::Text),
+            upload_queue_timeout: env("VAULTFS_UPLOAD_QUEUE_TIMEOUT"),
         }
     }
 
@@ -165,6 +178,21 @@ impl Overrides {
                     "expected a positive whole number".into(),
                 )
             })?;
+        }
+        if let Some(v) = &self.max_concurrent_uploads {
+            let text = v.as_text();
+            config.max_concurrent_uploads =
+                text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(
+                        "max_concurrent_uploads",
+                        &text,
+                        "expected a positive whole number".into(),
+                    )
+                })?;
+        }
+        if let Some(v) = &self.upload_queue_timeout {
+            config.upload_queue_timeout =
+                parse_duration(v).map_err(|r| invalid("upload_queue_timeout", v, r))?;
         }
         Ok(())
     }

@@ -151,6 +151,14 @@ impl From<ServiceError> for AppError {
             ServiceError::Contended => {
                 AppError::unavailable("contended", "the file kept changing; retry")
             }
+            ServiceError::Overloaded => AppError {
+                retry_after: Some(2),
+                ..AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many uploads in progress; retry later",
+                )
+            },
         }
     }
 }

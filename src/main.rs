@@ -91,6 +91,9 @@ struct ServeArgs {
     /// Deadline for acquiring locks, e.g. 10s [env VAULTFS_LOCK_TIMEOUT]
     #[arg(long)]
     lock_timeout: Option<String>,
+    /// Uploads streaming at once; more wait for a slot [default: 64; env VAULTFS_MAX_CONCURRENT_UPLOADS]
+    #[arg(long)]
+    max_concurrent_uploads: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +256,8 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         metadata_timeout: None,
         events_retention: None,
         events_max: None,
+        max_concurrent_uploads: args.max_concurrent_uploads.clone().map(SizeValue::Text),
+        upload_queue_timeout: None,
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())
 }

@@ -97,7 +97,19 @@ impl AppState {
             prune_every: config.events_prune_interval,
         };
         let notifier = Notifier::start(Arc::clone(&metadata), retention, shutdown.clone()).await?;
-        let files = FileService::new(storage, metadata, locks, notifier, config.max_upload_size);
+        let gate = crate::services::files::UploadGate::new(
+            config.max_concurrent_uploads,
+            config.max_queued_uploads,
+            config.upload_queue_timeout,
+        );
+        let files = FileService::new(
+            storage,
+            metadata,
+            locks,
+            notifier,
+            config.max_upload_size,
+            gate,
+        );
         let collected = files.collect_unreferenced().await?;
         if collected > 0 {
             tracing::info!(collected, "collected unreferenced blobs");

@@ -43,6 +43,8 @@ pub async fn upload(
         }
     }
     let precondition = write_precondition(headers)?;
+    // Admission before a byte of the body is read; the permit lives until the response.
+    let _permit = state.files.admit_upload().await?;
     let content_type = header_str(headers, "content-type")?
         .unwrap_or(DEFAULT_CONTENT_TYPE)
         .to_string();

@@ -46,6 +46,60 @@ pub struct ListPage {
     pub next_cursor: Option<String>,
 }
 
+/// Admission control for uploads: at most `slots` stream at once; others wait, bounded in
+/// number and time. The waiting requests' bodies are not read, so TCP back-pressure holds
+/// their clients and the server's memory stays bounded by `slots`.
+#[derive(Debug)]
+pub struct UploadGate {
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+    timeout: std::time::Duration,
+}
+
+/// An admitted upload; frees its slot on drop.
+#[derive(Debug)]
+pub struct UploadPermit {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl UploadGate {
+    pub fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
+        UploadGate {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting,
+            timeout,
+        }
+    }
+
+    pub async fn admit(&self) -> Result<UploadPermit, ServiceError> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(UploadPermit { _permit: p });
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(ServiceError::Overloaded);
+        }
+        let r = tokio::time::timeout(self.timeout, Arc::clone(&self.slots).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok(Ok(p)) => Ok(UploadPermit { _permit: p }),
+            // Timed out, or the semaphore was closed (never done): overloaded either way.
+            Ok(Err(_)) | Err(_) => Err(ServiceError::Overloaded),
+        }
+    }
+
+    /// (streaming now, waiting for a slot)
+    pub fn load(&self, slots: usize) -> (usize, usize) {
+        (
+            slots.saturating_sub(self.slots.available_permits()),
+            self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct FileService {
     storage: BlobStore,
@@ -53,6 +107,7 @@ pub struct FileService {
     locks: LockManager,
     notifier: Notifier,
     max_upload_size: u64,
+    uploads: Arc<UploadGate>,
 }
 
 impl std::fmt::Debug for FileService {
@@ -71,6 +126,7 @@ impl FileService {
         locks: LockManager,
         notifier: Notifier,
         max_upload_size: u64,
+        uploads: UploadGate,
     ) -> Self {
         FileService {
             storage,
@@ -78,7 +134,13 @@ impl FileService {
             locks,
             notifier,
             max_upload_size,
+            uploads: Arc::new(uploads),
         }
+    }
+
+    /// Waits for an upload slot (bounded), or answers [`ServiceError::Overloaded`].
+    pub async fn admit_upload(&self) -> Result<UploadPermit, ServiceError> {
+        self.uploads.admit().await
     }
 
     pub fn notifier(&self) -> &Notifier {

@@ -30,4 +30,7 @@ pub enum ServiceError {
     InvalidCursor,
     #[error("the file kept changing while the operation retried")]
     Contended,
+    /// No upload slot within the queue deadline, or the queue is full.
+    #[error("too many uploads in progress")]
+    Overloaded,
 }
