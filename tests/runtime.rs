@@ -138,7 +138,7 @@ fn handler_and_service_futures_are_send() {
         assert_send(&blobs.open_blob(""));
         assert_send(&blobs.delete_blob(""));
         assert_send(&writer.write(todo!()));
-        assert_send(&writer.finish());
+        assert_send(&writer.finish(&blobs));
         let meta: &dyn MetadataStore = todo!();
         let put: PutRequest = todo!();
         assert_send(&meta.put(put));

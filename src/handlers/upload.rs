@@ -73,7 +73,7 @@ pub async fn upload(
         let chunk = chunk.map_err(body_error)?;
         writer.write(chunk).await?;
     }
-    let staged = writer.finish().await?;
+    let staged = writer.finish(state.files.storage()).await?;
     if let Some(expected) = expected {
         if staged.sha256_bytes().as_deref() != Some(expected.as_slice()) {
             return Err(AppError::bad_request(
@@ -134,7 +134,7 @@ async fn upload_multipart(
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             writer.write(chunk).await?;
         }
-        let staged = writer.finish().await?;
+        let staged = writer.finish(state.files.storage()).await?;
         let outcome = state
             .files
             .commit_upload(&path, staged, content_type, precondition.clone(), &ctx)

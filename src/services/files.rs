@@ -202,7 +202,9 @@ impl FileService {
         ctx: &RequestCtx,
     ) -> Result<PutOutcome, ServiceError> {
         let blob = staged.blob.clone();
-        let request = LockRequest::new().write_path(path).blob(&blob.sha256);
+        let request = LockRequest::new()
+            .write_path(path)
+            .blob_shared(&blob.sha256);
         let result = {
             let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
             let blob = self.storage.commit(staged).await?;

@@ -84,8 +84,15 @@ impl LockRequest {
         self
     }
 
+    /// Exclusive on a blob: collection, which must see no upload referencing it.
     pub fn blob(self, sha256_hex: &str) -> Self {
         self.add(LockKey::Blob(sha256_hex.to_string()), LockMode::Exclusive)
+    }
+
+    /// Shared on a blob: uploads of identical content commit concurrently (the rename into
+    /// the content address is atomic and the bytes are the same), but never during collection.
+    pub fn blob_shared(self, sha256_hex: &str) -> Self {
+        self.add(LockKey::Blob(sha256_hex.to_string()), LockMode::Shared)
     }
 
     /// Sorted, deduplicated; a key named both shared and exclusive is taken exclusive.

@@ -170,8 +170,9 @@ impl BlobStore {
     /// Makes a staged blob part of the store: renames it into its content address (or drops it
     /// when identical content is already stored) and fsyncs the directory.
     ///
-    /// The caller must hold the blob's lock ([`super::lock_manager::LockKey::Blob`]) so that
-    /// collection of the same content cannot run concurrently.
+    /// The caller must hold the blob's lock ([`super::lock_manager::LockKey::Blob`], shared is
+    /// enough) so that collection of the same content cannot run concurrently. Two uploads of
+    /// identical content may both rename: the second atomically replaces the same bytes.
     pub async fn commit(&self, mut staged: StagedBlob) -> Result<BlobRef, StorageError> {
         let target = self.blob_path(&staged.blob.sha256);
         let exists = tokio::fs::try_exists(&target)
@@ -187,6 +188,22 @@ impl BlobStore {
                 source: io::Error::other("staged blob has no temporary file"),
             });
         };
+        if !staged.synced {
+            // The identical blob seen at finish() was collected since: make ours durable.
+            let synced = async {
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&temp_path)
+                    .await?
+                    .sync_data()
+                    .await
+            }
+            .await;
+            if let Err(e) = synced {
+                staged.temp.path = Some(temp_path);
+                return Err(StorageError::io("fsync temp file")(e));
+            }
+        }
         if let Err(e) = tokio::fs::rename(&temp_path, &target).await {
             staged.temp.path = Some(temp_path);
             return Err(StorageError::io("rename blob into place")(e));
@@ -337,8 +354,11 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Flushes and fdatasyncs the temp file and returns the staged blob with its digest.
-    pub async fn finish(mut self) -> Result<StagedBlob, StorageError> {
+    /// Flushes the temp file and returns the staged blob with its digest. The temp file is
+    /// fdatasynced here unless identical content is already stored (then it will only be
+    /// deleted; should that content be collected before the commit, [`BlobStore::commit`]
+    /// syncs it before the rename).
+    pub async fn finish(mut self, store: &BlobStore) -> Result<StagedBlob, StorageError> {
         let mut file = self.file.take().ok_or_else(|| StorageError::Io {
             op: "finish temp file",
             source: io::Error::other("writer already finished"),
@@ -346,19 +366,26 @@ impl BlobWriter {
         file.flush()
             .await
             .map_err(StorageError::io("flush temp file"))?;
-        file.sync_data()
-            .await
-            .map_err(StorageError::io("fsync temp file"))?;
-        drop(file);
         let digest = self.hasher.take().ok_or_else(lost_hasher)?.finalize();
+        let sha256 = hex::encode(digest);
+        let synced = if store.blob_exists(&sha256).await? {
+            false
+        } else {
+            file.sync_data()
+                .await
+                .map_err(StorageError::io("fsync temp file"))?;
+            true
+        };
+        drop(file);
         Ok(StagedBlob {
             temp: TempFile {
                 path: self.temp.path.take(),
             },
             blob: BlobRef {
-                sha256: hex::encode(digest),
+                sha256,
                 size: self.size,
             },
+            synced,
         })
     }
 }
@@ -377,6 +404,8 @@ fn lost_hasher() -> StorageError {
 pub struct StagedBlob {
     temp: TempFile,
     pub blob: BlobRef,
+    /// Whether the temp file's data is on disk (fdatasync done).
+    synced: bool,
 }
 
 impl StagedBlob {
