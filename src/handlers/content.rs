@@ -15,7 +15,7 @@ use crate::server::AppState;
 use crate::services::metadata::{EtagMatch, FileMeta};
 
 /// Read size for streaming a download.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum RangeSpec {
