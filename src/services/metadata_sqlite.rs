@@ -732,18 +732,47 @@ async fn apply_put(
     Ok(outcome)
 }
 
-async fn apply_delete(
+/// File `id`, which the caller locked at `expected_path`; [`MetadataError::PathChanged`] when a
+/// concurrent move got there first (the caller re-reads and retries).
+async fn load_locked(
     conn: &mut SqliteConnection,
     id: &str,
     expected_path: &str,
-    precondition: &Precondition,
-) -> Result<ChangeOutcome, MetadataError> {
+) -> Result<FileMeta, MetadataError> {
     let cur = file_by_id(&mut *conn, id)
         .await?
         .ok_or(MetadataError::NotFound)?;
     if cur.path != expected_path {
         return Err(MetadataError::PathChanged);
     }
+    Ok(cur)
+}
+
+/// Makes `to` free for a move or copy: a file there is deleted (its own `deleted` event) when
+/// `overwrite`, else [`MetadataError::AlreadyExists`].
+async fn clear_target(
+    conn: &mut SqliteConnection,
+    to: &str,
+    overwrite: bool,
+    now: i64,
+    released: &mut Vec<String>,
+) -> Result<(), MetadataError> {
+    if let Some(target) = file_by_path(&mut *conn, to).await? {
+        if !overwrite {
+            return Err(MetadataError::AlreadyExists);
+        }
+        delete_row(&mut *conn, &target, now, released).await?;
+    }
+    Ok(())
+}
+
+async fn apply_delete(
+    conn: &mut SqliteConnection,
+    id: &str,
+    expected_path: &str,
+    precondition: &Precondition,
+) -> Result<ChangeOutcome, MetadataError> {
+    let cur = load_locked(&mut *conn, id, expected_path).await?;
     if let Precondition::MustMatch(tags) = precondition {
         if !tags.matches(&cur.sha256) {
             return Err(MetadataError::PreconditionFailed);
@@ -764,12 +793,7 @@ async fn apply_rename(
     to: &str,
     overwrite: bool,
 ) -> Result<ChangeOutcome, MetadataError> {
-    let cur = file_by_id(&mut *conn, id)
-        .await?
-        .ok_or(MetadataError::NotFound)?;
-    if cur.path != expected_path {
-        return Err(MetadataError::PathChanged);
-    }
+    let cur = load_locked(&mut *conn, id, expected_path).await?;
     if cur.path == to {
         return Ok(ChangeOutcome {
             meta: cur,
@@ -778,12 +802,7 @@ async fn apply_rename(
     }
     let now = now_ms();
     let mut released = Vec::new();
-    if let Some(target) = file_by_path(&mut *conn, to).await? {
-        if !overwrite {
-            return Err(MetadataError::AlreadyExists);
-        }
-        delete_row(&mut *conn, &target, now, &mut released).await?;
-    }
+    clear_target(&mut *conn, to, overwrite, now, &mut released).await?;
     sqlx::query("UPDATE files SET path = ? WHERE id = ?")
         .bind(to)
         .bind(id)
@@ -806,23 +825,13 @@ async fn apply_copy(
     to: &str,
     overwrite: bool,
 ) -> Result<ChangeOutcome, MetadataError> {
-    let src = file_by_id(&mut *conn, id)
-        .await?
-        .ok_or(MetadataError::NotFound)?;
-    if src.path != expected_path {
-        return Err(MetadataError::PathChanged);
-    }
+    let src = load_locked(&mut *conn, id, expected_path).await?;
     if src.path == to {
         return Err(MetadataError::AlreadyExists);
     }
     let now = now_ms();
     let mut released = Vec::new();
-    if let Some(target) = file_by_path(&mut *conn, to).await? {
-        if !overwrite {
-            return Err(MetadataError::AlreadyExists);
-        }
-        delete_row(&mut *conn, &target, now, &mut released).await?;
-    }
+    clear_target(&mut *conn, to, overwrite, now, &mut released).await?;
     let meta = FileMeta {
         id: uuid::Uuid::new_v4().simple().to_string(),
         path: to.to_string(),

@@ -141,17 +141,9 @@ impl TestServer {
     }
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
+/// Percent-encodes a query value (the client's own encoder).
 pub fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    vaultfs::client::encode_path(s)
 }
 
 /// Files at exactly `depth` levels below `dir`.
