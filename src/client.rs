@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,22 +26,6 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Worth retrying: connection errors, 429, 502-504, and 503 (`lock_timeout`, `busy`...).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ClientError::Transport(_) => true,
-            ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            ClientError::Other(_) => false,
-        }
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ClientError::Api { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
     pub fn code(&self) -> &str {
         match self {
             ClientError::Api { code, .. } => code,
@@ -133,11 +116,13 @@ impl Client {
         }
     }
 
-    /// Uploads `body` to `path`, declaring its SHA-256 when given.
+    /// Uploads `body` to `path`, declaring its SHA-256 when given. `len` sets Content-Length
+    /// for a streamed body (otherwise it is sent chunked).
     pub async fn upload(
         &self,
         path: &str,
         body: impl Into<reqwest::Body>,
+        len: Option<u64>,
         sha256_hex: Option<&str>,
         if_absent: bool,
     ) -> Result<FileMeta, ClientError> {
@@ -145,6 +130,9 @@ impl Client {
             .http
             .post(self.url(&format!("/api/v1/files/upload?path={}", encode_path(path))))
             .body(body);
+        if let Some(len) = len {
+            req = req.header("content-length", len);
+        }
         if let Some(sha) = sha256_hex {
             req = req.header("x-checksum-sha256", sha);
         }
@@ -152,19 +140,6 @@ impl Client {
             req = req.header("if-none-match", "*");
         }
         Self::parse(req.send().await?).await
-    }
-
-    /// Downloads a file by id into memory (for small files and verification).
-    pub async fn get_bytes(&self, id: &str) -> Result<Bytes, ClientError> {
-        let resp = self
-            .http
-            .get(self.url(&format!("/api/v1/files/{id}")))
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            return Err(Self::api_error(resp).await);
-        }
-        Ok(resp.bytes().await?)
     }
 
     pub async fn move_file(

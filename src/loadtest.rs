@@ -306,19 +306,11 @@ async fn upload_one(
     let block = seeded_block(seed);
     let sha = payload_sha(&block, size).await?;
     let stream = futures_util::stream::iter(chunks(&block, size).map(Ok::<Bytes, std::io::Error>));
-    let resp = sh
+    let body = reqwest::Body::wrap_stream(stream);
+    let meta = sh
         .client
-        .http()
-        .post(sh.client.url(&format!(
-            "/api/v1/files/upload?path={}",
-            crate::client::encode_path(path)
-        )))
-        .header("x-checksum-sha256", &sha)
-        .header("content-length", size)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
+        .upload(path, body, Some(size), Some(&sha), false)
         .await?;
-    let meta: crate::services::metadata::FileMeta = Client::parse(resp).await?;
     if meta.sha256 != sha || meta.size != size {
         return Err(ClientError::Other(format!(
             "{path}: server acknowledged sha {} size {}, sent {sha} size {size}",

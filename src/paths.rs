@@ -81,11 +81,6 @@ impl VPath {
     pub fn join(&self, name: &str) -> Result<VPath, PathError> {
         VPath::parse(&format!("{}/{}", self.0, name))
     }
-
-    /// The last segment.
-    pub fn file_name(&self) -> &str {
-        self.0.rsplit('/').next().unwrap_or(&self.0)
-    }
 }
 
 impl fmt::Display for VPath {

@@ -90,14 +90,6 @@ impl UploadGate {
             Ok(Err(_)) | Err(_) => Err(ServiceError::Overloaded),
         }
     }
-
-    /// (streaming now, waiting for a slot)
-    pub fn load(&self, slots: usize) -> (usize, usize) {
-        (
-            slots.saturating_sub(self.slots.available_permits()),
-            self.waiting.load(std::sync::atomic::Ordering::Relaxed),
-        )
-    }
 }
 
 #[derive(Clone)]

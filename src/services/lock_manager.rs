@@ -271,10 +271,6 @@ impl LockManager {
         }
     }
 
-    pub fn default_timeout(&self) -> Duration {
-        self.inner.default_timeout
-    }
-
     /// Acquires the whole set in canonical order within the default timeout.
     pub async fn acquire(
         &self,

@@ -328,6 +328,15 @@ impl SqliteMetadata {
     }
 }
 
+impl SqliteMetadata {
+    async fn submit_change(&self, op: WriteOp) -> Result<ChangeOutcome, MetadataError> {
+        match self.submit(op).await? {
+            WriteDone::Change(outcome) => Ok(outcome),
+            WriteDone::Put(_) => Err(unexpected()),
+        }
+    }
+}
+
 /// Group commit: takes whatever writes are queued (up to [`MAX_BATCH`]) and commits them in one
 /// transaction, each inside its own savepoint so that one failing write (a precondition, a
 /// conflict) rolls back alone. Under load many commits share one WAL fsync; alone, a write
@@ -494,10 +503,7 @@ impl MetadataStore for SqliteMetadata {
             expected_path: expected_path.to_string(),
             precondition: precondition.clone(),
         };
-        match self.submit(op).await? {
-            WriteDone::Change(outcome) => Ok(outcome),
-            WriteDone::Put(_) => Err(unexpected()),
-        }
+        self.submit_change(op).await
     }
 
     async fn rename(
@@ -513,10 +519,7 @@ impl MetadataStore for SqliteMetadata {
             to: to.to_string(),
             overwrite,
         };
-        match self.submit(op).await? {
-            WriteDone::Change(outcome) => Ok(outcome),
-            WriteDone::Put(_) => Err(unexpected()),
-        }
+        self.submit_change(op).await
     }
 
     async fn copy(
@@ -532,10 +535,7 @@ impl MetadataStore for SqliteMetadata {
             to: to.to_string(),
             overwrite,
         };
-        match self.submit(op).await? {
-            WriteDone::Change(outcome) => Ok(outcome),
-            WriteDone::Put(_) => Err(unexpected()),
-        }
+        self.submit_change(op).await
     }
 
     async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
@@ -568,9 +568,11 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError> {
+        // A read: the reader pool, not the committer's connection. The caller holds the blob's
+        // exclusive lock, so every commit referencing it has finished and is visible here.
         let n: Option<i64> = sqlx::query_scalar("SELECT refcount FROM blobs WHERE sha256 = ?")
             .bind(sha256)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.readers)
             .await
             .map_err(map_err)?;
         Ok(n.unwrap_or(0))

@@ -228,11 +228,6 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Highest seq this subscription has passed.
-    pub fn last_seq(&self) -> i64 {
-        self.last
-    }
-
     /// How many catch-up reads from the log this subscription made (replay and lag).
     pub fn catch_up_reads(&self) -> u64 {
         self.catch_up_reads

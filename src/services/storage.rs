@@ -125,23 +125,6 @@ impl BlobStore {
         Ok(removed)
     }
 
-    /// Number of temporary files currently present (for tests and fsck).
-    pub async fn temp_file_count(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        let mut dir = tokio::fs::read_dir(&self.tmp_dir)
-            .await
-            .map_err(StorageError::io("read tmp dir"))?;
-        while dir
-            .next_entry()
-            .await
-            .map_err(StorageError::io("read tmp dir"))?
-            .is_some()
-        {
-            n += 1;
-        }
-        Ok(n)
-    }
-
     fn blob_path(&self, sha256_hex: &str) -> PathBuf {
         let fan = sha256_hex.get(..2).unwrap_or("00");
         self.blobs_dir.join(fan).join(sha256_hex)
@@ -239,32 +222,6 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io("remove blob")(e)),
         }
-    }
-
-    /// Number of blob files on disk (for tests and fsck).
-    pub async fn blob_count(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        let mut fans = tokio::fs::read_dir(&self.blobs_dir)
-            .await
-            .map_err(StorageError::io("read blobs dir"))?;
-        while let Some(fan) = fans
-            .next_entry()
-            .await
-            .map_err(StorageError::io("read blobs dir"))?
-        {
-            let mut dir = tokio::fs::read_dir(fan.path())
-                .await
-                .map_err(StorageError::io("read fan-out dir"))?;
-            while dir
-                .next_entry()
-                .await
-                .map_err(StorageError::io("read fan-out dir"))?
-                .is_some()
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
     }
 }
 
