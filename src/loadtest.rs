@@ -167,6 +167,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Recorder {
+    /// Whether a finished request of `kind` counts toward "requests completing": the stall
+    /// detector watches the load, not the prober or the feed.
+    fn counts_as_completion(kind: &str) -> bool {
+        kind != "event" && kind != "health"
+    }
+
     fn ok(&self, kind: &'static str, took: Duration, bytes: u64) {
         let mut kinds = lock(&self.kinds);
         let k = kinds.entry(kind).or_default();
@@ -175,7 +181,7 @@ impl Recorder {
         if k.samples.len() < MAX_SAMPLES {
             k.samples.push(took.as_secs_f64() * 1000.0);
         }
-        if kind != "event" && kind != "health" {
+        if Self::counts_as_completion(kind) {
             self.completions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -187,7 +193,9 @@ impl Recorder {
             k.count += 1;
             k.errors += 1;
         }
-        self.completions.fetch_add(1, Ordering::Relaxed);
+        if Self::counts_as_completion(kind) {
+            self.completions.fetch_add(1, Ordering::Relaxed);
+        }
         let key = match e {
             ClientError::Api { status, code, .. } => format!("{status} {code}"),
             other => other.code().to_string(),
