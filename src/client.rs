@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::services::files::ListPage;
 use crate::services::metadata::FileMeta;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum ClientError {
     },
     #[error("transport: {0}")]
     Transport(String),
+    /// A failure on this side (a local file, a checksum): never retried.
+    #[error("{code}: {message}")]
+    Local { code: String, message: String },
     #[error("{0}")]
     Other(String),
 }
@@ -30,14 +34,129 @@ impl ClientError {
         match self {
             ClientError::Api { code, .. } => code,
             ClientError::Transport(_) => "transport",
+            ClientError::Local { code, .. } => code,
             ClientError::Other(_) => "client",
+        }
+    }
+}
+
+impl ClientError {
+    /// Worth another attempt: the request may succeed later. Connection errors, 429, 502-504
+    /// (503 covers `lock_timeout`, `overloaded`, `busy` and `contended`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, code, .. } => {
+                matches!(status, 429 | 502..=504) || code == "lock_timeout"
+            }
+            ClientError::Other(_) | ClientError::Local { .. } => false,
+        }
+    }
+
+    /// The server's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Exponential backoff with jitter, honouring `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 5,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A number in [0, 1) from the OS's randomness (uuid v4), for jitter.
+fn unit_random() -> f64 {
+    let b = uuid::Uuid::new_v4().as_u128();
+    (b >> 75) as f64 / (1u64 << 53) as f64
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1-based) after `err`: half to all of
+    /// `base * 2^(retry-1)` capped at `max`, and never less than the server's `Retry-After`.
+    pub fn delay(&self, retry: u32, err: &ClientError) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16))
+            .min(self.max);
+        let jittered = exp.mul_f64(0.5 + unit_random() / 2.0);
+        match err.retry_after() {
+            Some(ra) => jittered.max(ra),
+            None => jittered,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or the retries are spent.
+    /// `on_retry(attempt, error, delay)` is told about each retry. Returns the result and the
+    /// number of attempts made.
+    pub async fn run<T, F, Fut>(
+        &self,
+        mut op: F,
+        mut on_retry: impl FnMut(u32, &ClientError, Duration) + Send,
+    ) -> (Result<T, ClientError>, u32)
+    where
+        F: FnMut(u32) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T, ClientError>> + Send,
+    {
+        let mut attempt = 1;
+        loop {
+            match op(attempt).await {
+                Ok(v) => return (Ok(v), attempt),
+                Err(e) if e.is_retryable() && attempt <= self.retries => {
+                    let delay = self.delay(attempt, &e);
+                    on_retry(attempt, &e, delay);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return (Err(e), attempt),
+            }
+        }
+    }
+}
+
+impl ClientError {
+    pub fn local(code: &str, message: impl Into<String>) -> Self {
+        ClientError::Local {
+            code: code.to_string(),
+            message: message.into(),
         }
     }
 }
 
 impl From<reqwest::Error> for ClientError {
     fn from(e: reqwest::Error) -> Self {
-        ClientError::Transport(e.to_string())
+        // reqwest's own message is terse ("error sending request"); the causes say why.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        ClientError::Transport(msg)
     }
 }
 
@@ -60,17 +179,45 @@ pub struct Client {
     base: String,
 }
 
+/// Settings of a [`Client`] beyond its server URL.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Fail a request when no byte arrives for this long (none: wait as long as it takes).
+    pub read_timeout: Option<Duration>,
+}
+
 impl Client {
     /// `base` like `http://127.0.0.1:8080` (no trailing slash needed).
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_options(base, &ClientOptions::default())
+    }
+
+    pub fn with_options(base: &str, options: &ClientOptions) -> Result<Self, ClientError> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Other(format!(
+                "server URL must start with http:// or https://, got {base:?}"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(1024)
-            .build()?;
+            .pool_max_idle_per_host(1024);
+        if let Some(t) = options.read_timeout {
+            builder = builder.read_timeout(t);
+        }
+        if let Some(token) = options.token.as_deref().filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Other("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
         Ok(Client {
-            http,
+            http: builder.build()?,
             base: base.trim_end_matches('/').to_string(),
         })
     }
@@ -155,6 +302,76 @@ impl Client {
             .send()
             .await?;
         Self::parse(resp).await
+    }
+
+    pub async fn copy_file(
+        &self,
+        id: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<FileMeta, ClientError> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/v1/files/{id}/copy")))
+            .json(&serde_json::json!({"to": to, "overwrite": overwrite}))
+            .send()
+            .await?;
+        Self::parse(resp).await
+    }
+
+    /// The file at `path`.
+    pub async fn stat(&self, path: &str) -> Result<FileMeta, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/api/v1/stat?path={}", encode_path(path))))
+            .send()
+            .await?;
+        Self::parse(resp).await
+    }
+
+    /// The file with id `id`.
+    pub async fn meta(&self, id: &str) -> Result<FileMeta, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/api/v1/files/{}/meta", encode_path(id))))
+            .send()
+            .await?;
+        Self::parse(resp).await
+    }
+
+    /// Deletes the file with id `id`.
+    pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .delete(self.url(&format!("/api/v1/files/{}", encode_path(id))))
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::api_error(resp).await)
+        }
+    }
+
+    /// One page of the listing under `prefix`.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage, ClientError> {
+        let mut q = format!("/api/v1/list?prefix={}", encode_path(prefix));
+        if delimiter {
+            q.push_str("&delimiter=/");
+        }
+        if let Some(c) = cursor {
+            q.push_str(&format!("&cursor={}", encode_path(c)));
+        }
+        if let Some(l) = limit {
+            q.push_str(&format!("&limit={l}"));
+        }
+        Self::parse(self.http.get(self.url(&q)).send().await?).await
     }
 
     pub async fn health(&self) -> Result<(), ClientError> {
@@ -275,6 +492,48 @@ where
                     return WatchEnd::Stopped;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, retry_after: Option<u64>) -> ClientError {
+        ClientError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn what_is_retried() {
+        assert!(ClientError::Transport("reset".into()).is_retryable());
+        for s in [429, 502, 503, 504] {
+            assert!(api(s, "x", None).is_retryable(), "{s}");
+        }
+        assert!(api(500, "lock_timeout", None).is_retryable());
+        for s in [400, 404, 409, 412, 413, 500, 507] {
+            assert!(!api(s, "x", None).is_retryable(), "{s}");
+        }
+        assert!(!ClientError::local("checksum_mismatch", "x").is_retryable());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_respects_retry_after() {
+        let p = RetryPolicy::default();
+        for _ in 0..200 {
+            let e = ClientError::Transport(String::new());
+            let d1 = p.delay(1, &e);
+            assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
+            let d4 = p.delay(4, &e);
+            assert!(d4 >= Duration::from_millis(800) && d4 <= Duration::from_millis(1600));
+            let d30 = p.delay(30, &e);
+            assert!(d30 <= p.max && d30 >= p.max / 2);
+            assert!(p.delay(1, &api(503, "overloaded", Some(3))) >= Duration::from_secs(3));
         }
     }
 }

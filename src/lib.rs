@@ -2,6 +2,7 @@
 //!
 //! Module map (the README's "Concepts to files" table is the long form):
 //! - [`server`]: `run(listener, config, shutdown)`, the router and shared state.
+//! - [`conn`]: one server connection: write-idle timeout, lingering close.
 //! - [`config`]: defaults < TOML file < `VAULTFS_*` env < flags.
 //! - [`handlers`]: HTTP endpoints; parse, call services, map errors.
 //! - [`services`]: lock manager, blob storage, metadata, file operations.
@@ -9,12 +10,15 @@
 //! - [`paths`]: validation and normalization of user paths.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
 //! - [`client`]: the HTTP/WebSocket client the CLI and load tool use.
+//! - [`cli`]: the client commands (upload, download, ls, stat, rm, mv, cp).
 //! - [`blocking`]: the one `spawn_blocking` wrapper.
 //! - [`watchdog`]: the runtime stall watchdog.
 
 pub mod blocking;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod handlers;
 pub mod loadtest;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vaultfs::cli::{self, TempFiles};
 use vaultfs::config::{self, Overrides, SizeValue};
 
 #[derive(Debug, Parser)]
@@ -21,6 +22,20 @@ struct Cli {
 enum Command {
     /// Run the server (zero configuration: 127.0.0.1:8080, ./vaultfs-data).
     Serve(ServeArgs),
+    /// Upload files or directories (recursively), in parallel, checksummed, with retries.
+    Upload(cli::upload::UploadArgs),
+    /// Download a file (by path or id) or a directory; verified, atomic, resumable.
+    Download(cli::download::DownloadArgs),
+    /// List a directory (`-l` long format, `-r` recursive).
+    Ls(cli::ops::LsArgs),
+    /// Show a file's metadata.
+    Stat(cli::ops::StatArgs),
+    /// Remove files (`-r` for directories).
+    Rm(cli::ops::RmArgs),
+    /// Move or rename a file.
+    Mv(cli::ops::MoveArgs),
+    /// Copy a file (the content is stored once).
+    Cp(cli::ops::MoveArgs),
     /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
     Watch(WatchArgs),
     /// Run the escalation's load against a server and verify it (exit 1 on any failure).
@@ -101,6 +116,13 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Upload(args) => run_cli(|_| cli::upload::run(args)),
+        Command::Download(args) => run_cli(|temps| cli::download::run(args, temps)),
+        Command::Ls(args) => run_cli(|_| cli::ops::ls(args)),
+        Command::Stat(args) => run_cli(|_| cli::ops::stat(args)),
+        Command::Rm(args) => run_cli(|_| cli::ops::rm(args)),
+        Command::Mv(args) => run_cli(|_| cli::ops::move_or_copy(args, false)),
+        Command::Cp(args) => run_cli(|_| cli::ops::move_or_copy(args, true)),
         Command::Watch(args) => run_client(watch(args)),
         Command::Loadtest(args) => run_client(loadtest(args)),
     }
@@ -129,6 +151,26 @@ fn run_client(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a file command; afterwards, with the runtime and so every in-flight write stopped,
+/// removes the temp files an interrupted download left.
+fn run_cli<F, Fut>(command: F) -> ExitCode
+where
+    F: FnOnce(TempFiles) -> Fut,
+    Fut: std::future::Future<Output = cli::Outcome>,
+{
+    let temps = TempFiles::default();
+    let fut = command(temps.clone());
+    let code = run_client(async move { fut.await.exit_code() });
+    for path in temps.take_all() {
+        // The runtime is gone: plain blocking calls are right here.
+        #[allow(clippy::disallowed_methods)]
+        if std::fs::remove_file(&path).is_ok() {
+            eprintln!("vaultfs: removed partial download {}", path.display());
+        }
+    }
+    code
 }
 
 async fn loadtest(args: LoadtestArgs) -> ExitCode {

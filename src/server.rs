@@ -146,7 +146,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route(
             "/api/v1/files/upload",
-            post(upload::upload).layer(DefaultBodyLimit::disable()),
+            post(upload::upload)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(upload::close_after_error)),
         )
         .route(
             "/api/v1/files/{id}",
@@ -156,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/files/{id}/move", post(files::move_file))
         .route("/api/v1/files/{id}/copy", post(files::copy_file))
         .route("/api/v1/fs/{*path}", get(files::get_by_path))
+        .route("/api/v1/stat", get(files::stat))
         .route("/api/v1/list", get(list::list))
         .route("/api/v1/sync", get(sync::sync))
         .route("/api/v1/events", get(sync::events))
@@ -184,6 +187,9 @@ pub fn router(state: AppState) -> Router {
 /// streams and stays at that size on the kept-alive connection: with 1,000 client connections
 /// that alone was ~400 MiB. 64 KiB reads keep upload throughput.
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// A response write that makes no progress for this long ends the connection.
+const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -220,7 +226,13 @@ async fn serve(
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = builder
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(crate::conn::ServerIo::new(
+                    stream,
+                    WRITE_IDLE_TIMEOUT,
+                )),
+                service,
+            )
             .with_upgrades();
         let mut stop = state.shutdown.clone();
         connections.spawn(async move {

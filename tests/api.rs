@@ -1033,3 +1033,55 @@ async fn everything_survives_a_restart() {
     assert_eq!(page["entries"].as_array().unwrap().len(), 21);
     s.stop().await;
 }
+
+/// An upload refused before its body is read (412 here) still reaches the client as that
+/// answer, not as a connection reset, and the connection is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refusals_reach_clients_that_are_still_sending() {
+    let (_d, s) = TestServer::start().await;
+    s.put("early/x", b"exists").await;
+    let body = data(16 << 20, 5);
+    for _ in 0..5 {
+        let r = s
+            .client
+            .post(s.url("/api/v1/files/upload?path=early/x"))
+            .header("if-none-match", "*")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the answer arrives, not a reset");
+        assert_eq!(r.status(), 412);
+        assert_eq!(r.headers()["connection"], "close");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "precondition_failed");
+    }
+    // A simple client that sends its whole body before it reads (Python's http.client, many
+    // scripts): the server drains instead of resetting, so the 412 arrives. Without the
+    // lingering close, the write fails with a broken pipe and the answer is lost.
+    for _ in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let len = 32usize << 20;
+        let head = format!(
+            "POST /api/v1/files/upload?path=early/x HTTP/1.1\r\nhost: t\r\n\
+             if-none-match: *\r\ncontent-length: {len}\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..32 {
+            sock.write_all(&chunk)
+                .await
+                .expect("the server drains the refused body");
+        }
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    }
+    // The server keeps serving on fresh connections.
+    assert_eq!(
+        s.get_bytes("/api/v1/fs/early/x").await,
+        (200, b"exists".to_vec())
+    );
+    s.stop().await;
+}

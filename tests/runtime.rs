@@ -101,6 +101,7 @@ fn handler_and_service_futures_are_send() {
             todo!(),
             ApiJson(todo!()),
         ));
+        assert_send(&handlers::files::stat(State(state.clone()), todo!()));
         assert_send(&handlers::list::list(State(state.clone()), todo!()));
         assert_send(&handlers::admin::locks(State(state.clone())));
         assert_send(&handlers::admin::runtime(State(state.clone())));

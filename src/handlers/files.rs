@@ -118,3 +118,17 @@ pub async fn copy_file(
         .await?;
     Ok((StatusCode::CREATED, Json(meta)).into_response())
 }
+
+#[derive(Debug, Deserialize)]
+pub struct StatQuery {
+    path: String,
+}
+
+/// `GET /api/v1/stat?path=P`: the FileMeta of the file at P.
+pub async fn stat(
+    State(state): State<AppState>,
+    super::ApiQuery(q): super::ApiQuery<StatQuery>,
+) -> Result<Json<FileMeta>, AppError> {
+    let path = VPath::parse(&q.path)?;
+    Ok(Json(state.files.meta_by_path(&path).await?))
+}

@@ -26,6 +26,19 @@ pub struct UploadQuery {
     path: Option<String>,
 }
 
+/// An upload refused before its body was read leaves that body on the connection: say
+/// `Connection: close` so the client does not send its next request there (the server
+/// drains what is in flight, then closes; see `conn.rs`).
+pub async fn close_after_error(mut response: Response) -> Response {
+    if response.status().is_client_error() || response.status().is_server_error() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 pub async fn upload(
     State(state): State<AppState>,
     ctx: RequestCtx,

@@ -39,7 +39,7 @@ impl RequestCtx {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
     pub entries: Vec<FileMeta>,
     pub prefixes: Vec<String>,

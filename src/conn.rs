@@ -1,0 +1,171 @@
+//! The server side of one TCP connection: write-idle timeout and lingering close.
+//!
+//! Lingering close: when the server answers before reading a request body (412, 413, 503...)
+//! and closes, unread bytes in the socket's receive buffer make the kernel send RST instead of
+//! FIN, and the client's kernel then throws away the answer it had already received. The
+//! client sees "connection reset" in place of the error that says why. Like nginx's
+//! `lingering_close`, a dropped connection is handed to a small task that shuts down the
+//! write side and reads and discards what the client still sends, for a bounded time and
+//! amount, before closing.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// How long a closed connection keeps draining, in all.
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+/// How long it waits for the next bytes while draining.
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// How much it drains at most.
+const LINGER_BYTES: u64 = 64 << 20;
+
+#[derive(Debug)]
+pub struct ServerIo {
+    stream: Option<TcpStream>,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    write_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl ServerIo {
+    /// `write_timeout`: a write that makes no progress for this long fails (the client
+    /// stopped reading).
+    pub fn new(stream: TcpStream, write_timeout: Duration) -> Self {
+        ServerIo {
+            stream: Some(stream),
+            write_timeout,
+            write_deadline: None,
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Turns a pending write into a timeout error once no progress was made for
+    /// `write_timeout`.
+    fn pending_write<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.write_timeout;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.write_deadline = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading the response",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = match this.stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                this.write_deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.pending_write(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = match this.stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                this.write_deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.pending_write(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for ServerIo {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(linger(stream));
+            }
+        }
+    }
+}
+
+/// Sends FIN, then discards what the client still sends until it closes, goes quiet for
+/// [`LINGER_IDLE`], or the bounds are reached.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let end = Instant::now() + LINGER_TOTAL;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut drained = 0u64;
+    while drained < LINGER_BYTES {
+        let wait = LINGER_IDLE.min(end.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            _ => break,
+        }
+    }
+}
