@@ -33,6 +33,23 @@ pub struct Config {
     pub upload_queue_timeout: Duration,
     /// Most uploads waiting for a slot; past it, 503 `overloaded` at once.
     pub max_queued_uploads: usize,
+    /// Open client connections at most; past it, new ones get 503 `overloaded` and are closed.
+    pub max_connections: usize,
+    /// A client must send its request headers within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// An upload body that sends nothing for this long is cut off (408), its data removed.
+    pub body_idle_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection.
+    pub write_idle_timeout: Duration,
+    /// After SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+    /// After SIGTERM, how long to keep accepting (with `/readyz` at 503) before closing the
+    /// listener, so load balancers stop routing here first. Zero by default.
+    pub shutdown_drain_delay: Duration,
+    /// `/healthz` answers 503 when the runtime's scheduling delay exceeds this...
+    pub liveness_stall_grace: Duration,
+    /// ...now, or at any time within this window.
+    pub liveness_window: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +66,14 @@ impl Default for Config {
             max_concurrent_uploads: 64,
             upload_queue_timeout: Duration::from_secs(30),
             max_queued_uploads: 10_000,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            write_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            shutdown_drain_delay: Duration::ZERO,
+            liveness_stall_grace: Duration::from_secs(5),
+            liveness_window: Duration::from_secs(60),
         }
     }
 }
@@ -89,6 +114,15 @@ pub struct Overrides {
     pub events_max: Option<SizeValue>,
     pub max_concurrent_uploads: Option<SizeValue>,
     pub upload_queue_timeout: Option<String>,
+    pub max_queued_uploads: Option<SizeValue>,
+    pub max_connections: Option<SizeValue>,
+    pub header_read_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub write_idle_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub shutdown_drain_delay: Option<String>,
+    pub liveness_stall_grace: Option<String>,
+    pub liveness_window: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -121,6 +155,15 @@ impl Overrides {
             events_max: env("VAULTFS_EVENTS_MAX").map(SizeValue::Text),
             max_concurrent_uploads: env("VAULTFS_MAX_CONCURRENT_UPLOADS").map(SizeValue::Text),
             upload_queue_timeout: env("VAULTFS_UPLOAD_QUEUE_TIMEOUT"),
+            max_queued_uploads: env("VAULTFS_MAX_QUEUED_UPLOADS").map(SizeValue::Text),
+            max_connections: env("VAULTFS_MAX_CONNECTIONS").map(SizeValue::Text),
+            header_read_timeout: env("VAULTFS_HEADER_READ_TIMEOUT"),
+            body_idle_timeout: env("VAULTFS_BODY_IDLE_TIMEOUT"),
+            write_idle_timeout: env("VAULTFS_WRITE_IDLE_TIMEOUT"),
+            shutdown_grace: env("VAULTFS_SHUTDOWN_GRACE"),
+            shutdown_drain_delay: env("VAULTFS_SHUTDOWN_DRAIN_DELAY"),
+            liveness_stall_grace: env("VAULTFS_LIVENESS_STALL_GRACE"),
+            liveness_window: env("VAULTFS_LIVENESS_WINDOW"),
         }
     }
 
@@ -193,6 +236,66 @@ impl Overrides {
         if let Some(v) = &self.upload_queue_timeout {
             config.upload_queue_timeout =
                 parse_duration(v).map_err(|r| invalid("upload_queue_timeout", v, r))?;
+        }
+        let count = |setting: &'static str, v: &SizeValue, min: usize| {
+            let text = v.as_text();
+            text.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| invalid(setting, &text, format!("expected a whole number >= {min}")))
+        };
+        if let Some(v) = &self.max_queued_uploads {
+            config.max_queued_uploads = count("max_queued_uploads", v, 0)?;
+        }
+        if let Some(v) = &self.max_connections {
+            config.max_connections = count("max_connections", v, 1)?;
+        }
+        let durations: [(&'static str, &Option<String>, &mut Duration); 7] = [
+            (
+                "header_read_timeout",
+                &self.header_read_timeout,
+                &mut config.header_read_timeout,
+            ),
+            (
+                "body_idle_timeout",
+                &self.body_idle_timeout,
+                &mut config.body_idle_timeout,
+            ),
+            (
+                "write_idle_timeout",
+                &self.write_idle_timeout,
+                &mut config.write_idle_timeout,
+            ),
+            (
+                "shutdown_grace",
+                &self.shutdown_grace,
+                &mut config.shutdown_grace,
+            ),
+            (
+                "liveness_stall_grace",
+                &self.liveness_stall_grace,
+                &mut config.liveness_stall_grace,
+            ),
+            (
+                "liveness_window",
+                &self.liveness_window,
+                &mut config.liveness_window,
+            ),
+            (
+                "shutdown_drain_delay",
+                &self.shutdown_drain_delay,
+                &mut config.shutdown_drain_delay,
+            ),
+        ];
+        for (setting, value, target) in durations {
+            if let Some(v) = value {
+                *target = if setting == "shutdown_drain_delay" && v.trim() == "0" {
+                    Duration::ZERO
+                } else {
+                    parse_duration(v).map_err(|r| invalid(setting, v, r))?
+                };
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - [`config`]: defaults < TOML file < `VAULTFS_*` env < flags.
 //! - [`handlers`]: HTTP endpoints; parse, call services, map errors.
 //! - [`services`]: lock manager, blob storage, metadata, file operations.
+//! - [`metrics`]: Prometheus metrics and the store instrumentation.
 //! - [`loadtest`]: `vaultfs loadtest`, the escalation's load, verified.
 //! - [`paths`]: validation and normalization of user paths.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod error;
 pub mod handlers;
 pub mod loadtest;
+pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod services;

@@ -109,11 +109,20 @@ struct ServeArgs {
     /// Uploads streaming at once; more wait for a slot [default: 64; env VAULTFS_MAX_CONCURRENT_UPLOADS]
     #[arg(long)]
     max_concurrent_uploads: Option<String>,
+    /// Open connections at most; more get 503 [default: 10000; env VAULTFS_MAX_CONNECTIONS]
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// After SIGTERM, time for in-flight requests to finish [default: 30s; env VAULTFS_SHUTDOWN_GRACE]
+    #[arg(long)]
+    shutdown_grace: Option<String>,
+    /// Log format: text or json [env VAULTFS_LOG_FORMAT]
+    #[arg(long, env = "VAULTFS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Upload(args) => run_cli(|_| cli::upload::run(args)),
@@ -128,14 +137,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, Registry};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: client commands print their results on stdout.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(std::io::stderr),
+        )
+    } else {
+        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    // `--features console` (built with RUSTFLAGS="--cfg tokio_unstable"): tokio-console can
+    // attach on 127.0.0.1:6669.
+    #[cfg(feature = "console")]
+    let registry = registry.with(console_subscriber::spawn());
+    registry.init();
 }
 
 /// Runs a client command on a small runtime; the future returns the exit code.
@@ -299,7 +324,9 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         events_retention: None,
         events_max: None,
         max_concurrent_uploads: args.max_concurrent_uploads.clone().map(SizeValue::Text),
-        upload_queue_timeout: None,
+        max_connections: args.max_connections.clone().map(SizeValue::Text),
+        shutdown_grace: args.shutdown_grace.clone(),
+        ..Overrides::default()
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())
 }

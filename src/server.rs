@@ -42,6 +42,8 @@ pub struct AppState {
     shutdown_trigger: Arc<watch::Sender<bool>>,
     /// Scheduling-delay probe of the runtime serving this state.
     pub stall: StallMonitor,
+    /// True from the shutdown signal on: `/readyz` answers 503.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
 }
@@ -86,8 +88,10 @@ impl AppState {
         })?;
 
         let storage = BlobStore::open(dir).await?;
-        let metadata: Arc<dyn MetadataStore> =
-            Arc::new(SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?);
+        crate::metrics::install();
+        let metadata: Arc<dyn MetadataStore> = crate::metrics::InstrumentedMetadata::wrap(
+            Arc::new(SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?),
+        );
         let locks = LockManager::new(config.lock_timeout);
         let (shutdown_trigger, shutdown) = watch::channel(false);
         let retention = Retention {
@@ -124,13 +128,25 @@ impl AppState {
             stall,
             shutdown,
             shutdown_trigger: Arc::new(shutdown_trigger),
+            draining: Arc::default(),
             _data_dir_lock: Arc::new(lock_file),
         })
+    }
+
+    /// Readiness turns 503 from now on (shutdown has begun).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts shutting down: sync streams close with 1001, long-polls answer, the event hub
     /// and pruner stop.
     pub fn begin_shutdown(&self) {
+        self.start_draining();
         self.shutdown_trigger.send_replace(true);
     }
 
@@ -144,6 +160,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::render))
         .route(
             "/api/v1/files/upload",
             post(upload::upload)
@@ -164,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(sync::events))
         .route("/api/v1/admin/locks", get(admin::locks))
         .route("/api/v1/admin/runtime", get(admin::runtime))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async {
             AppError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -188,26 +207,51 @@ pub fn router(state: AppState) -> Router {
 /// that alone was ~400 MiB. 64 KiB reads keep upload throughput.
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
-/// A response write that makes no progress for this long ends the connection.
-const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Answer to a connection past `max_connections`, written before closing it.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 79\r\n\r\n\
+{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections; retry shortly\"}}";
 
-/// How long in-flight requests may take to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Counts one open connection while alive.
+struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("vaultfs_connections_open").decrement(1.0);
+    }
+}
 
 /// The accept loop: HTTP/1.1 with upgrades (WebSocket), TCP_NODELAY on every socket, a bounded
-/// read buffer, and graceful shutdown (stop accepting, let in-flight requests finish within
-/// [`SHUTDOWN_GRACE`]).
+/// read buffer, a header-read deadline, at most `max_connections` open, and graceful shutdown:
+/// readiness turns 503 at once, the listener keeps accepting for `shutdown_drain_delay`, then
+/// closes; in-flight requests get `shutdown_grace` to finish.
 async fn serve(
     listener: TcpListener,
     app: Router,
     state: &AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let config = Arc::clone(&state.config);
     let connections = tokio_util::task::TaskTracker::new();
+    // Cancelled when the grace period ends: what is still in flight is cut off, also when
+    // the runtime lives on (tests, embedding).
+    let cut_off = tokio_util::sync::CancellationToken::new();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.max_buf_size(MAX_CONNECTION_BUFFER);
+    builder
+        .max_buf_size(MAX_CONNECTION_BUFFER)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
     tokio::pin!(shutdown);
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
+        let drain_end = async {
+            match drain_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -218,30 +262,56 @@ async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if drain_until.is_none() => {
+                state.start_draining();
+                tracing::info!(drain = ?config.shutdown_drain_delay, grace = ?config.shutdown_grace,
+                    "shutting down: readiness is 503; draining");
+                if config.shutdown_drain_delay.is_zero() {
+                    break;
+                }
+                drain_until = Some(tokio::time::Instant::now() + config.shutdown_drain_delay);
+                continue;
+            }
+            () = drain_end => break,
         };
         // Nagle + delayed ACK would cost ~40 ms per small response on a reused connection.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let mut io = crate::conn::ServerIo::new(stream, config.write_idle_timeout);
+        if open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= config.max_connections {
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("vaultfs_connections_rejected_total").increment(1);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    io.write_all(TOO_MANY_CONNECTIONS),
+                )
+                .await;
+                // Dropping `io` lingers, then closes.
+            });
+            continue;
+        }
+        metrics::gauge!("vaultfs_connections_open").increment(1.0);
+        let slot = ConnectionSlot(Arc::clone(&open));
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = builder
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(crate::conn::ServerIo::new(
-                    stream,
-                    WRITE_IDLE_TIMEOUT,
-                )),
-                service,
-            )
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
             .with_upgrades();
         let mut stop = state.shutdown.clone();
+        let cut = cut_off.clone();
         connections.spawn(async move {
+            let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 () = crate::services::notification::until_true(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn => r,
+                        () = cut.cancelled() => return,
+                    }
                 }
             };
             if let Err(e) = result {
@@ -252,11 +322,15 @@ async fn serve(
     drop(listener);
     state.begin_shutdown();
     connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+    if tokio::time::timeout(config.shutdown_grace, connections.wait())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish within the grace period");
+        tracing::warn!(
+            "in-flight requests did not finish within the grace period; cutting them off"
+        );
+        cut_off.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
     }
 }
 

@@ -30,6 +30,22 @@ struct Inner {
     probes: AtomicU64,
     /// Nanoseconds after `origin` at which the outstanding probe was sent; 0 when none waits.
     outstanding_since_ns: AtomicU64,
+    /// Recent stalls over the threshold: (ended at, ns after `origin`; delay, ns). Written by
+    /// the watchdog thread only, read by liveness; never held across an await.
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// Stalls remembered for liveness.
+const RECENT_STALLS: usize = 64;
+
+/// Why liveness fails.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unresponsive {
+    /// The stall's length (so far, when `ongoing`).
+    pub delay_ms: f64,
+    pub ongoing: bool,
+    /// How long ago it ended (0 when ongoing).
+    pub ended_ms_ago: f64,
 }
 
 /// Handle to the watchdog thread; stops it when the last clone is dropped.
@@ -90,6 +106,7 @@ impl StallMonitor {
             stalls: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             outstanding_since_ns: AtomicU64::new(0),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         let thread_inner = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
@@ -119,6 +136,42 @@ impl StallMonitor {
             stalls_over_threshold: i.stalls.load(Ordering::Relaxed),
             probes: i.probes.load(Ordering::Relaxed),
             threshold_ms: ms(nanos(i.threshold)),
+        }
+    }
+}
+
+impl StallMonitor {
+    /// Liveness: `Err` when the runtime's scheduling delay is over `grace` now, or was at any
+    /// time in the last `window`. Kubernetes restarts a pod whose runtime keeps wedging, even
+    /// if each probe happens to land between stalls.
+    pub fn liveness(&self, grace: Duration, window: Duration) -> Result<(), Unresponsive> {
+        let i = &self.inner;
+        let now = nanos(i.origin.elapsed());
+        let since = i.outstanding_since_ns.load(Ordering::Relaxed);
+        if since != 0 && now.saturating_sub(since) > nanos(grace) {
+            return Err(Unresponsive {
+                delay_ms: ms(now.saturating_sub(since)),
+                ongoing: true,
+                ended_ms_ago: 0.0,
+            });
+        }
+        let recent = match i.recent.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let worst = recent
+            .iter()
+            .filter(|(end, delay)| {
+                *delay > nanos(grace) && now.saturating_sub(*end) <= nanos(window)
+            })
+            .max_by_key(|(_, delay)| *delay);
+        match worst {
+            Some((end, delay)) => Err(Unresponsive {
+                delay_ms: ms(*delay),
+                ongoing: false,
+                ended_ms_ago: ms(now.saturating_sub(*end)),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -158,6 +211,15 @@ fn probe_loop(inner: &Inner, handle: &tokio::runtime::Handle) {
         inner.max_delay_ns.fetch_max(delay, Ordering::Relaxed);
         if delay > nanos(inner.threshold) {
             inner.stalls.fetch_add(1, Ordering::Relaxed);
+            let mut recent = match inner.recent.lock() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if recent.len() == RECENT_STALLS {
+                recent.pop_front();
+            }
+            recent.push_back((nanos(inner.origin.elapsed()), delay));
+            drop(recent);
             tracing::warn!(
                 delay_ms = ms(delay),
                 recovered = warned,

@@ -65,7 +65,9 @@ fn handler_and_service_futures_are_send() {
         let req: Request = todo!();
         let id: ApiPath<String> = todo!();
         // Handlers.
-        assert_send(&handlers::health::healthz());
+        assert_send(&handlers::health::healthz(State(state.clone())));
+        assert_send(&handlers::health::readyz(State(state.clone())));
+        assert_send(&vaultfs::metrics::render(State(state.clone())));
         assert_send(&handlers::upload::upload(
             State(state.clone()),
             ctx.clone(),

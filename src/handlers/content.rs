@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -180,7 +181,16 @@ pub async fn serve(
                 })
             })?;
         }
-        Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
+        // Counted while the body streams: in flight until it ends or the client goes away.
+        let in_flight = crate::metrics::InFlight::new("vaultfs_downloads_in_flight");
+        let stream = ReaderStream::with_capacity(file.take(len), READ_CHUNK).map(move |chunk| {
+            let _alive = &in_flight;
+            if let Ok(c) = &chunk {
+                metrics::counter!("vaultfs_download_bytes_total").increment(c.len() as u64);
+            }
+            chunk
+        });
+        Body::from_stream(stream)
     };
     let mut response = (status, base).into_response();
     *response.body_mut() = body;

@@ -82,8 +82,13 @@ pub async fn upload(
 
     let mut writer = state.files.begin_upload().await?;
     let mut body = request.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
+    let idle = state.config.body_idle_timeout;
+    while let Some(chunk) = tokio::time::timeout(idle, body.next())
+        .await
+        .map_err(|_| body_idle_error(idle))?
+    {
         let chunk = chunk.map_err(body_error)?;
+        metrics::counter!("vaultfs_upload_bytes_total").increment(chunk.len() as u64);
         writer.write(chunk).await?;
     }
     let staged = writer.finish(state.files.storage()).await?;
@@ -144,7 +149,13 @@ async fn upload_multipart(
             .to_string();
         state.files.precheck(&path, &precondition).await?;
         let mut writer: BlobWriter = state.files.begin_upload().await?;
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        let idle = state.config.body_idle_timeout;
+        while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
+            .await
+            .map_err(|_| body_idle_error(idle))?
+            .map_err(multipart_error)?
+        {
+            metrics::counter!("vaultfs_upload_bytes_total").increment(chunk.len() as u64);
             writer.write(chunk).await?;
         }
         let staged = writer.finish(state.files.storage()).await?;
@@ -167,6 +178,19 @@ async fn upload_multipart(
         StatusCode::OK
     };
     Ok((status, Json(json!({"files": stored}))).into_response())
+}
+
+/// The client stopped sending mid-body: 408, and the writer's drop removes the temp file.
+fn body_idle_error(idle: std::time::Duration) -> AppError {
+    metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
+    AppError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "no body bytes arrived for {} s; the upload was discarded",
+            idle.as_secs_f64()
+        ),
+    )
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {

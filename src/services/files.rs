@@ -61,6 +61,16 @@ pub struct UploadGate {
 #[derive(Debug)]
 pub struct UploadPermit {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: crate::metrics::InFlight,
+}
+
+impl UploadPermit {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        UploadPermit {
+            _permit: permit,
+            _in_flight: crate::metrics::InFlight::new("vaultfs_uploads_in_flight"),
+        }
+    }
 }
 
 impl UploadGate {
@@ -76,20 +86,39 @@ impl UploadGate {
     pub async fn admit(&self) -> Result<UploadPermit, ServiceError> {
         use std::sync::atomic::Ordering;
         if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(UploadPermit { _permit: p });
+            return Ok(UploadPermit::new(p));
         }
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_full")
+                .increment(1);
             return Err(ServiceError::Overloaded);
         }
         let r = tokio::time::timeout(self.timeout, Arc::clone(&self.slots).acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
-            Ok(Ok(p)) => Ok(UploadPermit { _permit: p }),
+            Ok(Ok(p)) => Ok(UploadPermit::new(p)),
             // Timed out, or the semaphore was closed (never done): overloaded either way.
-            Ok(Err(_)) | Err(_) => Err(ServiceError::Overloaded),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_timeout")
+                    .increment(1);
+                Err(ServiceError::Overloaded)
+            }
         }
     }
+
+    pub fn stats(&self) -> UploadGateStats {
+        UploadGateStats {
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            free_slots: self.slots.available_permits(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UploadGateStats {
+    pub waiting: usize,
+    pub free_slots: usize,
 }
 
 #[derive(Clone)]
@@ -135,6 +164,10 @@ impl FileService {
         self.uploads.admit().await
     }
 
+    pub fn upload_gate_stats(&self) -> UploadGateStats {
+        self.uploads.stats()
+    }
+
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
     }
@@ -157,7 +190,10 @@ impl FileService {
 
     /// Starts an upload: a temp file that the caller streams the body into.
     pub async fn begin_upload(&self) -> Result<BlobWriter, ServiceError> {
-        Ok(self.storage.begin(self.max_upload_size).await?)
+        Ok(
+            crate::metrics::timed("blob", "begin", self.storage.begin(self.max_upload_size))
+                .await?,
+        )
     }
 
     /// Fails fast, before any byte is streamed, when the precondition cannot hold now. The
@@ -199,7 +235,7 @@ impl FileService {
             .blob_shared(&blob.sha256);
         let result = {
             let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
-            let blob = self.storage.commit(staged).await?;
+            let blob = crate::metrics::timed("blob", "commit", self.storage.commit(staged)).await?;
             self.meta
                 .put(PutRequest {
                     path: path.as_str().to_string(),
@@ -242,7 +278,7 @@ impl FileService {
     /// Opens the content of `meta`. A blob collected between the metadata read and the open
     /// (the file was replaced or deleted meanwhile) reads as "not found".
     pub async fn open_content(&self, meta: &FileMeta) -> Result<tokio::fs::File, ServiceError> {
-        Ok(self.storage.open_blob(&meta.sha256).await?)
+        Ok(crate::metrics::timed("blob", "open", self.storage.open_blob(&meta.sha256)).await?)
     }
 
     pub async fn delete(
@@ -417,7 +453,7 @@ impl FileService {
         if self.meta.blob_refcount(sha256).await? > 0 {
             return Ok(false);
         }
-        self.storage.delete_blob(sha256).await?;
+        crate::metrics::timed("blob", "delete", self.storage.delete_blob(sha256)).await?;
         self.meta.forget_blob(sha256).await?;
         Ok(true)
     }

@@ -299,6 +299,7 @@ impl LockManager {
         .await;
         match waited {
             Ok(contended) => {
+                metrics::histogram!("vaultfs_lock_wait_seconds").record(started.elapsed());
                 self.record_acquired(&guard, started, contended);
                 Ok(guard)
             }

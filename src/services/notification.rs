@@ -56,6 +56,9 @@ struct Inner {
     /// Highest seq the hub has read and broadcast; long-polls wait on it.
     published: watch::Sender<i64>,
     shutdown: watch::Receiver<bool>,
+    /// Every live subscription's position, for the lag metric.
+    cursors: Cursors,
+    next_cursor: std::sync::atomic::AtomicU64,
 }
 
 /// Cheap to clone.
@@ -90,6 +93,8 @@ impl Notifier {
                 template,
                 published,
                 shutdown: shutdown.clone(),
+                cursors: Cursors::default(),
+                next_cursor: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         tokio::spawn(hub(notifier.clone(), tx, poked, latest, shutdown.clone()));
@@ -105,6 +110,22 @@ impl Notifier {
     /// The highest seq broadcast so far.
     pub fn published(&self) -> i64 {
         *self.inner.published.borrow()
+    }
+
+    /// Live subscriptions, and how far the furthest behind is from the newest event (events).
+    pub fn subscriber_lag(&self) -> (usize, i64) {
+        let published = self.published();
+        match self.inner.cursors.lock() {
+            Ok(map) => {
+                let lag = map
+                    .values()
+                    .map(|c| published - c.load(std::sync::atomic::Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0);
+                (map.len(), lag.max(0))
+            }
+            Err(_) => (0, 0),
+        }
     }
 
     async fn check_cursor(&self, since: i64, latest: i64) -> Result<(), SubscribeError> {
@@ -139,6 +160,14 @@ impl Notifier {
                 since
             }
         };
+        let cursor = Arc::new(std::sync::atomic::AtomicI64::new(last));
+        let id = self
+            .inner
+            .next_cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut map) = self.inner.cursors.lock() {
+            map.insert(id, Arc::clone(&cursor));
+        }
         Ok((
             Subscription {
                 meta: Arc::clone(&self.inner.meta),
@@ -148,6 +177,11 @@ impl Notifier {
                 behind: true,
                 pending: VecDeque::new(),
                 catch_up_reads: 0,
+                registration: CursorRegistration {
+                    id,
+                    cursor,
+                    registry: Arc::clone(&self.inner.cursors),
+                },
             },
             latest,
         ))
@@ -225,6 +259,25 @@ pub struct Subscription {
     behind: bool,
     pending: VecDeque<Event>,
     catch_up_reads: u64,
+    registration: CursorRegistration,
+}
+
+type Cursors =
+    Arc<std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::atomic::AtomicI64>>>>;
+
+/// A subscription's position, visible to `/metrics` (lag) until the subscription is dropped.
+struct CursorRegistration {
+    id: u64,
+    cursor: Arc<std::sync::atomic::AtomicI64>,
+    registry: Cursors,
+}
+
+impl Drop for CursorRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.lock() {
+            map.remove(&self.id);
+        }
+    }
 }
 
 impl Subscription {
@@ -237,12 +290,16 @@ impl Subscription {
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Result<Option<Event>, MetadataError> {
         loop {
+            self.registration
+                .cursor
+                .store(self.last, std::sync::atomic::Ordering::Relaxed);
             if let Some(e) = self.pending.pop_front() {
                 return Ok(Some(e));
             }
             if self.behind {
                 let batch = self.meta.events_after(self.last, CATCH_UP_BATCH).await?;
                 self.catch_up_reads += 1;
+                metrics::counter!("vaultfs_sync_catchup_reads_total").increment(1);
                 if batch.len() < CATCH_UP_BATCH {
                     self.behind = false;
                 }

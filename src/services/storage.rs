@@ -125,6 +125,22 @@ impl BlobStore {
         Ok(removed)
     }
 
+    /// Readiness: the store's directories are there and answer.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        for dir in [&self.blobs_dir, &self.tmp_dir] {
+            let meta = tokio::fs::metadata(dir)
+                .await
+                .map_err(StorageError::io("stat store dir"))?;
+            if !meta.is_dir() {
+                return Err(StorageError::Io {
+                    op: "stat store dir",
+                    source: io::Error::other(format!("{} is not a directory", dir.display())),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn blob_path(&self, sha256_hex: &str) -> PathBuf {
         let fan = sha256_hex.get(..2).unwrap_or("00");
         self.blobs_dir.join(fan).join(sha256_hex)

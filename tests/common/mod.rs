@@ -57,6 +57,28 @@ impl TestServer {
         server
     }
 
+    /// An upload whose body the test feeds chunk by chunk; the response arrives on the
+    /// returned task.
+    pub fn streaming_upload(
+        &self,
+        path: &str,
+    ) -> (
+        tokio::sync::mpsc::Sender<Vec<u8>>,
+        JoinHandle<Result<reqwest::Response, reqwest::Error>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+        });
+        let req = self
+            .client
+            .post(self.url(&format!("/api/v1/files/upload?path={}", enc(path))))
+            .body(reqwest::Body::wrap_stream(body));
+        (tx, tokio::spawn(req.send()))
+    }
+
     async fn wait_healthy(&self) {
         for _ in 0..200 {
             if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
@@ -71,6 +93,13 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// Sends the shutdown signal (like SIGTERM) without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Stops the server and waits for it to finish.
