@@ -434,6 +434,35 @@ mod tests {
     }
 
     #[test]
+    fn operations_settings() {
+        let env = env_of(&[
+            ("VAULTFS_SHUTDOWN_DRAIN_DELAY", "0"),
+            ("VAULTFS_HEADER_READ_TIMEOUT", "2s"),
+            ("VAULTFS_MAX_QUEUED_UPLOADS", "0"),
+            ("VAULTFS_MAX_CONNECTIONS", "500"),
+            ("VAULTFS_LIVENESS_WINDOW", "2m"),
+        ]);
+        let c = resolve(None, &env, &Overrides::default()).map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.shutdown_drain_delay, Duration::ZERO);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        assert_eq!((c.max_queued_uploads, c.max_connections), (0, 500));
+        assert_eq!(c.liveness_window, Duration::from_secs(120));
+        for (k, v) in [
+            ("VAULTFS_MAX_CONNECTIONS", "0"),
+            ("VAULTFS_SHUTDOWN_GRACE", "0"),
+            ("VAULTFS_BODY_IDLE_TIMEOUT", "later"),
+        ] {
+            let err = resolve(None, &env_of(&[(k, v)]), &Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let setting = k.trim_start_matches("VAULTFS_").to_ascii_lowercase();
+            assert!(err.contains(&format!("`{setting}`")), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size("16GiB"), Ok(16 << 30));
         assert_eq!(parse_size("10 MB"), Ok(10_000_000));
