@@ -8,7 +8,7 @@ stopped by its PID. Prints a Markdown table and writes it to bench/results/escal
 Usage: bench/escalation.py [--uploaders 50,200,1000] [--subscribers 100] [--duration 30s]
                            [--sizes 4KiB:50,1MiB:45,64MiB:5]
 """
-import argparse, json, os, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vaultfs-target"))
@@ -59,6 +59,9 @@ def main():
         srv.wait(timeout=60)
         print(lt.stdout, file=sys.stderr)
         r = json.load(open(report_path))
+        # Each row stores gigabytes of blobs: remove them before the next row (a run of
+        # several rows once filled the disk).
+        shutil.rmtree(work, ignore_errors=True)
         up, health = r["kinds"].get("upload", {}), r["kinds"].get("health", {})
         done = sum(k["count"] - k["errors"] for name, k in r["kinds"].items() if name in ("upload", "download", "move"))
         total = sum(k["count"] for name, k in r["kinds"].items() if name in ("upload", "download", "move"))
