@@ -29,8 +29,10 @@ const LINGER_BYTES: u64 = 64 << 20;
 pub struct ServerIo {
     stream: Option<TcpStream>,
     write_timeout: Duration,
-    /// Armed while a write waits for the client to read.
+    /// Armed once a write has to wait; kept (not re-created) across writes. When it fires, the
+    /// connection is cut only if no write progressed since `last_progress + write_timeout`.
     write_deadline: Option<Pin<Box<Sleep>>>,
+    last_progress: Instant,
 }
 
 impl ServerIo {
@@ -41,6 +43,7 @@ impl ServerIo {
             stream: Some(stream),
             write_timeout,
             write_deadline: None,
+            last_progress: Instant::now(),
         }
     }
 
@@ -50,23 +53,32 @@ impl ServerIo {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
-    /// Turns a pending write into a timeout error once no progress was made for
-    /// `write_timeout`.
+    /// Turns a pending write into a timeout error once no write progressed for
+    /// `write_timeout`. One timer per connection, re-armed only when it fires early: a busy
+    /// download does not pay a timer registration per pending write.
     fn pending_write<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let timeout = self.write_timeout;
+        let due = self.last_progress + self.write_timeout;
         let deadline = self
             .write_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.write_deadline = None;
-                Poll::Ready(Err(io::Error::new(
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            if deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last_progress + self.write_timeout;
+            if Instant::now() >= due {
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client stopped reading the response",
-                )))
+                )));
             }
-            Poll::Pending => Poll::Pending,
+            // Writes progressed since the timer was set: wait for the rest of the period.
+            deadline.as_mut().reset(due);
         }
+    }
+
+    fn progressed(&mut self) {
+        self.last_progress = Instant::now();
     }
 }
 
@@ -97,7 +109,7 @@ impl AsyncWrite for ServerIo {
         };
         match polled {
             Poll::Ready(r) => {
-                this.write_deadline = None;
+                this.progressed();
                 Poll::Ready(r)
             }
             Poll::Pending => this.pending_write(cx),
@@ -116,7 +128,7 @@ impl AsyncWrite for ServerIo {
         };
         match polled {
             Poll::Ready(r) => {
-                this.write_deadline = None;
+                this.progressed();
                 Poll::Ready(r)
             }
             Poll::Pending => this.pending_write(cx),

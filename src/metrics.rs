@@ -42,7 +42,22 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 }
             };
             match builder.install_recorder() {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    // Histogram samples queue until drained; drain them even when nobody
+                    // scrapes, so memory stays bounded.
+                    let upkeep = handle.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("vaultfs-metrics-upkeep".into())
+                        .spawn(move || loop {
+                            // The upkeep thread's own sleep, not a runtime worker's.
+                            std::thread::park_timeout(std::time::Duration::from_secs(5));
+                            upkeep.run_upkeep();
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot start metrics upkeep");
+                    }
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot install the metrics recorder");
                     None

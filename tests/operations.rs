@@ -471,3 +471,41 @@ async fn liveness_fails_after_the_runtime_is_blocked_and_recovers() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_download_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        write_idle_timeout: Duration::from_millis(500),
+        ..Config::for_data_dir(dir.path())
+    };
+    let s = TestServer::start_with(config).await;
+    let size = 48usize << 20;
+    s.put("big/slow-reader", &data(size, 4)).await;
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    sock.write_all(b"GET /api/v1/fs/big/slow-reader HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing while the socket buffers fill and the server's writes stall.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let read_all = async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        got < size,
+        "the response was cut off ({got} of {size} bytes)"
+    );
+    // Nothing is left counting it as in flight, and others are served.
+    assert_eq!(s.get_json("/healthz").await.0, 200);
+    s.stop().await;
+}

@@ -183,10 +183,11 @@ pub async fn serve(
         }
         // Counted while the body streams: in flight until it ends or the client goes away.
         let in_flight = crate::metrics::InFlight::new("vaultfs_downloads_in_flight");
+        let bytes_out = metrics::counter!("vaultfs_download_bytes_total");
         let stream = ReaderStream::with_capacity(file.take(len), READ_CHUNK).map(move |chunk| {
             let _alive = &in_flight;
             if let Ok(c) = &chunk {
-                metrics::counter!("vaultfs_download_bytes_total").increment(c.len() as u64);
+                bytes_out.increment(c.len() as u64);
             }
             chunk
         });

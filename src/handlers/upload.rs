@@ -83,12 +83,13 @@ pub async fn upload(
     let mut writer = state.files.begin_upload().await?;
     let mut body = request.into_body().into_data_stream();
     let idle = state.config.body_idle_timeout;
+    let bytes_in = metrics::counter!("vaultfs_upload_bytes_total");
     while let Some(chunk) = tokio::time::timeout(idle, body.next())
         .await
         .map_err(|_| body_idle_error(idle))?
     {
         let chunk = chunk.map_err(body_error)?;
-        metrics::counter!("vaultfs_upload_bytes_total").increment(chunk.len() as u64);
+        bytes_in.increment(chunk.len() as u64);
         writer.write(chunk).await?;
     }
     let staged = writer.finish(state.files.storage()).await?;
@@ -150,12 +151,13 @@ async fn upload_multipart(
         state.files.precheck(&path, &precondition).await?;
         let mut writer: BlobWriter = state.files.begin_upload().await?;
         let idle = state.config.body_idle_timeout;
+        let bytes_in = metrics::counter!("vaultfs_upload_bytes_total");
         while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
             .await
             .map_err(|_| body_idle_error(idle))?
             .map_err(multipart_error)?
         {
-            metrics::counter!("vaultfs_upload_bytes_total").increment(chunk.len() as u64);
+            bytes_in.increment(chunk.len() as u64);
             writer.write(chunk).await?;
         }
         let staged = writer.finish(state.files.storage()).await?;
