@@ -295,13 +295,7 @@ impl Client {
         to: &str,
         overwrite: bool,
     ) -> Result<FileMeta, ClientError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/api/v1/files/{id}/move")))
-            .json(&serde_json::json!({"to": to, "overwrite": overwrite}))
-            .send()
-            .await?;
-        Self::parse(resp).await
+        self.relocate(id, "move", to, overwrite).await
     }
 
     pub async fn copy_file(
@@ -310,33 +304,41 @@ impl Client {
         to: &str,
         overwrite: bool,
     ) -> Result<FileMeta, ClientError> {
+        self.relocate(id, "copy", to, overwrite).await
+    }
+
+    /// `POST /api/v1/files/{id}/{move|copy}`.
+    async fn relocate(
+        &self,
+        id: &str,
+        op: &str,
+        to: &str,
+        overwrite: bool,
+    ) -> Result<FileMeta, ClientError> {
         let resp = self
             .http
-            .post(self.url(&format!("/api/v1/files/{id}/copy")))
+            .post(self.url(&format!("/api/v1/files/{}/{op}", encode_path(id))))
             .json(&serde_json::json!({"to": to, "overwrite": overwrite}))
             .send()
             .await?;
         Self::parse(resp).await
     }
 
+    /// GET `path_and_query` as JSON.
+    async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
+        Self::parse(self.http.get(self.url(path_and_query)).send().await?).await
+    }
+
     /// The file at `path`.
     pub async fn stat(&self, path: &str) -> Result<FileMeta, ClientError> {
-        let resp = self
-            .http
-            .get(self.url(&format!("/api/v1/stat?path={}", encode_path(path))))
-            .send()
-            .await?;
-        Self::parse(resp).await
+        self.get_json(&format!("/api/v1/stat?path={}", encode_path(path)))
+            .await
     }
 
     /// The file with id `id`.
     pub async fn meta(&self, id: &str) -> Result<FileMeta, ClientError> {
-        let resp = self
-            .http
-            .get(self.url(&format!("/api/v1/files/{}/meta", encode_path(id))))
-            .send()
-            .await?;
-        Self::parse(resp).await
+        self.get_json(&format!("/api/v1/files/{}/meta", encode_path(id)))
+            .await
     }
 
     /// Deletes the file with id `id`.
@@ -371,7 +373,7 @@ impl Client {
         if let Some(l) = limit {
             q.push_str(&format!("&limit={l}"));
         }
-        Self::parse(self.http.get(self.url(&q)).send().await?).await
+        self.get_json(&q).await
     }
 
     pub async fn health(&self) -> Result<(), ClientError> {

@@ -77,8 +77,23 @@ impl ServerIo {
         }
     }
 
-    fn progressed(&mut self) {
-        self.last_progress = Instant::now();
+    /// One write attempt through `write`, with progress tracking and the idle deadline.
+    fn write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut TcpStream, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let polled = match self.stream() {
+            Ok(s) => write(s, cx),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                self.last_progress = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.pending_write(cx),
+        }
     }
 }
 
@@ -102,18 +117,8 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = match this.stream() {
-            Ok(s) => Pin::new(s).poll_write(cx, buf),
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        match polled {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.pending_write(cx),
-        }
+        self.get_mut()
+            .write_with(cx, |s, cx| Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -121,18 +126,8 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = match this.stream() {
-            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        match polled {
-            Poll::Ready(r) => {
-                this.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.pending_write(cx),
-        }
+        self.get_mut()
+            .write_with(cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

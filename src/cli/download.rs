@@ -48,12 +48,8 @@ pub const PART_SUFFIX: &str = ".vaultfs-part";
 const WRITE_BATCH: usize = 1 << 20;
 
 pub async fn run(args: DownloadArgs, temps: TempFiles) -> Outcome {
-    let client = match args.common.client() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vaultfs: {e}");
-            return Outcome::Usage;
-        }
+    let Some(client) = args.common.client_or_usage() else {
+        return Outcome::Usage;
     };
     let policy = args.common.policy();
     let mut reporter = Reporter::new("download", &args.common, true, true);

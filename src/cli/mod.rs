@@ -54,6 +54,17 @@ impl CommonArgs {
         )
     }
 
+    /// The client, or the reason printed (a usage error: a bad URL or token).
+    pub fn client_or_usage(&self) -> Option<Client> {
+        match self.client() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("vaultfs: {e}");
+                None
+            }
+        }
+    }
+
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy {
             retries: self.retries,

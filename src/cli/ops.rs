@@ -91,18 +91,8 @@ fn prefix_line(reporter: &Reporter, p: &str, long: bool) -> String {
     }
 }
 
-fn client_or_usage(common: &CommonArgs) -> Option<Client> {
-    match common.client() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("vaultfs: {e}");
-            None
-        }
-    }
-}
-
 pub async fn ls(args: LsArgs) -> Outcome {
-    let Some(client) = client_or_usage(&args.common) else {
+    let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
     };
     let policy = args.common.policy();
@@ -177,7 +167,7 @@ pub async fn ls(args: LsArgs) -> Outcome {
 }
 
 pub async fn stat(args: StatArgs) -> Outcome {
-    let Some(client) = client_or_usage(&args.common) else {
+    let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
     };
     let policy = args.common.policy();
@@ -230,7 +220,7 @@ async fn remove_one(client: &Client, policy: &RetryPolicy, meta: FileMeta) -> It
 }
 
 pub async fn rm(args: RmArgs) -> Outcome {
-    let Some(client) = client_or_usage(&args.common) else {
+    let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
     };
     let policy = args.common.policy();
@@ -287,7 +277,7 @@ pub async fn rm(args: RmArgs) -> Outcome {
 
 /// `mv` and `cp`.
 pub async fn move_or_copy(args: MoveArgs, copy: bool) -> Outcome {
-    let Some(client) = client_or_usage(&args.common) else {
+    let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
     };
     let policy = args.common.policy();

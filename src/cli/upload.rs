@@ -56,12 +56,8 @@ struct Item {
 const CHUNK: usize = 256 * 1024;
 
 pub async fn run(args: UploadArgs) -> Outcome {
-    let client = match args.common.client() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vaultfs: {e}");
-            return Outcome::Usage;
-        }
+    let Some(client) = args.common.client_or_usage() else {
+        return Outcome::Usage;
     };
     let policy = args.common.policy();
     let mut reporter = Reporter::new("upload", &args.common, true, true);
