@@ -5,7 +5,7 @@
 //! broken connection continues where the part file ends (a Range request guarded by
 //! If-Range), and `--resume` does the same for a part file an earlier run left behind.
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
@@ -159,19 +159,11 @@ impl Part {
                 .create(true)
                 .truncate(!resume)
                 .open(&p)?;
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            if resume {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    len += n as u64;
-                }
-            }
+            let (hasher, len) = if resume {
+                super::hash_to_end(&mut file)?
+            } else {
+                (Sha256::new(), 0)
+            };
             Ok((file, hasher, len))
         })
         .await?;

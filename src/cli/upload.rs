@@ -1,13 +1,13 @@
 //! `vaultfs upload LOCAL... REMOTE`.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use tokio::io::AsyncReadExt;
 
 use super::output::Progress;
@@ -217,17 +217,7 @@ pub async fn hash_file(path: PathBuf) -> io::Result<(String, u64)> {
     crate::blocking::run(move || {
         #[allow(clippy::disallowed_methods)] // runs on the blocking pool
         let mut file = std::fs::File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            len += n as u64;
-        }
+        let (hasher, len) = super::hash_to_end(&mut file)?;
         Ok((hex::encode(hasher.finalize()), len))
     })
     .await
