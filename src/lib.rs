@@ -9,6 +9,7 @@
 //! - [`metrics`]: Prometheus metrics and the store instrumentation.
 //! - [`loadtest`]: `vaultfs loadtest`, the escalation's load, verified.
 //! - [`paths`]: validation and normalization of user paths.
+//! - [`fsck`]: `vaultfs fsck`, the offline data-directory check.
 //! - [`error`]: the one `AppError`, mapped to HTTP.
 //! - [`client`]: the HTTP/WebSocket client the CLI and load tool use.
 //! - [`cli`]: the client commands (upload, download, ls, stat, rm, mv, cp).
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod fsck;
 pub mod handlers;
 pub mod loadtest;
 pub mod metrics;

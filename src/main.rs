@@ -38,6 +38,9 @@ enum Command {
     Cp(cli::ops::MoveArgs),
     /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
     Watch(WatchArgs),
+    /// Check a data directory offline: every blob present with its size and SHA-256, no
+    /// orphans, no leftover temp files (exit 1 on damage).
+    Fsck(FsckArgs),
     /// Run the escalation's load against a server and verify it (exit 1 on any failure).
     Loadtest(LoadtestArgs),
 }
@@ -74,6 +77,19 @@ struct LoadtestArgs {
     /// Also write the report as JSON to FILE (`-` for standard output)
     #[arg(long)]
     json: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct FsckArgs {
+    /// Data directory [default: ./vaultfs-data; env VAULTFS_DATA_DIR]
+    #[arg(long, env = "VAULTFS_DATA_DIR", default_value = "./vaultfs-data")]
+    data_dir: PathBuf,
+    /// Remove orphan blobs and leftover temp files (damaged files are only reported)
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +150,7 @@ fn main() -> ExitCode {
         Command::Cp(args) => run_cli(|_| cli::ops::move_or_copy(args, true)),
         Command::Watch(args) => run_client(watch(args)),
         Command::Loadtest(args) => run_client(loadtest(args)),
+        Command::Fsck(args) => run_client(fsck(args)),
     }
 }
 
@@ -196,6 +213,42 @@ where
         }
     }
     code
+}
+
+async fn fsck(args: FsckArgs) -> ExitCode {
+    let report = match vaultfs::fsck::run(&args.data_dir, args.repair).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vaultfs fsck: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("vaultfs fsck: {e}"),
+        }
+    } else {
+        for d in &report.damaged {
+            println!("DAMAGED {}  (sha256 {}): {}", d.path, d.sha256, d.problem);
+        }
+        let action = if report.repaired { "removed" } else { "found" };
+        println!(
+            "{} files, {} blobs checked ({} bytes hashed), {} damaged, {} orphan blobs {action}, \
+             {} temp files {action}",
+            report.files,
+            report.blobs_checked,
+            report.bytes_checked,
+            report.damaged.len(),
+            report.orphan_blobs.len(),
+            report.temp_files
+        );
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 async fn loadtest(args: LoadtestArgs) -> ExitCode {
