@@ -83,6 +83,61 @@ async fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Every file's blob path under `data_dir`, by distinct blob: sha -> (size, paths).
+async fn blobs_in_use(
+    meta: &dyn MetadataStore,
+) -> Result<BTreeMap<String, (u64, Vec<String>)>, MetadataError> {
+    let mut blobs: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    let mut start = String::new();
+    let mut inclusive = true;
+    loop {
+        let page = meta.scan(&start, inclusive, 1000).await?;
+        let Some(last) = page.last() else { break };
+        start = last.path.clone();
+        inclusive = false;
+        for f in page {
+            blobs
+                .entry(f.sha256.clone())
+                .or_insert_with(|| (f.size, Vec::new()))
+                .1
+                .push(f.path);
+        }
+    }
+    Ok(blobs)
+}
+
+fn blob_file(data_dir: &Path, sha: &str) -> PathBuf {
+    data_dir
+        .join("blobs")
+        .join(sha.get(..2).unwrap_or("00"))
+        .join(sha)
+}
+
+/// The start-up check a running server makes (cheap: a `stat` per blob, no hashing): files
+/// whose blob is missing or has the wrong size. Reported loudly, never repaired.
+pub async fn missing_blobs(
+    meta: &dyn MetadataStore,
+    data_dir: &Path,
+) -> Result<Vec<Damaged>, FsckError> {
+    let mut damaged = Vec::new();
+    for (sha, (size, paths)) in blobs_in_use(meta).await? {
+        let problem = match tokio::fs::metadata(blob_file(data_dir, &sha)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "blob missing".to_string(),
+            Err(e) => format!("blob unreadable: {e}"),
+            Ok(m) if m.len() != size => format!("blob has {} bytes, {size} recorded", m.len()),
+            Ok(_) => continue,
+        };
+        for path in paths {
+            damaged.push(Damaged {
+                path,
+                sha256: sha.clone(),
+                problem: problem.clone(),
+            });
+        }
+    }
+    Ok(damaged)
+}
+
 /// Checks `data_dir`, which no server may be using.
 pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError> {
     if !tokio::fs::try_exists(data_dir.join("meta.db")).await? {
@@ -107,28 +162,12 @@ pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError>
     let meta = SqliteMetadata::open(data_dir, Duration::from_secs(10), 2).await?;
     let mut report = FsckReport::default();
     // Distinct blobs: sha -> (recorded size, the paths that use it).
-    let mut blobs: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
-    let mut start = String::new();
-    let mut inclusive = true;
-    loop {
-        let page = meta.scan(&start, inclusive, 1000).await?;
-        let Some(last) = page.last() else { break };
-        start = last.path.clone();
-        inclusive = false;
-        for f in page {
-            report.files += 1;
-            blobs
-                .entry(f.sha256.clone())
-                .or_insert_with(|| (f.size, Vec::new()))
-                .1
-                .push(f.path);
-        }
-    }
+    let blobs = blobs_in_use(&meta).await?;
+    report.files = blobs.values().map(|(_, paths)| paths.len() as u64).sum();
 
     let blob_dir = data_dir.join("blobs");
     for (sha, (size, paths)) in &blobs {
-        let path = blob_dir.join(sha.get(..2).unwrap_or("00")).join(sha);
-        let problem = match hash_file(path).await {
+        let problem = match hash_file(blob_file(data_dir, sha)).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("blob missing".to_string()),
             Err(e) => Some(format!("blob unreadable: {e}")),
             Ok((len, _)) if len != *size => Some(format!("blob has {len} bytes, {size} recorded")),

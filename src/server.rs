@@ -117,6 +117,22 @@ impl AppState {
         if collected > 0 {
             tracing::info!(collected, "collected unreferenced blobs");
         }
+        // Files whose blob is gone (a disk fault, a hand-deleted file): found in the
+        // background, reported loudly, never "repaired" into other content.
+        let meta_for_check = Arc::clone(files.metadata());
+        let dir_for_check = dir.clone();
+        tokio::spawn(async move {
+            match crate::fsck::missing_blobs(meta_for_check.as_ref(), &dir_for_check).await {
+                Ok(damaged) => {
+                    metrics::gauge!("vaultfs_blobs_missing").set(damaged.len() as f64);
+                    for d in &damaged {
+                        tracing::error!(path = %d.path, sha256 = %d.sha256, problem = %d.problem,
+                            "file content is damaged; run `vaultfs fsck` with the server stopped");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "start-up blob check failed"),
+            }
+        });
         let stall = StallMonitor::start(
             tokio::runtime::Handle::current(),
             STALL_PROBE_INTERVAL,

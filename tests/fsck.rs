@@ -91,10 +91,35 @@ async fn fsck_reports_missing_and_corrupt_blobs_and_repairs_only_leftovers() {
     assert_eq!(report["orphan_blobs"], serde_json::json!([orphan]));
     assert_eq!(report["temp_files"], 1);
 
+    // A server started on this directory finds the missing blob by itself (a size check,
+    // no hashing: the flipped byte is fsck's to find) and says so in its metrics.
+    let s = TestServer::start_with(vaultfs::config::Config::for_data_dir(d)).await;
+    let missing = common::eventually(std::time::Duration::from_secs(10), || async {
+        let text = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().any(|l| l == "vaultfs_blobs_missing 1")
+    })
+    .await;
+    assert!(missing, "vaultfs_blobs_missing 1 in /metrics");
+    s.stop().await;
+    // (The server swept tmp/ at start; leave another leftover for --repair.)
+    tokio::fs::write(d.join("tmp").join("x.part"), b"half")
+        .await
+        .unwrap();
+
     // --repair removes the orphan and the leftover, never the damaged files' records, and
     // still exits 1: damage is not repaired into other content.
     let (code, report) = fsck(d, &["--repair"]).await;
     assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["temp_files"], 1);
+    assert_eq!(report["orphan_blobs"].as_array().unwrap().len(), 1);
     assert!(!blob(d, &orphan).exists());
     assert!(!d.join("tmp").join("x.part").exists());
     let (_, report) = fsck(d, &[]).await;
