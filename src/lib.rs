@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod faults;
 pub mod fsck;
 pub mod handlers;
 pub mod loadtest;

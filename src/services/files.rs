@@ -6,6 +6,7 @@
 //! read the file's path first, lock it, and let the metadata transaction verify that the path
 //! is unchanged ([`MetadataError::PathChanged`] -> retry).
 
+use crate::faults::Point;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -235,18 +236,35 @@ impl FileService {
             .blob_shared(&blob.sha256);
         let result = {
             let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
-            let blob = crate::metrics::timed("blob", "commit", self.storage.commit(staged)).await?;
-            self.meta
-                .put(PutRequest {
-                    path: path.as_str().to_string(),
-                    blob,
-                    content_type,
-                    precondition,
-                })
-                .await
+            match crate::metrics::timed("blob", "commit", self.storage.commit(staged)).await {
+                Err(e) => {
+                    // The blob may have reached its place before the error: collect it once
+                    // the lock set is released (it has no reference).
+                    self.spawn_collect(blob.sha256.clone());
+                    return Err(e.into());
+                }
+                Ok(blob) => match crate::faults::check(Point::BeforeMetadataCommit) {
+                    Err(e) => Err(MetadataError::Backend(e.to_string())),
+                    Ok(()) => {
+                        self.meta
+                            .put(PutRequest {
+                                path: path.as_str().to_string(),
+                                blob,
+                                content_type,
+                                precondition,
+                            })
+                            .await
+                    }
+                },
+            }
         };
         match result {
             Ok(outcome) => {
+                // Committed: visible and durable, with its event in the log. A failure from
+                // here on is not acknowledged, and the next poke delivers the event.
+                crate::faults::check(Point::AfterMetadataCommit)
+                    .and_then(|()| crate::faults::check(Point::BeforeEventPublish))
+                    .map_err(|e| ServiceError::from(MetadataError::Backend(e.to_string())))?;
                 self.notifier.poke();
                 if let Some(released) = &outcome.released {
                     self.spawn_collect(released.clone());

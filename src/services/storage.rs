@@ -203,13 +203,19 @@ impl BlobStore {
                 return Err(StorageError::io("fsync temp file")(e));
             }
         }
-        if let Err(e) = tokio::fs::rename(&temp_path, &target).await {
+        let renamed = match crate::faults::check(crate::faults::Point::BeforeRename) {
+            Ok(()) => tokio::fs::rename(&temp_path, &target).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renamed {
             staged.temp.path = Some(temp_path);
             return Err(StorageError::io("rename blob into place")(e));
         }
         if let Some(dir) = target.parent() {
             fsync_dir(dir).await?;
         }
+        crate::faults::check(crate::faults::Point::AfterRename)
+            .map_err(StorageError::io("rename blob into place"))?;
         Ok(staged.blob.clone())
     }
 
@@ -300,6 +306,8 @@ impl BlobWriter {
             return Err(StorageError::TooLarge { limit: self.limit });
         }
         self.size = new_size;
+        crate::faults::check(crate::faults::Point::BeforeTempWrite)
+            .map_err(StorageError::io("write temp file"))?;
         let file = self.file.as_mut().ok_or_else(|| StorageError::Io {
             op: "write temp file",
             source: io::Error::other("writer already finished"),
@@ -324,6 +332,8 @@ impl BlobWriter {
             self.hasher = Some(hashed.map_err(StorageError::io("hash chunk"))?);
             written.map_err(StorageError::io("write temp file"))?;
         }
+        crate::faults::check(crate::faults::Point::AfterTempWrite)
+            .map_err(StorageError::io("write temp file"))?;
         Ok(())
     }
 
@@ -344,8 +354,13 @@ impl BlobWriter {
         let synced = if store.blob_exists(&sha256).await? {
             false
         } else {
+            // A failed fsync is never retried: the upload fails (PostgreSQL's "fsyncgate").
+            crate::faults::check(crate::faults::Point::BeforeFsync)
+                .map_err(StorageError::io("fsync temp file"))?;
             file.sync_data()
                 .await
+                .map_err(StorageError::io("fsync temp file"))?;
+            crate::faults::check(crate::faults::Point::AfterFsync)
                 .map_err(StorageError::io("fsync temp file"))?;
             true
         };
