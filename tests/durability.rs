@@ -80,3 +80,47 @@ async fn a_full_disk_fails_one_upload_with_507_and_recovers_without_restart() {
     assert_eq!(s.get_bytes("/api/v1/fs/disk/c").await, (200, c));
     s.stop().await;
 }
+
+/// Another process holding SQLite's write lock: uploads answer 503 `busy` with Retry-After
+/// within the metadata deadline, reads and probes keep answering, and writes resume when the
+/// lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_metadata_store_answers_503_within_the_deadline() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        metadata_timeout: std::time::Duration::from_millis(500),
+        ..Config::for_data_dir(dir.path())
+    };
+    let s = TestServer::start_with(config).await;
+    s.put("busy/before", b"x").await;
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let r = s.upload("busy/during", b"y".to_vec()).await;
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "answered within the deadline: {waited:?}"
+    );
+    assert_eq!(
+        s.get_bytes("/api/v1/fs/busy/before").await,
+        (200, b"x".to_vec())
+    );
+    assert_eq!(s.get_json("/healthz").await.0, 200);
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(other);
+    assert_eq!(s.upload("busy/after", b"z".to_vec()).await.status(), 201);
+    assert_eq!(s.get_bytes("/api/v1/fs/busy/during").await.0, 404);
+    s.stop().await;
+}
