@@ -58,18 +58,6 @@ impl FsckReport {
     }
 }
 
-/// Reads a file to its end on the blocking pool: its length and SHA-256.
-async fn hash_file(path: PathBuf) -> std::io::Result<(u64, String)> {
-    crate::blocking::run(move || {
-        use sha2::Digest;
-        #[allow(clippy::disallowed_methods)] // runs on the blocking pool
-        let mut file = std::fs::File::open(&path)?;
-        let (hasher, len) = crate::cli::hash_to_end(&mut file)?;
-        Ok((len, hex::encode(hasher.finalize())))
-    })
-    .await
-}
-
 async fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut rd = match tokio::fs::read_dir(dir).await {
@@ -167,11 +155,11 @@ pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError>
 
     let blob_dir = data_dir.join("blobs");
     for (sha, (size, paths)) in &blobs {
-        let problem = match hash_file(blob_file(data_dir, sha)).await {
+        let problem = match crate::services::storage::hash_file(blob_file(data_dir, sha)).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("blob missing".to_string()),
             Err(e) => Some(format!("blob unreadable: {e}")),
-            Ok((len, _)) if len != *size => Some(format!("blob has {len} bytes, {size} recorded")),
-            Ok((len, actual)) => {
+            Ok((_, len)) if len != *size => Some(format!("blob has {len} bytes, {size} recorded")),
+            Ok((actual, len)) => {
                 report.bytes_checked += len;
                 (actual != *sha).then(|| format!("blob content hashes to {actual}"))
             }

@@ -160,7 +160,7 @@ impl Part {
                 .truncate(!resume)
                 .open(&p)?;
             let (hasher, len) = if resume {
-                super::hash_to_end(&mut file)?
+                crate::services::storage::hash_to_end(&mut file)?
             } else {
                 (Sha256::new(), 0)
             };

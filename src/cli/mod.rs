@@ -133,23 +133,6 @@ pub async fn until_interrupted(
     reporter.finish(interrupted)
 }
 
-/// Reads `reader` to its end, hashing it: the hasher and the length. Blocking: call it on the
-/// blocking pool.
-pub fn hash_to_end(reader: &mut impl std::io::Read) -> std::io::Result<(sha2::Sha256, u64)> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok((hasher, len));
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-}
-
 /// Formats a byte count the way the progress bars do.
 pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use sha2::Digest;
 use tokio::io::AsyncReadExt;
 
 use super::output::Progress;
@@ -212,17 +211,6 @@ async fn walk(dir: &Path, base: &str, items: &mut Vec<Item>, problems: &mut Vec<
     items.sort_by(|a, b| a.remote.cmp(&b.remote));
 }
 
-/// SHA-256 and length of a file, read on the blocking pool.
-pub async fn hash_file(path: PathBuf) -> io::Result<(String, u64)> {
-    crate::blocking::run(move || {
-        #[allow(clippy::disallowed_methods)] // runs on the blocking pool
-        let mut file = std::fs::File::open(&path)?;
-        let (hasher, len) = super::hash_to_end(&mut file)?;
-        Ok((hex::encode(hasher.finalize()), len))
-    })
-    .await
-}
-
 /// Paces a transfer to `limit` bytes per second.
 #[derive(Debug)]
 pub struct Pacer {
@@ -311,7 +299,7 @@ async fn upload_one(
         item.remote.clone(),
     );
     let progress = Arc::new(reporter.transfer(&item.remote, item.size));
-    let (sha, size) = match hash_file(item.local.clone()).await {
+    let (sha, size) = match crate::services::storage::hash_file(item.local.clone()).await {
         Ok(v) => v,
         Err(e) => return result.failed_local("local_io", e.to_string()),
     };

@@ -6,7 +6,6 @@
 //! read the file's path first, lock it, and let the metadata transaction verify that the path
 //! is unchanged ([`MetadataError::PathChanged`] -> retry).
 
-use crate::faults::Point;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -18,6 +17,7 @@ use super::metadata::{
 use super::notification::Notifier;
 use super::storage::{BlobStore, BlobWriter, StagedBlob};
 use super::ServiceError;
+use crate::faults::Point;
 use crate::paths::VPath;
 
 /// How many times an id-addressed operation re-reads the path after a concurrent move.

@@ -59,6 +59,33 @@ pub struct BlobRef {
     pub size: u64,
 }
 
+/// Reads `reader` to its end, hashing it: the hasher and the length. Blocking: call it on the
+/// blocking pool.
+pub fn hash_to_end(reader: &mut impl io::Read) -> io::Result<(Sha256, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hasher, len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// SHA-256 (hex) and length of a file, read on the blocking pool.
+pub async fn hash_file(path: PathBuf) -> io::Result<(String, u64)> {
+    crate::blocking::run(move || {
+        #[allow(clippy::disallowed_methods)] // runs on the blocking pool
+        let mut file = std::fs::File::open(&path)?;
+        let (hasher, len) = hash_to_end(&mut file)?;
+        Ok((hex::encode(hasher.finalize()), len))
+    })
+    .await
+}
+
 /// Local-disk blob store.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
