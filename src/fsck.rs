@@ -1,9 +1,11 @@
-//! `vaultfs fsck`: an offline check of a data directory.
+//! `vaultfs fsck`: a check of a data directory, offline or through a running server.
 //!
 //! Every file's blob must exist under `blobs/<aa>/<sha256>` with the recorded size and
 //! SHA-256 (each distinct blob is re-hashed); blobs no file references are orphans; files in
 //! `tmp/` are leftovers of interrupted uploads. `--repair` removes orphans and leftovers only:
-//! a missing or corrupt blob is reported, never "repaired" into other content.
+//! a missing or corrupt blob is reported, never "repaired" into other content. The metadata
+//! audit ([`MetadataStore::audit`]) checks the event log against the files table and blob
+//! reference counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::services::metadata::{MetadataError, MetadataStore};
+use crate::services::files::FileService;
+use crate::services::lock_manager::{LockOwner, LockRequest};
+use crate::services::metadata::{AuditProblem, MetadataError, MetadataStore};
 use crate::services::metadata_sqlite::SqliteMetadata;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,19 +26,29 @@ pub enum FsckError {
     Metadata(#[from] MetadataError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A lock needed for an online check was not granted in time.
+    #[error("server busy: {0}")]
+    Busy(String),
 }
 
 /// A file whose content is damaged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Damaged {
     pub path: String,
     pub sha256: String,
     pub problem: String,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct FsckReport {
+    /// Checked through a running server (`vaultfs fsck --server`).
+    pub online: bool,
     pub files: u64,
+    /// Events retained in the log, and the latest seq.
+    pub events: u64,
+    pub latest_seq: i64,
+    /// Disagreements between the files table, the event log and blob reference counts.
+    pub metadata_problems: Vec<AuditProblem>,
     pub blobs_checked: u64,
     pub bytes_checked: u64,
     /// Files whose blob is missing, has the wrong size or the wrong SHA-256.
@@ -49,11 +63,11 @@ pub struct FsckReport {
 impl FsckReport {
     /// Damage that `--repair` cannot and must not fix.
     pub fn is_damaged(&self) -> bool {
-        !self.damaged.is_empty()
+        !self.damaged.is_empty() || !self.metadata_problems.is_empty()
     }
 
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty()
+        !self.is_damaged()
             && (self.repaired || (self.orphan_blobs.is_empty() && self.temp_files == 0))
     }
 }
@@ -142,19 +156,76 @@ pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError>
         .await;
     lock.try_lock().map_err(|_| {
         FsckError::DataDir(format!(
-            "{} is in use by a running server; stop it first",
+            "{} is in use by a running server; stop it first, or run `vaultfs fsck --server URL` \
+             to check it online",
             data_dir.display()
         ))
     })?;
-
     let meta = SqliteMetadata::open(data_dir, Duration::from_secs(10), 2).await?;
-    let mut report = FsckReport::default();
-    // Distinct blobs: sha -> (recorded size, the paths that use it).
-    let blobs = blobs_in_use(&meta).await?;
-    report.files = blobs.values().map(|(_, paths)| paths.len() as u64).sum();
+    let result = check(&meta, data_dir, None, repair).await;
+    meta.close().await;
+    result
+}
 
-    let blob_dir = data_dir.join("blobs");
+/// Checks the data a running server serves, while it serves it. Each finding is confirmed
+/// under the blob's lock, so uploads, deletes and collection in flight are not reported:
+/// a blob is hashed under its shared lock only while something still references it, and an
+/// unreferenced blob is an orphan only if its reference count is still 0 under its
+/// exclusive lock. The metadata audit reads one snapshot. Temporary files belong to uploads
+/// in flight and are not counted (a restart sweeps leftovers).
+pub async fn run_online(
+    files: &FileService,
+    data_dir: &Path,
+    repair: bool,
+) -> Result<FsckReport, FsckError> {
+    check(files.metadata().as_ref(), data_dir, Some(files), repair).await
+}
+
+fn fsck_owner() -> LockOwner {
+    LockOwner {
+        request_id: "fsck".to_string(),
+        operation: "fsck",
+    }
+}
+
+async fn check(
+    meta: &dyn MetadataStore,
+    data_dir: &Path,
+    online: Option<&FileService>,
+    repair: bool,
+) -> Result<FsckReport, FsckError> {
+    let mut report = FsckReport {
+        online: online.is_some(),
+        ..FsckReport::default()
+    };
+    let audit = meta.audit().await?;
+    report.events = audit.events;
+    report.latest_seq = audit.latest_seq;
+    for p in &audit.problems {
+        tracing::error!(kind = %p.kind, id = %p.id, path = %p.path, detail = %p.detail,
+            "metadata inconsistency");
+    }
+    report.metadata_problems = audit.problems;
+
+    // Distinct blobs: sha -> (recorded size, the paths that use it).
+    let blobs = blobs_in_use(meta).await?;
+    report.files = blobs.values().map(|(_, paths)| paths.len() as u64).sum();
     for (sha, (size, paths)) in &blobs {
+        let _shared = match online {
+            None => None,
+            Some(files) => {
+                let guard = files
+                    .locks()
+                    .acquire(LockRequest::new().blob_shared(sha), fsck_owner())
+                    .await
+                    .map_err(|e| FsckError::Busy(e.to_string()))?;
+                // Released since the scan (replaced or deleted): nothing to check.
+                if meta.blob_refcount(sha).await? == 0 {
+                    continue;
+                }
+                Some(guard)
+            }
+        };
         let problem = match crate::services::storage::hash_file(blob_file(data_dir, sha)).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("blob missing".to_string()),
             Err(e) => Some(format!("blob unreadable: {e}")),
@@ -178,29 +249,46 @@ pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError>
     }
 
     let referenced: BTreeSet<&String> = blobs.keys().collect();
-    for fan in files_in(&blob_dir).await? {
+    for fan in files_in(&data_dir.join("blobs")).await? {
         for blob in files_in(&fan).await? {
             let name = blob
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            if !referenced.contains(&name) {
-                if repair {
-                    tokio::fs::remove_file(&blob).await?;
-                    meta.forget_blob(&name).await?;
+            if referenced.contains(&name) {
+                continue;
+            }
+            match online {
+                None => {
+                    if repair {
+                        tokio::fs::remove_file(&blob).await?;
+                        meta.forget_blob(&name).await?;
+                    }
                 }
-                report.orphan_blobs.push(name);
+                Some(files) => {
+                    let orphan = if repair {
+                        files.collect_blob(&name).await
+                    } else {
+                        files.is_orphan(&name).await
+                    };
+                    // Referenced under its lock: an upload committed it after the scan.
+                    if !orphan.map_err(|e| FsckError::Busy(e.to_string()))? {
+                        continue;
+                    }
+                }
+            }
+            report.orphan_blobs.push(name);
+        }
+    }
+    if online.is_none() {
+        for temp in files_in(&data_dir.join("tmp")).await? {
+            report.temp_files += 1;
+            if repair {
+                tokio::fs::remove_file(&temp).await?;
             }
         }
     }
-    for temp in files_in(&data_dir.join("tmp")).await? {
-        report.temp_files += 1;
-        if repair {
-            tokio::fs::remove_file(&temp).await?;
-        }
-    }
     report.repaired = repair;
-    meta.close().await;
     Ok(report)
 }

@@ -87,6 +87,12 @@ struct FsckArgs {
     /// Remove orphan blobs and leftover temp files (damaged files are only reported)
     #[arg(long)]
     repair: bool,
+    /// Check through this running server (online) instead of a stopped --data-dir
+    #[arg(long)]
+    server: Option<String>,
+    /// Bearer token for --server (needs the admin scope) [env: VAULTFS_TOKEN]
+    #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -215,8 +221,36 @@ where
     code
 }
 
+async fn fsck_online(
+    server: &str,
+    token: Option<String>,
+    repair: bool,
+) -> Result<vaultfs::fsck::FsckReport, String> {
+    use vaultfs::client::{Client, ClientOptions};
+    // Hashing every blob takes as long as it takes: no read timeout.
+    let options = ClientOptions {
+        token,
+        read_timeout: None,
+    };
+    let client = Client::with_options(server, &options).map_err(|e| e.to_string())?;
+    let url = client.url(&format!("/api/v1/admin/fsck?repair={repair}"));
+    let resp = client
+        .http()
+        .post(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Client::parse(resp).await.map_err(|e| e.to_string())
+}
+
 async fn fsck(args: FsckArgs) -> ExitCode {
-    let report = match vaultfs::fsck::run(&args.data_dir, args.repair).await {
+    let result = match &args.server {
+        Some(server) => fsck_online(server, args.token.clone(), args.repair).await,
+        None => vaultfs::fsck::run(&args.data_dir, args.repair)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vaultfs fsck: {e}");
@@ -232,16 +266,26 @@ async fn fsck(args: FsckArgs) -> ExitCode {
         for d in &report.damaged {
             println!("DAMAGED {}  (sha256 {}): {}", d.path, d.sha256, d.problem);
         }
+        for p in &report.metadata_problems {
+            println!("INCONSISTENT {} {}: {}", p.kind, p.path, p.detail);
+        }
         let action = if report.repaired { "removed" } else { "found" };
+        let temp = if report.online {
+            "temp files not checked online".to_string()
+        } else {
+            format!("{} temp files {action}", report.temp_files)
+        };
         println!(
-            "{} files, {} blobs checked ({} bytes hashed), {} damaged, {} orphan blobs {action}, \
-             {} temp files {action}",
+            "{} files, {} blobs checked ({} bytes hashed), {} damaged, {} events checked \
+             (latest seq {}), {} metadata problems, {} orphan blobs {action}, {temp}",
             report.files,
             report.blobs_checked,
             report.bytes_checked,
             report.damaged.len(),
+            report.events,
+            report.latest_seq,
+            report.metadata_problems.len(),
             report.orphan_blobs.len(),
-            report.temp_files
         );
     }
     if report.is_clean() {

@@ -17,8 +17,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::server::AppState;
 use crate::services::metadata::{
-    ChangeOutcome, Event, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
-    PutRequest,
+    ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError, MetadataStore, Precondition,
+    PutOutcome, PutRequest,
 };
 
 /// Latency buckets, seconds: 0.5 ms to 60 s.
@@ -291,6 +291,10 @@ impl MetadataStore for InstrumentedMetadata {
         )
         .await
     }
+    async fn audit(&self) -> Result<MetadataAudit, MetadataError> {
+        timed("metadata", "audit", self.inner.audit()).await
+    }
+
     async fn ping(&self) -> Result<(), MetadataError> {
         timed(M, "ping", self.inner.ping()).await
     }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub stall: StallMonitor,
     /// True from the shutdown signal on: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Held while an online fsck runs (one at a time).
+    pub fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
 }
@@ -145,6 +147,7 @@ impl AppState {
             shutdown,
             shutdown_trigger: Arc::new(shutdown_trigger),
             draining: Arc::default(),
+            fsck_slot: Arc::default(),
             _data_dir_lock: Arc::new(lock_file),
         })
     }
@@ -198,6 +201,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(sync::events))
         .route("/api/v1/admin/locks", get(admin::locks))
         .route("/api/v1/admin/runtime", get(admin::runtime))
+        .route("/api/v1/admin/fsck", post(admin::fsck))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async {
             AppError::new(

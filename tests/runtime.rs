@@ -63,6 +63,7 @@ fn handler_and_service_futures_are_send() {
         let state: AppState = todo!();
         let ctx: RequestCtx = todo!();
         let req: Request = todo!();
+        let path_buf: std::path::PathBuf = todo!();
         let id: ApiPath<String> = todo!();
         // Handlers.
         assert_send(&handlers::health::healthz(State(state.clone())));
@@ -107,6 +108,7 @@ fn handler_and_service_futures_are_send() {
         assert_send(&handlers::list::list(State(state.clone()), todo!()));
         assert_send(&handlers::admin::locks(State(state.clone())));
         assert_send(&handlers::admin::runtime(State(state.clone())));
+        assert_send(&handlers::admin::fsck(State(state.clone()), todo!()));
         assert_send(&handlers::sync::sync(
             State(state.clone()),
             todo!(),
@@ -128,6 +130,8 @@ fn handler_and_service_futures_are_send() {
         assert_send(&files.move_file("", &path, false, &ctx));
         assert_send(&files.copy_file("", &path, false, &ctx));
         assert_send(&files.list("", true, None, 10));
+        assert_send(&files.is_orphan(""));
+        assert_send(&vaultfs::fsck::run_online(&files, &path_buf, false));
         assert_send(&files.collect_blob(""));
         assert_send(&files.collect_unreferenced());
         let locks: LockManager = todo!();

@@ -476,6 +476,20 @@ impl FileService {
         Ok(true)
     }
 
+    /// True when, under its exclusive lock, nothing references the blob (fsck's orphan test:
+    /// a blob an upload is committing is held under its shared lock until the commit ends).
+    pub async fn is_orphan(&self, sha256: &str) -> Result<bool, ServiceError> {
+        let owner = LockOwner {
+            request_id: "fsck".to_string(),
+            operation: "fsck",
+        };
+        let _guard = self
+            .locks
+            .acquire(LockRequest::new().blob(sha256), owner)
+            .await?;
+        Ok(self.meta.blob_refcount(sha256).await? == 0)
+    }
+
     /// Collects every unreferenced blob (start-up recovery).
     pub async fn collect_unreferenced(&self) -> Result<usize, ServiceError> {
         let mut collected = 0;

@@ -156,6 +156,29 @@ pub enum MetadataError {
     Backend(String),
 }
 
+/// One inconsistency between the files table, the blob reference counts and the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditProblem {
+    /// `log_gap`, `log_mismatch`, `log_missing`, `refcount`.
+    pub kind: String,
+    pub id: String,
+    pub path: String,
+    pub detail: String,
+}
+
+/// What [`MetadataStore::audit`] found, read from one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataAudit {
+    pub files: u64,
+    pub events: u64,
+    pub oldest_seq: Option<i64>,
+    pub latest_seq: i64,
+    pub problems: Vec<AuditProblem>,
+}
+
+/// Most problems of one kind an audit lists (the count of the rest is in the last entry).
+pub const AUDIT_LIMIT: usize = 1000;
+
 /// The metadata engine. Implementations: SQLite (default); PostgreSQL (scale-out).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -216,6 +239,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes events older than `older_than_ms` or beyond the newest `keep_last`; returns how
     /// many. The latest seq is unaffected (seqs are never reused).
     async fn prune_events(&self, older_than_ms: i64, keep_last: i64) -> Result<u64, MetadataError>;
+
+    /// Checks, in one read snapshot (safe while the server runs): the retained event log has
+    /// no gap; the last event of every file id agrees with the files table (path, version,
+    /// size, SHA-256; a deleted id has no file); while the log is complete, every file has an
+    /// event; every blob's reference count equals the files that use it.
+    async fn audit(&self) -> Result<MetadataAudit, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

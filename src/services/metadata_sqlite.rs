@@ -20,8 +20,8 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metadata::{
-    now_ms, rfc3339, ChangeOutcome, Event, EventKind, FileMeta, MetadataError, MetadataStore,
-    Precondition, PutOutcome, PutRequest,
+    now_ms, rfc3339, AuditProblem, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
+    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, AUDIT_LIMIT,
 };
 
 /// Versioned schema migrations, applied in order at start. Never edit a released one: add one.
@@ -647,6 +647,147 @@ impl MetadataStore for SqliteMetadata {
                 return Ok(total);
             }
         }
+    }
+
+    async fn audit(&self) -> Result<MetadataAudit, MetadataError> {
+        let limit = i64::try_from(AUDIT_LIMIT).unwrap_or(i64::MAX);
+        // One read transaction: WAL gives every statement below the same snapshot, so commits
+        // made meanwhile by a running server cannot show up as false inconsistencies.
+        let mut tx = self.readers.begin().await.map_err(map_err)?;
+        let mut audit = MetadataAudit::default();
+        let (files, events, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM events),
+                    (SELECT MIN(seq) FROM events)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        audit.files = u64::try_from(files).unwrap_or(0);
+        audit.events = u64::try_from(events).unwrap_or(0);
+        audit.oldest_seq = oldest;
+        audit.latest_seq = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let problem = |kind: &str, id: String, path: String, detail: String| AuditProblem {
+            kind: kind.to_string(),
+            id,
+            path,
+            detail,
+        };
+
+        // Pruning removes the oldest events only: inside the retained range, none may miss.
+        let gaps: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT (SELECT MAX(p.seq) FROM events p WHERE p.seq < e.seq), e.seq FROM events e
+             WHERE e.seq > (SELECT MIN(seq) FROM events)
+               AND NOT EXISTS (SELECT 1 FROM events p WHERE p.seq = e.seq - 1)
+             ORDER BY e.seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for (before, after) in gaps {
+            audit.problems.push(problem(
+                "log_gap",
+                String::new(),
+                String::new(),
+                format!("events {} to {} are missing", before + 1, after - 1),
+            ));
+        }
+
+        // The newest event of every id against the file's current row.
+        let rows = sqlx::query(
+            "WITH last AS (
+                SELECT e.* FROM events e
+                JOIN (SELECT file_id, MAX(seq) AS m FROM events GROUP BY file_id) l
+                  ON e.seq = l.m)
+             SELECT last.seq, last.kind, last.file_id, last.path, last.version, last.size,
+                    last.sha256, f.id AS f_id, f.path AS f_path, f.version AS f_version,
+                    f.size AS f_size, f.sha256 AS f_sha256
+             FROM last LEFT JOIN files f ON f.id = last.file_id
+             WHERE (last.kind = 'deleted' AND f.id IS NOT NULL)
+                OR (last.kind <> 'deleted' AND (f.id IS NULL OR f.path <> last.path
+                    OR f.version <> last.version OR f.size <> last.size
+                    OR f.sha256 <> last.sha256))
+             ORDER BY last.seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(map_err)?;
+            let kind: String = row.try_get("kind").map_err(map_err)?;
+            let id: String = row.try_get("file_id").map_err(map_err)?;
+            let path: String = row.try_get("path").map_err(map_err)?;
+            let f_id: Option<String> = row.try_get("f_id").map_err(map_err)?;
+            let detail = match f_id {
+                None => format!("event {seq} ({kind}) says the file exists, but it does not"),
+                Some(_) if kind == "deleted" => {
+                    format!("event {seq} deleted the file, but it still exists")
+                }
+                Some(_) => {
+                    let f_path: String = row.try_get("f_path").map_err(map_err)?;
+                    let f_version: i64 = row.try_get("f_version").map_err(map_err)?;
+                    let f_sha: String = row.try_get("f_sha256").map_err(map_err)?;
+                    let version: i64 = row.try_get("version").map_err(map_err)?;
+                    let sha: String = row.try_get("sha256").map_err(map_err)?;
+                    format!(
+                        "event {seq} ({kind}) records {path} v{version} {sha}; \
+                         the file is {f_path} v{f_version} {f_sha}"
+                    )
+                }
+            };
+            audit
+                .problems
+                .push(problem("log_mismatch", id, path, detail));
+        }
+
+        // While nothing was pruned, every file must have at least one event.
+        if oldest == Some(1) {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, path FROM files
+                 WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.file_id = files.id)
+                 ORDER BY path LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            for (id, path) in rows {
+                let detail = "the file has no event in a complete log".to_string();
+                audit
+                    .problems
+                    .push(problem("log_missing", id, path, detail));
+            }
+        }
+
+        // Reference counts decide when a blob is deleted: a low count loses data.
+        let rows: Vec<(String, Option<i64>, i64)> = sqlx::query_as(
+            "WITH used AS (SELECT sha256, COUNT(*) AS n FROM files GROUP BY sha256)
+             SELECT b.sha256, b.refcount, COALESCE(u.n, 0) FROM blobs b
+             LEFT JOIN used u ON u.sha256 = b.sha256 WHERE b.refcount <> COALESCE(u.n, 0)
+             UNION ALL
+             SELECT u.sha256, NULL, u.n FROM used u
+             WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = u.sha256)
+             LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for (sha, refcount, used) in rows {
+            let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
+            let detail = format!("blob {sha}: {recorded}, used by {used} file(s)");
+            audit
+                .problems
+                .push(problem("refcount", String::new(), String::new(), detail));
+        }
+        tx.rollback().await.map_err(map_err)?;
+        Ok(audit)
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
