@@ -177,6 +177,8 @@ pub fn encode_path(s: &str) -> String {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// For the WebSocket handshake, which reqwest's default headers do not cover.
+    token: Option<String>,
 }
 
 /// Settings of a [`Client`] beyond its server URL.
@@ -219,6 +221,7 @@ impl Client {
         Ok(Client {
             http: builder.build()?,
             base: base.trim_end_matches('/').to_string(),
+            token: options.token.clone().filter(|t| !t.is_empty()),
         })
     }
 
@@ -411,6 +414,8 @@ pub enum WatchEnd {
     ResyncRequired { latest: i64 },
     /// The consumer asked to stop.
     Stopped,
+    /// The server refused the subscription (401/403/400): retrying cannot help.
+    Refused(String),
 }
 
 /// Follows the sync feed from `since` (live from now when `None`), calling `on_event` with each
@@ -449,9 +454,35 @@ async fn watch_once<F>(
 where
     F: FnMut(&Value) -> bool + Send,
 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = client.sync_url(*since, prefix);
-    let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return WatchEnd::Refused(e.to_string()),
+    };
+    if let Some(token) = &client.token {
+        match reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(v) => {
+                request
+                    .headers_mut()
+                    .insert(reqwest::header::AUTHORIZATION, v);
+            }
+            Err(_) => return WatchEnd::Refused("the token is not a valid header value".into()),
+        }
+    }
+    let mut ws = match tokio_tungstenite::connect_async(request).await {
         Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+            if resp.status().is_client_error() =>
+        {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .to_string();
+            return WatchEnd::Refused(format!("{}: {body}", resp.status()));
+        }
         Err(e) => return WatchEnd::Disconnected(e.to_string()),
     };
     loop {

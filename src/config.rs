@@ -50,6 +50,11 @@ pub struct Config {
     pub liveness_stall_grace: Duration,
     /// ...now, or at any time within this window.
     pub liveness_window: Duration,
+    /// Serve a non-loopback address although no token exists (everyone may do everything).
+    pub insecure_no_auth: bool,
+    /// Browser origins (`https://ui.example.com`) allowed to call the API and open the sync
+    /// feed. Empty: same-origin requests only.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +79,8 @@ impl Default for Config {
             shutdown_drain_delay: Duration::ZERO,
             liveness_stall_grace: Duration::from_secs(5),
             liveness_window: Duration::from_secs(60),
+            insecure_no_auth: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -123,6 +130,9 @@ pub struct Overrides {
     pub shutdown_drain_delay: Option<String>,
     pub liveness_stall_grace: Option<String>,
     pub liveness_window: Option<String>,
+    pub insecure_no_auth: Option<bool>,
+    /// Comma-separated.
+    pub allowed_origins: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -164,6 +174,9 @@ impl Overrides {
             shutdown_drain_delay: env("VAULTFS_SHUTDOWN_DRAIN_DELAY"),
             liveness_stall_grace: env("VAULTFS_LIVENESS_STALL_GRACE"),
             liveness_window: env("VAULTFS_LIVENESS_WINDOW"),
+            insecure_no_auth: env("VAULTFS_INSECURE_NO_AUTH")
+                .map(|v| matches!(v.trim(), "1" | "true" | "yes")),
+            allowed_origins: env("VAULTFS_ALLOWED_ORIGINS"),
         }
     }
 
@@ -186,6 +199,28 @@ impl Overrides {
             config.listen = v
                 .parse()
                 .map_err(|e| invalid("listen", v, format!("{e} (expected IP:PORT)")))?;
+        }
+        if let Some(v) = self.insecure_no_auth {
+            config.insecure_no_auth = v;
+        }
+        if let Some(v) = &self.allowed_origins {
+            let mut origins = Vec::new();
+            for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                let valid = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && o.bytes().all(|b| b.is_ascii_graphic());
+                if !valid {
+                    return Err(invalid(
+                        "allowed_origins",
+                        o,
+                        "expected origins like https://ui.example.com (scheme, host, optional \
+                         port, no path)"
+                            .into(),
+                    ));
+                }
+                origins.push(o.to_ascii_lowercase());
+            }
+            config.allowed_origins = origins;
         }
         if let Some(v) = &self.data_dir {
             if v.trim().is_empty() {

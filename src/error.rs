@@ -40,6 +40,14 @@ impl AppError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such file")
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
     fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         AppError {
             retry_after: Some(1),
@@ -61,6 +69,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vaultfs\""),
+            );
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -161,6 +175,7 @@ impl From<ServiceError> for AppError {
             ServiceError::InvalidCursor => {
                 AppError::bad_request("invalid_cursor", "the cursor is not valid for this listing")
             }
+            ServiceError::Forbidden => AppError::forbidden("the token may not access this path"),
             ServiceError::Contended => {
                 AppError::unavailable("contended", "the file kept changing; retry")
             }

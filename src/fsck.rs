@@ -140,6 +140,46 @@ pub async fn missing_blobs(
     Ok(damaged)
 }
 
+/// Blob files on disk whose name is not in `referenced`: (name, path).
+async fn unreferenced_on_disk(
+    data_dir: &Path,
+    referenced: &BTreeSet<&String>,
+) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for fan in files_in(&data_dir.join("blobs")).await? {
+        for blob in files_in(&fan).await? {
+            let name = blob
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !referenced.contains(&name) {
+                out.push((name, blob));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Start-up recovery of blobs a crash left on disk with no metadata at all (renamed into
+/// place, then killed before the metadata commit): each is collected under its exclusive
+/// lock only if nothing references it by then, so uploads running meanwhile are safe.
+pub async fn sweep_orphans(files: &FileService, data_dir: &Path) -> Result<usize, FsckError> {
+    let blobs = blobs_in_use(files.metadata().as_ref()).await?;
+    let referenced: BTreeSet<&String> = blobs.keys().collect();
+    let mut collected = 0;
+    for (name, _) in unreferenced_on_disk(data_dir, &referenced).await? {
+        if files
+            .collect_blob(&name)
+            .await
+            .map_err(|e| FsckError::Busy(e.to_string()))?
+        {
+            collected += 1;
+        }
+    }
+    Ok(collected)
+}
+
 /// Checks `data_dir`, which no server may be using.
 pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError> {
     if !tokio::fs::try_exists(data_dir.join("meta.db")).await? {
@@ -249,37 +289,27 @@ async fn check(
     }
 
     let referenced: BTreeSet<&String> = blobs.keys().collect();
-    for fan in files_in(&data_dir.join("blobs")).await? {
-        for blob in files_in(&fan).await? {
-            let name = blob
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if referenced.contains(&name) {
-                continue;
-            }
-            match online {
-                None => {
-                    if repair {
-                        tokio::fs::remove_file(&blob).await?;
-                        meta.forget_blob(&name).await?;
-                    }
-                }
-                Some(files) => {
-                    let orphan = if repair {
-                        files.collect_blob(&name).await
-                    } else {
-                        files.is_orphan(&name).await
-                    };
-                    // Referenced under its lock: an upload committed it after the scan.
-                    if !orphan.map_err(|e| FsckError::Busy(e.to_string()))? {
-                        continue;
-                    }
+    for (name, blob) in unreferenced_on_disk(data_dir, &referenced).await? {
+        match online {
+            None => {
+                if repair {
+                    tokio::fs::remove_file(&blob).await?;
+                    meta.forget_blob(&name).await?;
                 }
             }
-            report.orphan_blobs.push(name);
+            Some(files) => {
+                let orphan = if repair {
+                    files.collect_blob(&name).await
+                } else {
+                    files.is_orphan(&name).await
+                };
+                // Referenced under its lock: an upload committed it after the scan.
+                if !orphan.map_err(|e| FsckError::Busy(e.to_string()))? {
+                    continue;
+                }
+            }
         }
+        report.orphan_blobs.push(name);
     }
     if online.is_none() {
         for temp in files_in(&data_dir.join("tmp")).await? {

@@ -38,9 +38,13 @@ enum Command {
     Cp(cli::ops::MoveArgs),
     /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
     Watch(WatchArgs),
-    /// Check a data directory offline: every blob present with its size and SHA-256, no
-    /// orphans, no leftover temp files (exit 1 on damage).
+    /// Check a data directory (offline, or online with --server): every blob present with its
+    /// size and SHA-256, the event log consistent with the files, no orphans (exit 1 on damage).
     Fsck(FsckArgs),
+    /// Create, list or revoke API tokens.
+    Token(cli::admin::TokenArgs),
+    /// Print a time-limited link that downloads a file without a token.
+    Share(cli::admin::ShareArgs),
     /// Run the escalation's load against a server and verify it (exit 1 on any failure).
     Loadtest(LoadtestArgs),
 }
@@ -109,6 +113,9 @@ struct WatchArgs {
     /// Only paths under this prefix
     #[arg(long, default_value = "")]
     prefix: String,
+    /// Bearer token (once the server requires one)
+    #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +144,13 @@ struct ServeArgs {
     /// After SIGTERM, time for in-flight requests to finish [default: 30s; env VAULTFS_SHUTDOWN_GRACE]
     #[arg(long)]
     shutdown_grace: Option<String>,
+    /// Serve a non-loopback address although no token exists: everyone who can reach it may
+    /// do everything [env VAULTFS_INSECURE_NO_AUTH]
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Browser origins allowed to call the API, comma-separated [env VAULTFS_ALLOWED_ORIGINS]
+    #[arg(long)]
+    allowed_origins: Option<String>,
     /// Log format: text or json [env VAULTFS_LOG_FORMAT]
     #[arg(long, env = "VAULTFS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -157,6 +171,8 @@ fn main() -> ExitCode {
         Command::Watch(args) => run_client(watch(args)),
         Command::Loadtest(args) => run_client(loadtest(args)),
         Command::Fsck(args) => run_client(fsck(args)),
+        Command::Token(args) => run_client(cli::admin::token(args)),
+        Command::Share(args) => run_client(cli::admin::share(args)),
     }
 }
 
@@ -357,7 +373,11 @@ async fn loadtest(args: LoadtestArgs) -> ExitCode {
 
 async fn watch(args: WatchArgs) -> ExitCode {
     use std::io::Write;
-    let client = match vaultfs::client::Client::new(&args.server) {
+    let options = vaultfs::client::ClientOptions {
+        token: args.token.clone(),
+        read_timeout: None,
+    };
+    let client = match vaultfs::client::Client::with_options(&args.server, &options) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vaultfs: {e}");
@@ -389,6 +409,10 @@ async fn watch(args: WatchArgs) -> ExitCode {
             // stdout closed (e.g. piped into `head`): done.
             vaultfs::client::WatchEnd::Stopped => return ExitCode::SUCCESS,
             vaultfs::client::WatchEnd::Disconnected(_) => {}
+            vaultfs::client::WatchEnd::Refused(why) => {
+                eprintln!("vaultfs: the server refused the subscription: {why}");
+                return ExitCode::FAILURE;
+            }
         }
     }
 }
@@ -423,6 +447,8 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         max_concurrent_uploads: args.max_concurrent_uploads.clone().map(SizeValue::Text),
         max_connections: args.max_connections.clone().map(SizeValue::Text),
         shutdown_grace: args.shutdown_grace.clone(),
+        insecure_no_auth: args.insecure_no_auth.then_some(true),
+        allowed_origins: args.allowed_origins.clone(),
         ..Overrides::default()
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())

@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::server::AppState;
 use crate::services::metadata::{
     ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError, MetadataStore, Precondition,
-    PutOutcome, PutRequest,
+    PutOutcome, PutRequest, TokenRecord,
 };
 
 /// Latency buckets, seconds: 0.5 ms to 60 s.
@@ -290,6 +290,18 @@ impl MetadataStore for InstrumentedMetadata {
             self.inner.prune_events(older_than_ms, keep_last),
         )
         .await
+    }
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), MetadataError> {
+        timed(M, "insert_token", self.inner.insert_token(token)).await
+    }
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, MetadataError> {
+        timed(M, "tokens", self.inner.tokens()).await
+    }
+    async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, MetadataError> {
+        timed(M, "revoke_token", self.inner.revoke_token(id, at_ms)).await
+    }
+    async fn server_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, MetadataError> {
+        timed(M, "server_secret", self.inner.server_secret(name, fresh)).await
     }
     async fn audit(&self) -> Result<MetadataAudit, MetadataError> {
         timed("metadata", "audit", self.inner.audit()).await

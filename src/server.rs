@@ -5,15 +5,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::handlers::{self, admin, files, health, list, sync, upload};
+use crate::handlers::{self, admin, files, health, list, share, sync, upload};
+use crate::services::auth::{Auth, AuthError, Scope};
 use crate::services::files::FileService;
 use crate::services::lock_manager::LockManager;
 use crate::services::metadata::{MetadataError, MetadataStore};
@@ -44,6 +48,8 @@ pub struct AppState {
     pub stall: StallMonitor,
     /// True from the shutdown signal on: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Tokens and share links.
+    pub auth: Auth,
     /// Held while an online fsck runs (one at a time).
     pub fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
@@ -62,6 +68,14 @@ pub enum ServerError {
     Service(#[from] ServiceError),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthError),
+    #[error(
+        "refusing to serve {addr} without authentication: it is not a loopback address and no \
+         token exists. Create one first (`vaultfs token create --scope admin`), or pass \
+         --insecure-no-auth to serve everyone who can reach it"
+    )]
+    Insecure { addr: std::net::SocketAddr },
 }
 
 impl AppState {
@@ -121,20 +135,30 @@ impl AppState {
         }
         // Files whose blob is gone (a disk fault, a hand-deleted file): found in the
         // background, reported loudly, never "repaired" into other content.
-        let meta_for_check = Arc::clone(files.metadata());
+        let files_for_check = files.clone();
         let dir_for_check = dir.clone();
+        metrics::gauge!("vaultfs_startup_check_running").set(1.0);
         tokio::spawn(async move {
-            match crate::fsck::missing_blobs(meta_for_check.as_ref(), &dir_for_check).await {
+            let meta = Arc::clone(files_for_check.metadata());
+            match crate::fsck::missing_blobs(meta.as_ref(), &dir_for_check).await {
                 Ok(damaged) => {
                     metrics::gauge!("vaultfs_blobs_missing").set(damaged.len() as f64);
                     for d in &damaged {
                         tracing::error!(path = %d.path, sha256 = %d.sha256, problem = %d.problem,
-                            "file content is damaged; run `vaultfs fsck` with the server stopped");
+                            "file content is damaged; run `vaultfs fsck` for details");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "start-up blob check failed"),
             }
+            match crate::fsck::sweep_orphans(&files_for_check, &dir_for_check).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(collected = n, "collected blobs left without metadata"),
+                Err(e) => tracing::warn!(error = %e, "start-up orphan sweep failed"),
+            }
+            metrics::gauge!("vaultfs_startup_check_running").set(0.0);
         });
+        let auth = Auth::open(Arc::clone(files.metadata())).await?;
+        auth.spawn_reloader(shutdown.clone());
         let stall = StallMonitor::start(
             tokio::runtime::Handle::current(),
             STALL_PROBE_INTERVAL,
@@ -147,6 +171,7 @@ impl AppState {
             shutdown,
             shutdown_trigger: Arc::new(shutdown_trigger),
             draining: Arc::default(),
+            auth,
             fsck_slot: Arc::default(),
             _data_dir_lock: Arc::new(lock_file),
         })
@@ -175,33 +200,177 @@ impl AppState {
     }
 }
 
-/// The API router over `state`.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::render))
-        .route(
+/// Who may call a route. Every route has exactly one rule, in [`routes`]; the authorization
+/// layer refuses (403) a route it finds no rule for, so a route added elsewhere is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials: the probes.
+    Open,
+    /// A token with this scope (or, on an open server, nobody's token).
+    Scope(Scope),
+    /// A share link's signature, checked by the handler.
+    Signed,
+}
+
+/// One route's authorization rule, as listed by [`route_rules`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+type Route = (&'static str, Method, Access, MethodRouter<AppState>);
+
+/// Every route, with its method and rule. The router is built from this list only.
+fn routes() -> Vec<Route> {
+    use Access::{Open, Scope as S, Signed};
+    use Scope::{Admin, Read, Write};
+    vec![
+        ("/healthz", Method::GET, Open, get(health::healthz)),
+        ("/readyz", Method::GET, Open, get(health::readyz)),
+        (
+            "/metrics",
+            Method::GET,
+            S(Admin),
+            get(crate::metrics::render),
+        ),
+        (
             "/api/v1/files/upload",
+            Method::POST,
+            S(Write),
             post(upload::upload)
                 .layer(DefaultBodyLimit::disable())
                 .layer(axum::middleware::map_response(upload::close_after_error)),
-        )
-        .route(
+        ),
+        (
             "/api/v1/files/{id}",
-            get(files::get_content).delete(files::delete),
-        )
-        .route("/api/v1/files/{id}/meta", get(files::get_meta))
-        .route("/api/v1/files/{id}/move", post(files::move_file))
-        .route("/api/v1/files/{id}/copy", post(files::copy_file))
-        .route("/api/v1/fs/{*path}", get(files::get_by_path))
-        .route("/api/v1/stat", get(files::stat))
-        .route("/api/v1/list", get(list::list))
-        .route("/api/v1/sync", get(sync::sync))
-        .route("/api/v1/events", get(sync::events))
-        .route("/api/v1/admin/locks", get(admin::locks))
-        .route("/api/v1/admin/runtime", get(admin::runtime))
-        .route("/api/v1/admin/fsck", post(admin::fsck))
+            Method::GET,
+            S(Read),
+            get(files::get_content),
+        ),
+        (
+            "/api/v1/files/{id}",
+            Method::DELETE,
+            S(Write),
+            delete(files::delete),
+        ),
+        (
+            "/api/v1/files/{id}/meta",
+            Method::GET,
+            S(Read),
+            get(files::get_meta),
+        ),
+        (
+            "/api/v1/files/{id}/move",
+            Method::POST,
+            S(Write),
+            post(files::move_file),
+        ),
+        (
+            "/api/v1/files/{id}/copy",
+            Method::POST,
+            S(Write),
+            post(files::copy_file),
+        ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::GET,
+            S(Read),
+            get(files::get_by_path),
+        ),
+        ("/api/v1/stat", Method::GET, S(Read), get(files::stat)),
+        ("/api/v1/list", Method::GET, S(Read), get(list::list)),
+        ("/api/v1/sync", Method::GET, S(Read), get(sync::sync)),
+        ("/api/v1/events", Method::GET, S(Read), get(sync::events)),
+        ("/api/v1/share", Method::POST, S(Read), post(share::create)),
+        (
+            "/api/v1/shared/{*path}",
+            Method::GET,
+            Signed,
+            get(share::download),
+        ),
+        (
+            "/api/v1/admin/locks",
+            Method::GET,
+            S(Admin),
+            get(admin::locks),
+        ),
+        (
+            "/api/v1/admin/runtime",
+            Method::GET,
+            S(Admin),
+            get(admin::runtime),
+        ),
+        (
+            "/api/v1/admin/fsck",
+            Method::POST,
+            S(Admin),
+            post(admin::fsck),
+        ),
+        (
+            "/api/v1/admin/tokens",
+            Method::GET,
+            S(Admin),
+            get(admin::list_tokens),
+        ),
+        (
+            "/api/v1/admin/tokens",
+            Method::POST,
+            S(Admin),
+            post(admin::create_token),
+        ),
+        (
+            "/api/v1/admin/tokens/{id}",
+            Method::DELETE,
+            S(Admin),
+            delete(admin::revoke_token),
+        ),
+    ]
+}
+
+/// The authorization rule of every route (GET routes answer HEAD under the same rule).
+pub fn route_rules() -> Vec<RouteRule> {
+    routes()
+        .into_iter()
+        .map(|(path, method, access, _)| RouteRule {
+            method,
+            path,
+            access,
+        })
+        .collect()
+}
+
+/// The rule for a matched route, looked up by the authorization layer.
+pub fn rule_for(method: &Method, path: &str) -> Option<Access> {
+    static RULES: std::sync::OnceLock<HashMap<(Method, &'static str), Access>> =
+        std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        route_rules()
+            .into_iter()
+            .map(|r| ((r.method, r.path), r.access))
+            .collect()
+    });
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    rules.get(&(method.clone(), path)).copied()
+}
+
+/// The API router over `state`.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, _, _, method_router) in routes() {
+        // Same path, other method: axum merges the method routers.
+        router = router.route(path, method_router);
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::authz::authorize,
+        ))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async {
             AppError::new(
@@ -360,9 +529,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let state = AppState::open(config).await?;
-    let app = router(state.clone());
     let addr = listener.local_addr()?;
+    let state = AppState::open(config).await?;
+    if !state.auth.required() && !addr.ip().is_loopback() {
+        if !state.config.insecure_no_auth {
+            state.close().await;
+            return Err(ServerError::Insecure { addr });
+        }
+        tracing::warn!(%addr, "AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone who can \
+            reach this address can read, write and delete every file");
+    }
+    let app = router(state.clone());
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "VaultFS listening");
     serve(listener, app, &state, shutdown).await;
     state.close().await;

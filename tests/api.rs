@@ -848,7 +848,9 @@ async fn hostile_paths_are_rejected_everywhere() {
         "%C0%AE%C0%AE",
         "a%5Cb",
     ] {
-        let req = format!("GET /api/v1/fs/{raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET /api/v1/fs/{raw} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
         let answer = s.raw(req.as_bytes(), Duration::from_secs(5)).await;
         assert!(
             answer.starts_with("HTTP/1.1 400"),
@@ -890,13 +892,13 @@ async fn size_limit_with_and_without_content_length() {
     let s = TestServer::start_with(config).await;
 
     // Declared too large: refused before any byte is read.
-    let req = "POST /api/v1/files/upload?path=big1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    let req = "POST /api/v1/files/upload?path=big1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n";
     let answer = s.raw(req.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"too_large\""), "{answer}");
 
     // Chunked, no length: cut off as soon as the limit is passed.
-    let mut req = b"POST /api/v1/files/upload?path=big2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req = b"POST /api/v1/files/upload?path=big2 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..20 {
         req.extend_from_slice(b"1000\r\n");
         req.extend_from_slice(&[b'a'; 0x1000]);
@@ -924,7 +926,7 @@ async fn size_limit_with_and_without_content_length() {
 #[tokio::test]
 async fn interrupted_upload_leaves_nothing() {
     let (_dir, s) = TestServer::start().await;
-    let mut req = b"POST /api/v1/files/upload?path=partial.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+    let mut req = b"POST /api/v1/files/upload?path=partial.bin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n".to_vec();
     req.extend_from_slice(&[1u8; 100_000]);
     {
         use tokio::io::AsyncWriteExt;
@@ -1063,7 +1065,7 @@ async fn early_refusals_reach_clients_that_are_still_sending() {
         let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
         let len = 32usize << 20;
         let head = format!(
-            "POST /api/v1/files/upload?path=early/x HTTP/1.1\r\nhost: t\r\n\
+            "POST /api/v1/files/upload?path=early/x HTTP/1.1\r\nhost: localhost\r\n\
              if-none-match: *\r\ncontent-length: {len}\r\n\r\n"
         );
         sock.write_all(head.as_bytes()).await.unwrap();

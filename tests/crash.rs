@@ -211,14 +211,31 @@ async fn acknowledged_uploads_survive_sigkill_at_random_moments() {
     assert_eq!(temp_left, 0, "temp files are swept at start");
     assert!(!ledger.is_empty());
     // And fsck agrees, online: every blob re-hashed, the log audited against the files and
-    // reference counts, no orphan left by the crashes.
+    // reference counts, no orphan left by the crashes once the start-up sweep is done.
+    let swept = common::eventually(Duration::from_secs(60), || async {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().any(|l| l == "vaultfs_startup_check_running 0")
+    })
+    .await;
+    assert!(swept, "the start-up check finished");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["fsck", "--json", "--server", &base])
+        .args(["fsck", "--json", "--server", base])
         .env("RUST_LOG", "off")
         .output()
         .await
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "fsck after the crash loop: {report}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck after the crash loop: {report}"
+    );
     drop(server);
 }

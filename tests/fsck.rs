@@ -108,9 +108,19 @@ async fn fsck_reports_missing_and_corrupt_blobs_and_repairs_only_leftovers() {
     })
     .await;
     assert!(missing, "vaultfs_blobs_missing 1 in /metrics");
+    // It also collected the orphan (a blob with no metadata at all, as a crash between the
+    // rename and the metadata commit leaves), in the background, under the blob's lock.
+    let swept = common::eventually(std::time::Duration::from_secs(10), || async {
+        !blob(d, &orphan).exists()
+    })
+    .await;
+    assert!(swept, "the start-up sweep collected the orphan");
     s.stop().await;
-    // (The server swept tmp/ at start; leave another leftover for --repair.)
+    // (The server swept tmp/ and the orphan at start; leave others for --repair.)
     tokio::fs::write(d.join("tmp").join("x.part"), b"half")
+        .await
+        .unwrap();
+    tokio::fs::write(blob(d, &orphan), b"nobody's")
         .await
         .unwrap();
 

@@ -370,7 +370,7 @@ async fn a_client_that_stalls_mid_body_is_cut_off_and_leaves_no_temp_file() {
     let s = TestServer::start_with(config).await;
     let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     sock.write_all(
-        b"POST /api/v1/files/upload?path=stall/x HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\n",
+        b"POST /api/v1/files/upload?path=stall/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000000\r\n\r\n",
     )
     .await
     .unwrap();
@@ -411,7 +411,7 @@ async fn slowloris_connections_are_dropped_and_do_not_stop_others() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: ")
             .await
             .unwrap();
         slow.push(c);
@@ -483,7 +483,7 @@ async fn a_client_that_stops_reading_a_download_is_disconnected() {
     let size = 48usize << 20;
     s.put("big/slow-reader", &data(size, 4)).await;
     let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    sock.write_all(b"GET /api/v1/fs/big/slow-reader HTTP/1.1\r\nhost: t\r\n\r\n")
+    sock.write_all(b"GET /api/v1/fs/big/slow-reader HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .unwrap();
     // Read nothing while the socket buffers fill and the server's writes stall.

@@ -23,7 +23,7 @@ async fn uploads_beyond_the_limit_get_503_and_health_stays_fast() {
     // Holds the only slot: headers and part of the body, then silence.
     let mut holder = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     holder
-        .write_all(b"POST /api/v1/files/upload?path=slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\npartial")
+        .write_all(b"POST /api/v1/files/upload?path=slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\npartial")
         .await
         .unwrap();
     assert!(

@@ -77,15 +77,21 @@ fn handler_and_service_futures_are_send() {
         ));
         assert_send(&handlers::files::get_content(
             State(state.clone()),
+            ctx.clone(),
             todo!(),
             todo!(),
         ));
         assert_send(&handlers::files::get_by_path(
             State(state.clone()),
+            ctx.clone(),
             todo!(),
             todo!(),
         ));
-        assert_send(&handlers::files::get_meta(State(state.clone()), todo!()));
+        assert_send(&handlers::files::get_meta(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
         assert_send(&handlers::files::delete(
             State(state.clone()),
             ctx.clone(),
@@ -104,17 +110,55 @@ fn handler_and_service_futures_are_send() {
             todo!(),
             ApiJson(todo!()),
         ));
-        assert_send(&handlers::files::stat(State(state.clone()), todo!()));
-        assert_send(&handlers::list::list(State(state.clone()), todo!()));
+        assert_send(&handlers::files::stat(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
+        assert_send(&handlers::list::list(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
         assert_send(&handlers::admin::locks(State(state.clone())));
         assert_send(&handlers::admin::runtime(State(state.clone())));
         assert_send(&handlers::admin::fsck(State(state.clone()), todo!()));
         assert_send(&handlers::sync::sync(
             State(state.clone()),
+            ctx.clone(),
             todo!(),
             todo!(),
         ));
-        assert_send(&handlers::sync::events(State(state.clone()), todo!()));
+        assert_send(&handlers::sync::events(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
+        assert_send(&handlers::share::create(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
+        assert_send(&handlers::share::download(
+            State(state.clone()),
+            todo!(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::admin::list_tokens(State(state.clone())));
+        assert_send(&handlers::admin::create_token(
+            State(state.clone()),
+            todo!(),
+        ));
+        assert_send(&handlers::admin::revoke_token(
+            State(state.clone()),
+            todo!(),
+        ));
+        assert_send(&handlers::authz::authorize(
+            State(state.clone()),
+            todo!(),
+            todo!(),
+        ));
         assert_send(&handlers::request_id(req, todo!()));
         // Services.
         let files: FileService = todo!();
@@ -123,13 +167,13 @@ fn handler_and_service_futures_are_send() {
         assert_send(&files.begin_upload());
         assert_send(&files.precheck(&path, &Precondition::None));
         assert_send(&files.commit_upload(&path, staged, String::new(), Precondition::None, &ctx));
-        assert_send(&files.meta_by_id(""));
-        assert_send(&files.meta_by_path(&path));
+        assert_send(&files.meta_by_id("", &ctx));
+        assert_send(&files.meta_by_path(&path, &ctx));
         assert_send(&files.open_content(todo!()));
         assert_send(&files.delete("", &Precondition::None, &ctx));
         assert_send(&files.move_file("", &path, false, &ctx));
         assert_send(&files.copy_file("", &path, false, &ctx));
-        assert_send(&files.list("", true, None, 10));
+        assert_send(&files.list("", true, None, 10, &ctx));
         assert_send(&files.is_orphan(""));
         assert_send(&vaultfs::fsck::run_online(&files, &path_buf, false));
         assert_send(&files.collect_blob(""));
@@ -152,8 +196,8 @@ fn handler_and_service_futures_are_send() {
         assert_send(&meta.events_after(0, 1));
         let notifier: vaultfs::services::notification::Notifier = todo!();
         let mut sub: vaultfs::services::notification::Subscription = todo!();
-        assert_send(&notifier.subscribe(None, String::new()));
-        assert_send(&notifier.poll(None, "", 1, Duration::ZERO));
+        assert_send(&notifier.subscribe(None, Default::default()));
+        assert_send(&notifier.poll(None, &Default::default(), 1, Duration::ZERO));
         assert_send(&sub.next());
         assert_send(&AppState::open(todo!()));
         assert_send(&vaultfs::server::run(todo!(), todo!(), async {}));

@@ -6,6 +6,7 @@
 //! `--json` also prints the summary as a final JSON object. Exit status: 0 when every item
 //! succeeded, 1 when any failed, 2 for usage errors, 130 when interrupted.
 
+pub mod admin;
 pub mod download;
 pub mod ops;
 mod output;

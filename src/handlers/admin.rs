@@ -47,3 +47,80 @@ pub async fn fsck(
     );
     Ok(Json(report))
 }
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenBody {
+    #[serde(default)]
+    label: String,
+    /// `read`, `write`, `admin`, comma-separated.
+    scopes: String,
+    #[serde(default)]
+    prefix: String,
+    /// `90d`; none: never expires.
+    expires_in: Option<String>,
+}
+
+fn auth_error(e: crate::services::auth::AuthError) -> crate::error::AppError {
+    use crate::services::auth::AuthError;
+    match e {
+        AuthError::Invalid(m) => crate::error::AppError::bad_request("invalid_request", m),
+        AuthError::NotFound => crate::error::AppError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such active token",
+        ),
+        AuthError::Metadata(m) => m.into(),
+        AuthError::Random(_) => crate::error::AppError::from(
+            crate::services::metadata::MetadataError::Backend(e.to_string()),
+        ),
+    }
+}
+
+/// `GET /api/v1/admin/tokens`: every token (never a secret).
+pub async fn list_tokens(
+    State(state): State<AppState>,
+) -> Result<Json<Value>, crate::error::AppError> {
+    let tokens = state.auth.list().await.map_err(auth_error)?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `POST /api/v1/admin/tokens`: 201 with the token, shown this once.
+pub async fn create_token(
+    State(state): State<AppState>,
+    super::ApiJson(body): super::ApiJson<NewTokenBody>,
+) -> Result<
+    (
+        axum::http::StatusCode,
+        Json<crate::services::auth::CreatedToken>,
+    ),
+    crate::error::AppError,
+> {
+    let expires_in = body
+        .expires_in
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(|e| {
+            crate::error::AppError::bad_request("invalid_request", format!("expires_in: {e}"))
+        })?;
+    let created = state
+        .auth
+        .create(&body.label, &body.scopes, &body.prefix, expires_in)
+        .await
+        .map_err(auth_error)?;
+    tracing::info!(id = %created.info.id, scopes = %created.info.scopes,
+        prefix = %created.info.prefix, "token created");
+    Ok((axum::http::StatusCode::CREATED, Json(created)))
+}
+
+/// `DELETE /api/v1/admin/tokens/{id}`: revokes at once on this replica, within a second on
+/// the others.
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    super::ApiPath(id): super::ApiPath<String>,
+) -> Result<axum::http::StatusCode, crate::error::AppError> {
+    state.auth.revoke(&id).await.map_err(auth_error)?;
+    tracing::info!(%id, "token revoked");
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

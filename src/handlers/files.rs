@@ -29,11 +29,12 @@ fn check_id(id: &str) -> Result<(), AppError> {
 /// `GET|HEAD /api/v1/files/{id}`.
 pub async fn get_content(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
     request: Request,
 ) -> Result<Response, AppError> {
     check_id(&id)?;
-    let meta = state.files.meta_by_id(&id).await?;
+    let meta = state.files.meta_by_id(&id, &ctx).await?;
     let head = request.method() == Method::HEAD;
     content::serve(&state, meta, request.headers(), head).await
 }
@@ -41,11 +42,12 @@ pub async fn get_content(
 /// `GET|HEAD /api/v1/fs/{*path}`.
 pub async fn get_by_path(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiPath(path): ApiPath<String>,
     request: Request,
 ) -> Result<Response, AppError> {
     let path = VPath::parse(&path)?;
-    let meta = state.files.meta_by_path(&path).await?;
+    let meta = state.files.meta_by_path(&path, &ctx).await?;
     let head = request.method() == Method::HEAD;
     content::serve(&state, meta, request.headers(), head).await
 }
@@ -53,10 +55,11 @@ pub async fn get_by_path(
 /// `GET /api/v1/files/{id}/meta`.
 pub async fn get_meta(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FileMeta>, AppError> {
     check_id(&id)?;
-    Ok(Json(state.files.meta_by_id(&id).await?))
+    Ok(Json(state.files.meta_by_id(&id, &ctx).await?))
 }
 
 /// `DELETE /api/v1/files/{id}`.
@@ -127,8 +130,9 @@ pub struct StatQuery {
 /// `GET /api/v1/stat?path=P`: the FileMeta of the file at P.
 pub async fn stat(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     super::ApiQuery(q): super::ApiQuery<StatQuery>,
 ) -> Result<Json<FileMeta>, AppError> {
     let path = VPath::parse(&q.path)?;
-    Ok(Json(state.files.meta_by_path(&path).await?))
+    Ok(Json(state.files.meta_by_path(&path, &ctx).await?))
 }

@@ -8,7 +8,7 @@ use super::ApiQuery;
 use crate::error::AppError;
 use crate::paths::validate_prefix;
 use crate::server::AppState;
-use crate::services::files::ListPage;
+use crate::services::files::{ListPage, RequestCtx};
 
 pub const DEFAULT_LIMIT: usize = 1000;
 
@@ -23,6 +23,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListPage>, AppError> {
     let prefix = validate_prefix(&q.prefix)?;
@@ -44,6 +45,9 @@ pub async fn list(
         ));
     }
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
-    let page = state.files.list(&prefix, delimiter, cursor, limit).await?;
+    let page = state
+        .files
+        .list(&prefix, delimiter, cursor, limit, &ctx)
+        .await?;
     Ok(Json(page))
 }

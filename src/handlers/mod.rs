@@ -2,10 +2,12 @@
 //! no I/O of their own (streaming a request body into a service writer is their job).
 
 pub mod admin;
+pub mod authz;
 pub mod content;
 pub mod files;
 pub mod health;
 pub mod list;
+pub mod share;
 pub mod sync;
 pub mod upload;
 
@@ -18,6 +20,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
+use crate::services::auth::Principal;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{EtagMatch, Precondition};
 
@@ -55,7 +58,16 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        Ok(RequestCtx { request_id })
+        // Set by the authorization layer; a request that skipped it may do nothing.
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or_else(Principal::nobody);
+        Ok(RequestCtx {
+            request_id,
+            principal,
+        })
     }
 }
 

@@ -23,7 +23,9 @@ use super::ApiQuery;
 use crate::error::AppError;
 use crate::paths::validate_prefix;
 use crate::server::AppState;
-use crate::services::notification::{until_true, SubscribeError};
+use crate::services::auth::Narrowed;
+use crate::services::files::RequestCtx;
+use crate::services::notification::{until_true, Filter, SubscribeError};
 
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
@@ -42,6 +44,7 @@ pub struct SyncQuery {
 
 pub async fn sync(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiQuery(q): ApiQuery<SyncQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -52,11 +55,11 @@ pub async fn sync(
             format!("{e}; use GET /api/v1/events for the HTTP long-poll fallback"),
         )
     })?;
-    let prefix = validate_prefix(&q.prefix)?;
+    let filter = feed_filter(&q.prefix, &ctx)?;
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| session(state, socket, q.since, prefix)))
+        .on_upgrade(move |socket| session(state, socket, q.since, filter)))
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -74,9 +77,21 @@ async fn send(socket: &mut WebSocket, msg: Message) -> bool {
     )
 }
 
-async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, prefix: String) {
+/// The requested prefix, seen through the token's: a disjoint request is refused (403).
+fn feed_filter(prefix: &str, ctx: &RequestCtx) -> Result<Filter, AppError> {
+    let prefix = validate_prefix(prefix)?;
+    if ctx.principal.narrow(&prefix) == Narrowed::Disjoint {
+        return Err(AppError::forbidden("the token may not see this prefix"));
+    }
+    Ok(Filter {
+        prefix,
+        scope: ctx.principal.prefix.clone(),
+    })
+}
+
+async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, filter: Filter) {
     let notifier = state.files.notifier().clone();
-    let (mut sub, latest) = match notifier.subscribe(since, prefix).await {
+    let (mut sub, latest) = match notifier.subscribe(since, filter).await {
         Ok(ok) => ok,
         Err(SubscribeError::ResyncRequired { latest, .. }) => {
             let frame = json!({"kind": "resync_required", "latest_seq": latest}).to_string();
@@ -184,15 +199,16 @@ pub struct EventsQuery {
 /// `GET /api/v1/events`: `{"events": [...], "next_since": N}`, long-polling up to `wait` s.
 pub async fn events(
     State(state): State<AppState>,
+    ctx: RequestCtx,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, AppError> {
-    let prefix = validate_prefix(&q.prefix)?;
+    let filter = feed_filter(&q.prefix, &ctx)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_EVENTS_LIMIT);
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     match state
         .files
         .notifier()
-        .poll(q.since, &prefix, limit, wait)
+        .poll(q.since, &filter, limit, wait)
         .await
     {
         Ok((events, next_since)) => {

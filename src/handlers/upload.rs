@@ -78,6 +78,7 @@ pub async fn upload(
         AppError::bad_request("invalid_path", "query parameter `path` is required")
     })?)?;
     let expected = expected_digest(headers)?;
+    ctx.check(path.as_str())?;
     state.files.precheck(&path, &precondition).await?;
 
     let mut writer = state.files.begin_upload().await?;
@@ -148,6 +149,7 @@ async fn upload_multipart(
             .content_type()
             .unwrap_or(DEFAULT_CONTENT_TYPE)
             .to_string();
+        ctx.check(path.as_str())?;
         state.files.precheck(&path, &precondition).await?;
         let mut writer: BlobWriter = state.files.begin_upload().await?;
         let idle = state.config.body_idle_timeout;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
+use super::auth::{Narrowed, Principal};
 use super::lock_manager::{LockManager, LockOwner, LockRequest};
 use super::metadata::{
     ChangeOutcome, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest,
@@ -29,9 +30,28 @@ pub const MAX_LIST_LIMIT: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub request_id: String,
+    /// What the request may touch; every path an operation reads or writes is checked.
+    pub principal: Principal,
 }
 
 impl RequestCtx {
+    /// A context with full access, for in-process callers (start-up tasks, tests).
+    pub fn internal(request_id: impl Into<String>) -> Self {
+        RequestCtx {
+            request_id: request_id.into(),
+            principal: Principal::open(),
+        }
+    }
+
+    /// `Forbidden` unless the principal may touch `path`.
+    pub fn check(&self, path: &str) -> Result<(), ServiceError> {
+        if self.principal.may_touch(path) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden)
+        }
+    }
+
     fn owner(&self, operation: &'static str) -> LockOwner {
         LockOwner {
             request_id: self.request_id.clone(),
@@ -230,6 +250,7 @@ impl FileService {
         precondition: Precondition,
         ctx: &RequestCtx,
     ) -> Result<PutOutcome, ServiceError> {
+        ctx.check(path.as_str())?;
         let blob = staged.blob.clone();
         let request = LockRequest::new()
             .write_path(path)
@@ -279,14 +300,23 @@ impl FileService {
         }
     }
 
-    pub async fn meta_by_id(&self, id: &str) -> Result<FileMeta, ServiceError> {
-        self.meta
+    pub async fn meta_by_id(&self, id: &str, ctx: &RequestCtx) -> Result<FileMeta, ServiceError> {
+        let meta = self
+            .meta
             .get_by_id(id)
             .await?
-            .ok_or_else(|| MetadataError::NotFound.into())
+            .ok_or(ServiceError::Metadata(MetadataError::NotFound))?;
+        ctx.check(&meta.path)?;
+        Ok(meta)
     }
 
-    pub async fn meta_by_path(&self, path: &VPath) -> Result<FileMeta, ServiceError> {
+    pub async fn meta_by_path(
+        &self,
+        path: &VPath,
+        ctx: &RequestCtx,
+    ) -> Result<FileMeta, ServiceError> {
+        // Checked before the lookup: whether a path outside the prefix exists is not told.
+        ctx.check(path.as_str())?;
         self.meta
             .get_by_path(path.as_str())
             .await?
@@ -306,7 +336,7 @@ impl FileService {
         ctx: &RequestCtx,
     ) -> Result<FileMeta, ServiceError> {
         let outcome = self
-            .with_current_path(id, |service, path| async move {
+            .with_current_path(id, ctx, |service, path| async move {
                 let request = LockRequest::new().write_path(&path);
                 let _guard = service.locks.acquire(request, ctx.owner("delete")).await?;
                 Ok(service.meta.delete(id, path.as_str(), precondition).await?)
@@ -322,8 +352,9 @@ impl FileService {
         overwrite: bool,
         ctx: &RequestCtx,
     ) -> Result<FileMeta, ServiceError> {
+        ctx.check(to.as_str())?;
         let outcome = self
-            .with_current_path(id, |service, from| async move {
+            .with_current_path(id, ctx, |service, from| async move {
                 let request = LockRequest::new().write_path(&from).write_path(to);
                 let _guard = service.locks.acquire(request, ctx.owner("move")).await?;
                 Ok(service
@@ -342,8 +373,9 @@ impl FileService {
         overwrite: bool,
         ctx: &RequestCtx,
     ) -> Result<FileMeta, ServiceError> {
+        ctx.check(to.as_str())?;
         let outcome = self
-            .with_current_path(id, |service, from| async move {
+            .with_current_path(id, ctx, |service, from| async move {
                 let request = LockRequest::new().read_path(&from).write_path(to);
                 let _guard = service.locks.acquire(request, ctx.owner("copy")).await?;
                 Ok(service
@@ -356,10 +388,13 @@ impl FileService {
     }
 
     /// Runs `op` with the file's current path, retrying when a concurrent move changed it
-    /// between the read and the locked transaction.
+    /// between the read and the locked transaction. Each attempt checks the path it will lock
+    /// against the principal: the transaction verifies the path is still current, so a file
+    /// moved out of the prefix meanwhile is refused on the retry, never changed.
     async fn with_current_path<'a, F, Fut>(
         &'a self,
         id: &'a str,
+        ctx: &'a RequestCtx,
         op: F,
     ) -> Result<ChangeOutcome, ServiceError>
     where
@@ -367,7 +402,7 @@ impl FileService {
         Fut: std::future::Future<Output = Result<ChangeOutcome, ServiceError>> + Send + 'a,
     {
         for _ in 0..PATH_RETRIES {
-            let current = self.meta_by_id(id).await?;
+            let current = self.meta_by_id(id, ctx).await?;
             let path = VPath::parse(&current.path).map_err(|e| {
                 MetadataError::Backend(format!("stored path {:?} is invalid: {e}", current.path))
             })?;
@@ -390,13 +425,35 @@ impl FileService {
     /// Lists files by path, S3-style: with `delimiter`, files below the next `/` are rolled up
     /// into `prefixes`. The cursor is a position in path order, so it stays valid while others
     /// write (entries created behind it are not revisited; entries ahead of it are seen).
+    ///
+    /// A principal limited to a prefix sees only what is under it: a listing inside its prefix
+    /// is unchanged, a listing of an ancestor shows only the way down to the prefix (or, when
+    /// recursive, the prefix's contents), and a disjoint one is refused.
     pub async fn list(
         &self,
         prefix: &str,
         delimiter: bool,
         cursor: Option<&str>,
         limit: usize,
+        ctx: &RequestCtx,
     ) -> Result<ListPage, ServiceError> {
+        match ctx.principal.narrow(prefix) {
+            Narrowed::Unchanged => {}
+            Narrowed::Disjoint => return Err(ServiceError::Forbidden),
+            Narrowed::To(scope) if delimiter => {
+                // The one directory on the way to the scope, as a common prefix.
+                let rest = &scope[prefix.len()..];
+                let end = rest.find('/').map_or(rest.len(), |i| i + 1);
+                return Ok(ListPage {
+                    entries: Vec::new(),
+                    prefixes: vec![format!("{prefix}{}", &rest[..end])],
+                    next_cursor: None,
+                });
+            }
+            Narrowed::To(scope) => {
+                return Box::pin(self.list(&scope, false, cursor, limit, ctx)).await
+            }
+        }
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let (mut key, mut inclusive) = match cursor {
             Some(c) => decode_cursor(c, prefix)?,

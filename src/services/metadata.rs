@@ -179,6 +179,25 @@ pub struct MetadataAudit {
 /// Most problems of one kind an audit lists (the count of the rest is in the last entry).
 pub const AUDIT_LIMIT: usize = 1000;
 
+/// An API token as stored: the secret itself never is, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id (also the second part of the token string).
+    pub id: String,
+    pub label: String,
+    /// Hex SHA-256 of the secret part.
+    #[serde(skip_serializing)]
+    pub secret_hash: String,
+    /// Comma-separated: `read`, `write`, `admin`.
+    pub scopes: String,
+    /// Path prefix the token is limited to, ending in `/` (empty: everything).
+    pub prefix: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
 /// The metadata engine. Implementations: SQLite (default); PostgreSQL (scale-out).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -245,6 +264,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// size, SHA-256; a deleted id has no file); while the log is complete, every file has an
     /// event; every blob's reference count equals the files that use it.
     async fn audit(&self) -> Result<MetadataAudit, MetadataError>;
+
+    /// Stores a new token (`AlreadyExists` if its id is taken).
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), MetadataError>;
+    /// Every token, revoked ones included, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, MetadataError>;
+    /// Marks a token revoked; false when there is no such active token.
+    async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, MetadataError>;
+    /// The server secret `name`, stored as `fresh` by the first caller (all replicas share it).
+    async fn server_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

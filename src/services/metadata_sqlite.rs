@@ -21,13 +21,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metadata::{
     now_ms, rfc3339, AuditProblem, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
-    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, AUDIT_LIMIT,
+    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord, AUDIT_LIMIT,
 };
 
 /// Versioned schema migrations, applied in order at start. Never edit a released one: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE files (
     id           TEXT PRIMARY KEY,
     path         TEXT NOT NULL UNIQUE,
@@ -56,7 +57,27 @@ CREATE TABLE events (
     at        INTEGER NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    prefix      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER
+);
+CREATE TABLE server_secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"#,
+    ),
+];
 
 const FILE_COLUMNS: &str = "id, path, size, sha256, version, content_type, created_at, modified_at";
 
@@ -437,6 +458,37 @@ async fn apply_in_savepoint(
     result
 }
 
+type TokenRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+trait IntoRecord {
+    fn into_record(self) -> TokenRecord;
+}
+
+impl IntoRecord for TokenRow {
+    fn into_record(self) -> TokenRecord {
+        let (id, label, secret_hash, scopes, prefix, created_at, expires_at, revoked_at) = self;
+        TokenRecord {
+            id,
+            label,
+            secret_hash,
+            scopes,
+            prefix,
+            created_at,
+            expires_at,
+            revoked_at,
+        }
+    }
+}
+
 fn unexpected() -> MetadataError {
     MetadataError::Backend("committer answered with the wrong outcome kind".into())
 }
@@ -788,6 +840,65 @@ impl MetadataStore for SqliteMetadata {
         }
         tx.rollback().await.map_err(map_err)?;
         Ok(audit)
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), MetadataError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, label, secret_hash, scopes, prefix, created_at, expires_at,
+                                 revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(&token.label)
+        .bind(&token.secret_hash)
+        .bind(&token.scopes)
+        .bind(&token.prefix)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.revoked_at)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => MetadataError::AlreadyExists,
+            _ => map_err(e),
+        })?;
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, MetadataError> {
+        let rows: Vec<TokenRow> = sqlx::query_as(
+            "SELECT id, label, secret_hash, scopes, prefix, created_at, expires_at, revoked_at
+             FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(TokenRow::into_record).collect())
+    }
+
+    async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, MetadataError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at_ms)
+                .bind(id)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn server_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, MetadataError> {
+        // First writer wins; every later call (and every replica) reads the same value.
+        sqlx::query("INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?, ?)")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(map_err)
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

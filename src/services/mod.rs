@@ -4,8 +4,10 @@
 //! - [`storage`]: blob I/O.
 //! - [`metadata`] / [`metadata_sqlite`]: files, blob references and the event log.
 //! - [`notification`]: live fan-out of the event log to subscribers.
+//! - [`auth`]: tokens, scopes, prefixes and share links.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 
+pub mod auth;
 pub mod files;
 pub mod lock_manager;
 pub mod metadata;
@@ -30,6 +32,9 @@ pub enum ServiceError {
     InvalidCursor,
     #[error("the file kept changing while the operation retried")]
     Contended,
+    /// The request's token may not touch this path.
+    #[error("outside the token's prefix")]
+    Forbidden,
     /// No upload slot within the queue deadline, or the queue is full.
     #[error("too many uploads in progress")]
     Overloaded,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use super::metadata::{now_ms, Event, MetadataError, MetadataStore};
+use super::metadata::{now_ms, Event, EventKind, MetadataError, MetadataStore};
 
 /// Live events buffered for subscribers; a subscriber further behind catches up from the log.
 pub const BROADCAST_CAPACITY: usize = 1024;
@@ -147,7 +147,7 @@ impl Notifier {
     pub async fn subscribe(
         &self,
         since: Option<i64>,
-        prefix: String,
+        filter: Filter,
     ) -> Result<(Subscription, i64), SubscribeError> {
         // Subscribe to the live feed before reading anything: whatever commits from here on
         // is either in the replay or in the channel.
@@ -173,7 +173,7 @@ impl Notifier {
                 meta: Arc::clone(&self.inner.meta),
                 rx,
                 last,
-                prefix,
+                filter,
                 behind: true,
                 pending: VecDeque::new(),
                 catch_up_reads: 0,
@@ -193,7 +193,7 @@ impl Notifier {
     pub async fn poll(
         &self,
         since: Option<i64>,
-        prefix: &str,
+        filter: &Filter,
         limit: usize,
         wait: Duration,
     ) -> Result<(Vec<Event>, i64), SubscribeError> {
@@ -209,7 +209,7 @@ impl Notifier {
             if let Some(last) = batch.last() {
                 cursor = last.seq;
             }
-            let matched: Vec<Event> = batch.into_iter().filter(|e| matches(e, prefix)).collect();
+            let matched: Vec<Event> = batch.iter().filter_map(|e| filter.view(e)).collect();
             if !matched.is_empty() {
                 return Ok((matched, cursor));
             }
@@ -248,13 +248,58 @@ fn matches(e: &Event, prefix: &str) -> bool {
             .is_some_and(|p| p.starts_with(prefix))
 }
 
+/// What one subscriber sees: events under `prefix` (what it asked for), as seen from inside
+/// `scope` (its token's prefix; empty: everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub prefix: String,
+    pub scope: String,
+}
+
+impl Filter {
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        Filter {
+            prefix: prefix.into(),
+            scope: String::new(),
+        }
+    }
+
+    /// The event as this subscriber may see it, or `None`. A path outside the scope is never
+    /// shown: a move out of the scope reads as a deletion of the source, a move or copy into
+    /// it as a creation (without the outside source path).
+    pub fn view(&self, e: &Event) -> Option<Event> {
+        let scoped = if self.scope.is_empty() {
+            e.clone()
+        } else {
+            let inside = |p: &str| p.starts_with(&self.scope);
+            let from_inside = e.from_path.as_deref().map(inside);
+            match (inside(&e.path), from_inside) {
+                (true, None | Some(true)) => e.clone(),
+                (true, Some(false)) => Event {
+                    kind: EventKind::Created,
+                    from_path: None,
+                    ..e.clone()
+                },
+                (false, Some(true)) if e.kind == EventKind::Moved => Event {
+                    kind: EventKind::Deleted,
+                    path: e.from_path.clone().unwrap_or_default(),
+                    from_path: None,
+                    ..e.clone()
+                },
+                (false, _) => return None,
+            }
+        };
+        matches(&scoped, &self.prefix).then_some(scoped)
+    }
+}
+
 /// A gapless, ordered stream of events for one subscriber.
 pub struct Subscription {
     meta: Arc<dyn MetadataStore>,
     rx: broadcast::Receiver<Arc<Event>>,
     /// Highest seq delivered or skipped (filtered out).
     last: i64,
-    prefix: String,
+    filter: Filter,
     /// Reading from the log instead of the channel (replay, or after falling behind).
     behind: bool,
     pending: VecDeque<Event>,
@@ -305,8 +350,8 @@ impl Subscription {
                 }
                 for e in batch {
                     self.last = e.seq;
-                    if matches(&e, &self.prefix) {
-                        self.pending.push_back(e);
+                    if let Some(seen) = self.filter.view(&e) {
+                        self.pending.push_back(seen);
                     }
                 }
                 continue;
@@ -321,8 +366,8 @@ impl Subscription {
                         continue;
                     }
                     self.last = e.seq;
-                    if matches(&e, &self.prefix) {
-                        return Ok(Some((*e).clone()));
+                    if let Some(seen) = self.filter.view(&e) {
+                        return Ok(Some(seen));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -457,7 +502,7 @@ mod tests {
         let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
             .await
             .unwrap();
-        let (mut slow, latest) = notifier.subscribe(None, String::new()).await.unwrap();
+        let (mut slow, latest) = notifier.subscribe(None, Filter::default()).await.unwrap();
         assert_eq!(latest, 0);
         // Three times the channel's capacity commits while `slow` reads nothing.
         let total = (BROADCAST_CAPACITY * 3) as i64;
@@ -494,7 +539,7 @@ mod tests {
         let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
             .await
             .unwrap();
-        let (mut sub, _) = notifier.subscribe(None, String::new()).await.unwrap();
+        let (mut sub, _) = notifier.subscribe(None, Filter::default()).await.unwrap();
         commit(&meta, &notifier, "a").await;
         let first = tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
@@ -510,7 +555,7 @@ mod tests {
             "Closed ends the stream with None, no panic"
         );
         // New subscribers after shutdown also end at once.
-        let (mut late, _) = notifier.subscribe(None, String::new()).await.unwrap();
+        let (mut late, _) = notifier.subscribe(None, Filter::default()).await.unwrap();
         let end = tokio::time::timeout(Duration::from_secs(5), late.next())
             .await
             .unwrap();
@@ -530,13 +575,16 @@ mod tests {
         for p in ["a/1", "b/1", "a/2"] {
             commit(&meta, &notifier, p).await;
         }
-        let (mut sub, latest) = notifier.subscribe(Some(0), "a/".into()).await.unwrap();
+        let (mut sub, latest) = notifier
+            .subscribe(Some(0), Filter::prefix("a/"))
+            .await
+            .unwrap();
         assert_eq!(latest, 3);
         let e1 = sub.next().await.unwrap().unwrap();
         let e2 = sub.next().await.unwrap().unwrap();
         assert_eq!((e1.path.as_str(), e2.path.as_str()), ("a/1", "a/2"));
         assert!(matches!(
-            notifier.subscribe(Some(99), String::new()).await,
+            notifier.subscribe(Some(99), Filter::default()).await,
             Err(SubscribeError::ResyncRequired { latest: 3, .. })
         ));
     }

@@ -1,0 +1,225 @@
+//! The authorization layer: every matched route passes here first.
+//!
+//! It finds the route's rule ([`crate::server::rule_for`]; none means 403, fail-closed),
+//! authenticates the bearer token (or, for the sync feed only, an `access_token` query
+//! parameter, for browsers, which cannot set headers on a WebSocket), checks the scope and
+//! leaves the [`Principal`] in the request for the services, which check every path against
+//! its prefix. On an open server (no token exists), requests without a token act with full
+//! access, but browsers' cross-origin requests and foreign `Host` names (DNS rebinding) are
+//! refused, so a web page cannot reach a laptop's open VaultFS.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::AppError;
+use crate::server::{rule_for, Access, AppState};
+use crate::services::auth::{Principal, Scope};
+
+/// The query parameter a browser's WebSocket may carry its token in.
+pub const QUERY_TOKEN: &str = "access_token";
+const SYNC_ROUTE: &str = "/api/v1/sync";
+
+pub async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Decided without holding `&Request` across an await (the body is not `Sync`).
+    let principal = match precheck(&state, &request) {
+        Err(e) => return e.into_response(),
+        Ok(Step::Done(p)) => p,
+        Ok(Step::Authenticate { token, scope }) => match state.auth.authenticate(&token).await {
+            None => {
+                return AppError::unauthorized(
+                    "invalid_token",
+                    "the token is malformed, unknown, revoked or expired",
+                )
+                .into_response()
+            }
+            Some(p) if !p.scopes.allows(scope) => return lacks(scope).into_response(),
+            Some(p) => p,
+        },
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+enum Step {
+    Done(Principal),
+    Authenticate { token: String, scope: Scope },
+}
+
+fn lacks(scope: Scope) -> AppError {
+    AppError::forbidden(format!("the token lacks the `{}` scope", scope.as_str()))
+}
+
+fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
+    let Some(route) = request.extensions().get::<MatchedPath>() else {
+        return Err(no_rule("(unmatched)"));
+    };
+    let route = route.as_str();
+    let scope = match rule_for(request.method(), route) {
+        None => return Err(no_rule(route)),
+        Some(Access::Open | Access::Signed) => return Ok(Step::Done(Principal::nobody())),
+        Some(Access::Scope(scope)) => scope,
+    };
+    check_origin(state, request.headers())?;
+    match credential(request, route)? {
+        Some(token) => Ok(Step::Authenticate {
+            token: token.to_string(),
+            scope,
+        }),
+        None if state.auth.required() => Err(AppError::unauthorized(
+            "unauthorized",
+            "this server requires a token: Authorization: Bearer <token>",
+        )),
+        None => {
+            check_open_host(state, request.headers())?;
+            Ok(Step::Done(Principal::open()))
+        }
+    }
+}
+
+fn no_rule(route: &str) -> AppError {
+    tracing::error!(
+        route,
+        "route has no authorization rule; refusing (see server::routes)"
+    );
+    AppError::forbidden("this route has no authorization rule")
+}
+
+/// The presented token: `Authorization: Bearer ...`, or `?access_token=` on the sync feed.
+fn credential<'a>(request: &'a Request, route: &str) -> Result<Option<&'a str>, AppError> {
+    let malformed = || {
+        AppError::unauthorized(
+            "invalid_token",
+            "the Authorization header must read `Bearer <token>`",
+        )
+    };
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    if let Some(value) = values.next() {
+        if values.next().is_some() {
+            return Err(malformed());
+        }
+        let text = value.to_str().map_err(|_| malformed())?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(malformed)?;
+        return Ok(Some(token));
+    }
+    if route == SYNC_ROUTE {
+        let query = request.uri().query().unwrap_or("");
+        for pair in query.split('&') {
+            if let Some(token) = pair
+                .strip_prefix(QUERY_TOKEN)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                return Ok(Some(token));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A browser's request (it has an `Origin`) must come from an allowed origin: one of
+/// `allowed_origins` when set, else the server's own origin.
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(()); // not a browser (CLI, CI scripts, tungstenite)
+    };
+    let origin = origin
+        .to_str()
+        .map(str::to_ascii_lowercase)
+        .map_err(|_| origin_refused())?;
+    let allowed = if state.config.allowed_origins.is_empty() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        host.is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"))
+    } else {
+        state.config.allowed_origins.contains(&origin)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(origin_refused())
+    }
+}
+
+fn origin_refused() -> AppError {
+    AppError::forbidden("requests from this Origin are not allowed (see allowed_origins)")
+}
+
+/// On an open loopback server, the `Host` must be a loopback name: a page on another site
+/// that re-points its own name at 127.0.0.1 (DNS rebinding) sends its own name.
+fn check_open_host(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    if state.config.insecure_no_auth {
+        return Ok(()); // the operator opened a non-loopback address on purpose
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return Ok(()); // HTTP/1.0 without Host: not a browser
+    };
+    if is_loopback_host(host) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden(
+            "this open (token-less) server answers loopback host names only",
+        ))
+    }
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip.to_string(),
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+            _ => host.clone(),
+        }
+    };
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:1",
+            "127.9.9.9",
+            "[::1]:80",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.com",
+            "evil.com:8080",
+            "127.0.0.1.evil.com",
+            "[::2]:1",
+            "0.0.0.0",
+            "10.0.0.1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}
