@@ -11,6 +11,9 @@ use unicode_normalization::UnicodeNormalization;
 
 /// Longest accepted path, in bytes of UTF-8 after normalization.
 pub const MAX_PATH_BYTES: usize = 4096;
+/// Percent-decoding stages checked beyond the HTTP layer's own (`%25252e...` nests deeper
+/// than any real client encodes; past this the path is refused).
+const MAX_DECODING_STAGES: usize = 8;
 /// Longest accepted segment, in bytes of UTF-8 after normalization.
 pub const MAX_SEGMENT_BYTES: usize = 255;
 
@@ -37,6 +40,8 @@ pub enum PathError {
     TrailingSpaceOrDot,
     #[error("path contains a percent-encoded sequence that decodes to a forbidden path")]
     EncodedTraversal,
+    #[error("path may not start with a drive letter (C:)")]
+    DriveLetter,
 }
 
 /// A validated path. Construct with [`VPath::parse`].
@@ -48,18 +53,32 @@ impl VPath {
     pub fn parse(raw: &str) -> Result<Self, PathError> {
         let nfc: String = raw.nfc().collect();
         check_normalized(&nfc)?;
-        // A second decoding step (a proxy, a client, a shell script) must not turn an accepted
-        // path into a traversal: `%2e%2e` arrives here literally when the client encoded twice.
-        if nfc.contains('%') {
-            if let Some(decoded) = percent_decode(&nfc) {
-                if decoded != nfc {
+        // Another decoding step (a proxy, a client, a shell script) must not turn an accepted
+        // path into a traversal: `%2e%2e` arrives here literally when the client encoded
+        // twice, `%252e%252e` when it encoded three times. Every stage is checked.
+        let mut stage = nfc.clone();
+        let mut settled = false;
+        for _ in 0..MAX_DECODING_STAGES {
+            if !stage.contains('%') {
+                settled = true;
+                break;
+            }
+            match percent_decode(&stage) {
+                // Decodes to bytes that are not UTF-8 (overlong encodings such as %c0%ae).
+                None => return Err(PathError::EncodedTraversal),
+                Some(decoded) if decoded == stage => {
+                    settled = true;
+                    break;
+                }
+                Some(decoded) => {
                     let decoded_nfc: String = decoded.nfc().collect();
                     check_normalized(&decoded_nfc).map_err(|_| PathError::EncodedTraversal)?;
+                    stage = decoded_nfc;
                 }
-            } else {
-                // Decodes to bytes that are not UTF-8 (overlong encodings such as %c0%ae).
-                return Err(PathError::EncodedTraversal);
             }
+        }
+        if !settled {
+            return Err(PathError::EncodedTraversal);
         }
         Ok(VPath(nfc))
     }
@@ -136,6 +155,13 @@ fn check_normalized(p: &str) -> Result<(), PathError> {
     for seg in p.split('/') {
         check_segment(seg)?;
     }
+    // `C:x` and `C:` join to a drive on Windows clients, whatever directory they download to.
+    let mut first = p.chars();
+    if let (Some(letter), Some(':')) = (first.next(), first.next()) {
+        if letter.is_ascii_alphabetic() {
+            return Err(PathError::DriveLetter);
+        }
+    }
     // Compatibility forms: full-width dots and solidi (U+FF0E, U+FF0F, U+FF3C) and similar look
     // like '.', '/' and '\' to people and to NFKC-normalizing clients.
     let nfkc: String = p.nfkc().collect();
@@ -182,6 +208,7 @@ fn forbidden_char(c: char) -> bool {
             | '\u{202A}'..='\u{202E}'   // bidi embeddings and overrides
             | '\u{2066}'..='\u{2069}'   // bidi isolates
             | '\u{FEFF}'                // BOM / zero-width no-break space
+            | '\u{2028}' | '\u{2029}'   // line and paragraph separators (break logs, JS)
         )
 }
 
@@ -294,5 +321,97 @@ mod tests {
         assert!(validate_prefix("../").is_err());
         assert!(validate_prefix("/abs").is_err());
         assert!(validate_prefix("a\0").is_err());
+    }
+
+    /// What "names nothing outside the namespace" means for an accepted path: relative, no
+    /// `.`/`..`/empty segment, no backslash or control character, in every form a client or
+    /// proxy may turn it into (NFKC, any number of percent-decodings), and joined under a
+    /// base directory it stays there.
+    fn assert_confined(p: &str) {
+        let mut forms = vec![p.to_string(), p.nfkc().collect::<String>()];
+        let mut stage = p.to_string();
+        while let Some(d) = percent_decode(&stage).filter(|d| *d != stage) {
+            forms.push(d.clone());
+            forms.push(d.nfkc().collect());
+            stage = d;
+        }
+        for f in &forms {
+            assert!(!f.is_empty() && !f.starts_with('/'), "{p:?} -> {f:?}");
+            assert!(
+                !f.contains('\\') && !f.chars().any(char::is_control),
+                "{p:?} -> {f:?}"
+            );
+            for seg in f.split('/') {
+                assert!(
+                    !seg.is_empty() && seg != "." && seg != "..",
+                    "{p:?} -> {f:?}"
+                );
+            }
+            let base = std::path::Path::new("/base/dir");
+            let joined = base.join(f);
+            let mut depth = 0usize;
+            for c in joined.components().skip(3) {
+                match c {
+                    std::path::Component::Normal(_) => depth += 1,
+                    std::path::Component::CurDir => {}
+                    other => panic!("{p:?} -> {f:?} has {other:?}"),
+                }
+            }
+            assert!(depth >= 1 && joined.starts_with(base), "{p:?} -> {f:?}");
+        }
+        // Accepted paths are a fixpoint: parsing again changes nothing.
+        assert_eq!(VPath::parse(p).map(VPath::into_string), Ok(p.to_string()));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Strings built from the characters traversals are made of.
+        #[test]
+        fn accepted_paths_stay_in_their_namespace(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                ".", "..", "/", "\\", "%", "2", "e", "E", "f", "F", "5", "c", "C", "a", ":",
+                "%2e", "%2f", "%5c", "%25", "%c0", "%ae", "%00", "\u{0}", " ", "\u{FF0E}",
+                "\u{FF0F}", "\u{FF3C}", "\u{2024}", "\u{FE52}", "\u{202E}", "e\u{301}",
+                "\u{E9}", "x", "name", "\u{3000}", "\u{2215}", "\u{FF05}",
+            ]), 1..12)
+        ) {
+            let raw: String = parts.concat();
+            if let Ok(p) = VPath::parse(&raw) {
+                assert_confined(p.as_str());
+            }
+        }
+
+        /// Any string at all: never a panic, and anything accepted is confined.
+        #[test]
+        fn arbitrary_strings_never_escape(raw in "\\PC{0,40}") {
+            if let Ok(p) = VPath::parse(&raw) {
+                assert_confined(p.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn nested_encodings_and_drive_letters() {
+        for raw in [
+            "%252e%252e%252fx",
+            "%25252e%25252e/x",
+            "%25%32%65%25%32%65/x",
+            "C:x",
+            "c:",
+            "z:/x",
+            "a\u{2028}b",
+        ] {
+            assert!(VPath::parse(raw).is_err(), "{raw:?}");
+        }
+        for ok in [
+            "build:42/x",
+            "2024-01-01T10:00:00.log",
+            "a/C:x",
+            "100%25",
+            "50%",
+        ] {
+            assert!(VPath::parse(ok).is_ok(), "{ok:?}");
+        }
     }
 }

@@ -531,9 +531,16 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     let state = AppState::open(config).await?;
-    if !state.auth.required() && !addr.ip().is_loopback() {
+    // The configured address counts too: it is what the operator asked to expose.
+    let exposed = !addr.ip().is_loopback() || !state.config.listen.ip().is_loopback();
+    if !state.auth.required() && exposed {
         if !state.config.insecure_no_auth {
             state.close().await;
+            let addr = if addr.ip().is_loopback() {
+                state.config.listen
+            } else {
+                addr
+            };
             return Err(ServerError::Insecure { addr });
         }
         tracing::warn!(%addr, "AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone who can \

@@ -39,6 +39,11 @@ pub async fn authorize(
                 .into_response()
             }
             Some(p) if !p.scopes.allows(scope) => return lacks(scope).into_response(),
+            // A prefixed admin token could otherwise mint itself an unprefixed one.
+            Some(p) if scope == Scope::Admin && !p.prefix.is_empty() => {
+                return AppError::forbidden("admin routes need an admin token without a prefix")
+                    .into_response()
+            }
             Some(p) => p,
         },
     };

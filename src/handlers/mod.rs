@@ -7,6 +7,7 @@ pub mod content;
 pub mod files;
 pub mod health;
 pub mod list;
+pub mod multipart_guard;
 pub mod share;
 pub mod sync;
 pub mod upload;

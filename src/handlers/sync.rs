@@ -4,6 +4,7 @@
 //! - 1000: the client closed; we answer in kind.
 //! - 1001: the server is shutting down, or the peer stopped answering pings (45 s).
 //! - 1007: the client sent a text frame that is not UTF-8.
+//! - 1008: the client flooded the feed with data messages (over 100 in 10 s; it takes none).
 //! - 1009: the client sent a frame or message over 64 KiB.
 //! - 1011: an internal error (the event log could not be read).
 //! - 4000: `resync_required`: the cursor is outside the retained log; re-list, then resume from
@@ -31,6 +32,9 @@ pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(45);
 pub const CLOSE_RESYNC: u16 = 4000;
+/// Client data messages tolerated per window (the feed takes none; pings are separate).
+pub const MAX_CLIENT_MESSAGES: u32 = 100;
+pub const CLIENT_MESSAGE_WINDOW: Duration = Duration::from_secs(10);
 /// Longest long-poll.
 pub const MAX_WAIT_SECS: u64 = 60;
 pub const MAX_EVENTS_LIMIT: usize = 10_000;
@@ -48,6 +52,8 @@ pub async fn sync(
     ApiQuery(q): ApiQuery<SyncQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    // Authorization first: a refused subscriber learns nothing about the feed.
+    let filter = feed_filter(&q.prefix, &ctx)?;
     let ws = ws.map_err(|e| {
         AppError::new(
             StatusCode::BAD_REQUEST,
@@ -55,7 +61,6 @@ pub async fn sync(
             format!("{e}; use GET /api/v1/events for the HTTP long-poll fallback"),
         )
     })?;
-    let filter = feed_filter(&q.prefix, &ctx)?;
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
@@ -114,6 +119,8 @@ async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, fil
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset(); // the first tick would fire at once
     let mut last_heard = Instant::now();
+    let mut window_start = Instant::now();
+    let mut client_messages = 0u32;
     loop {
         tokio::select! {
             next = sub.next() => match next {
@@ -146,7 +153,20 @@ async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, fil
                     let _ = send(&mut socket, close(1000, "bye")).await;
                     return;
                 }
-                Some(Ok(_)) => last_heard = Instant::now(), // pong, ping, or ignored data
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    // The feed takes no client data: a trickle is ignored, a flood ends it.
+                    last_heard = Instant::now();
+                    if window_start.elapsed() > CLIENT_MESSAGE_WINDOW {
+                        window_start = Instant::now();
+                        client_messages = 0;
+                    }
+                    client_messages += 1;
+                    if client_messages > MAX_CLIENT_MESSAGES {
+                        let _ = send(&mut socket, close(1008, "too many client messages")).await;
+                        return;
+                    }
+                }
+                Some(Ok(_)) => last_heard = Instant::now(), // pong or ping
                 Some(Err(e)) => {
                     let (code, reason) = classify(&e);
                     tracing::debug!(error = %e, code, "sync: client protocol error");

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{header_str, write_precondition, ApiQuery};
+use super::{header_str, multipart_guard, write_precondition, ApiQuery};
 use crate::error::AppError;
 use crate::paths::VPath;
 use crate::server::AppState;
@@ -126,9 +126,37 @@ async fn upload_multipart(
     request: Request,
 ) -> Result<Response, AppError> {
     let base = base.as_deref().map(VPath::parse).transpose()?;
+    // The parser buffers part headers without limit: bound them (and the part count) first.
+    let verdict = multipart_guard::Verdict::default();
+    let content_type = header_str(request.headers(), "content-type")?.unwrap_or("");
+    let request = match multipart_guard::boundary(content_type) {
+        Some(boundary) => {
+            let (parts, body) = request.into_parts();
+            let guarded = multipart_guard::guard_body(body, &boundary, verdict.clone());
+            Request::from_parts(parts, axum::body::Body::from_stream(guarded))
+        }
+        None => request, // refused by the parser below
+    };
     let mut multipart = Multipart::from_request(request, &state)
         .await
         .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+    let multipart_error = |e| match verdict.get() {
+        multipart_guard::Verdict::HEADER_TOO_LARGE => AppError::bad_request(
+            "invalid_multipart",
+            format!(
+                "a part's headers exceed {} bytes",
+                multipart_guard::MAX_PART_HEADER_BYTES
+            ),
+        ),
+        multipart_guard::Verdict::TOO_MANY_PARTS => AppError::bad_request(
+            "too_many_parts",
+            format!(
+                "at most {} parts per multipart upload",
+                multipart_guard::MAX_PARTS
+            ),
+        ),
+        _ => multipart_error(e),
+    };
     let mut stored = Vec::new();
     let mut all_created = true;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
