@@ -55,6 +55,10 @@ pub struct Config {
     /// Browser origins (`https://ui.example.com`) allowed to call the API and open the sync
     /// feed. Empty: same-origin requests only.
     pub allowed_origins: Vec<String>,
+    /// An admin token (from `vaultfs token generate`) installed at start unless its id is
+    /// known: how a deployment gets its first token from a Secret. Environment only
+    /// (`VAULTFS_BOOTSTRAP_TOKEN`), never a flag or file, so it stays out of process lists.
+    pub bootstrap_token: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             liveness_window: Duration::from_secs(60),
             insecure_no_auth: false,
             allowed_origins: Vec::new(),
+            bootstrap_token: None,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct Overrides {
     pub insecure_no_auth: Option<bool>,
     /// Comma-separated.
     pub allowed_origins: Option<String>,
+    #[serde(skip)]
+    pub bootstrap_token: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -177,6 +184,7 @@ impl Overrides {
             insecure_no_auth: env("VAULTFS_INSECURE_NO_AUTH")
                 .map(|v| matches!(v.trim(), "1" | "true" | "yes")),
             allowed_origins: env("VAULTFS_ALLOWED_ORIGINS"),
+            bootstrap_token: env("VAULTFS_BOOTSTRAP_TOKEN").filter(|t| !t.trim().is_empty()),
         }
     }
 
@@ -199,6 +207,9 @@ impl Overrides {
             config.listen = v
                 .parse()
                 .map_err(|e| invalid("listen", v, format!("{e} (expected IP:PORT)")))?;
+        }
+        if let Some(v) = &self.bootstrap_token {
+            config.bootstrap_token = Some(v.clone());
         }
         if let Some(v) = self.insecure_no_auth {
             config.insecure_no_auth = v;

@@ -158,6 +158,11 @@ impl AppState {
             metrics::gauge!("vaultfs_startup_check_running").set(0.0);
         });
         let auth = Auth::open(Arc::clone(files.metadata())).await?;
+        if let Some(token) = &config.bootstrap_token {
+            if auth.bootstrap(token).await? {
+                tracing::info!("installed the bootstrap admin token (VAULTFS_BOOTSTRAP_TOKEN)");
+            }
+        }
         auth.spawn_reloader(shutdown.clone());
         let stall = StallMonitor::start(
             tokio::runtime::Handle::current(),

@@ -71,7 +71,23 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
         .iter()
         .any(|p| p["containerPort"].as_i64() == Some(default_port)));
 
-    let (_d, s) = TestServer::start().await;
+    // The server as the manifest runs it: exposed address, first token from the Secret.
+    let secret_ref = &container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("VAULTFS_BOOTSTRAP_TOKEN"))
+        .expect("the bootstrap token comes from a Secret")["valueFrom"]["secretKeyRef"];
+    let secret = (
+        secret_ref["name"].as_str().unwrap(),
+        secret_ref["key"].as_str().unwrap(),
+    );
+    let bootstrap = vaultfs::services::auth::Auth::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path());
+    config.listen = listen;
+    config.bootstrap_token = Some(bootstrap.clone());
+    let s = TestServer::start_with(config).await;
     let mut probed = Vec::new();
     for (probe, expect_path) in [
         ("livenessProbe", "/healthz"),
@@ -88,24 +104,18 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
             default_port,
             "{probe}"
         );
+        // The kubelet sends no token.
         let (status, body) = s.get_json(path).await;
         assert_eq!(status, 200, "{probe} {path}: {body}");
         probed.push(path);
     }
+    assert_eq!(s.get_json("/api/v1/list").await.0, 401, "closed by default");
 
-    // Prometheus scraping: annotations on the pod and Service name a real text endpoint.
+    // Prometheus scraping: the ServiceMonitor names a real text endpoint and sends the token
+    // from the same Secret (annotations cannot carry one).
     let svc = kind(&k8s, "Service");
     for meta in [&svc["metadata"], &sts["spec"]["template"]["metadata"]] {
-        let a = &meta["annotations"];
-        assert_eq!(a["prometheus.io/scrape"].as_str(), Some("true"));
-        assert_eq!(
-            a["prometheus.io/port"].as_str(),
-            Some(default_port.to_string().as_str())
-        );
-        let path = a["prometheus.io/path"].as_str().unwrap();
-        let r = s.client.get(s.url(path)).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        assert!(r.text().await.unwrap().contains("# TYPE vaultfs_"));
+        assert!(meta["annotations"]["prometheus.io/scrape"].is_badvalue());
     }
     // The Service routes to the container's port.
     let target = &svc["spec"]["ports"][0]["targetPort"];
@@ -113,6 +123,23 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
     let monitor = kind(&docs("k8s/servicemonitor.yaml"), "ServiceMonitor").clone();
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    let credentials = &endpoint["authorization"]["credentials"];
+    assert_eq!(endpoint["authorization"]["type"].as_str(), Some("Bearer"));
+    assert_eq!(
+        (credentials["name"].as_str(), credentials["key"].as_str()),
+        (Some(secret.0), Some(secret.1))
+    );
+    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&bootstrap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# TYPE vaultfs_"));
     assert_eq!(
         endpoint["port"].as_str(),
         svc["spec"]["ports"][0]["name"].as_str()

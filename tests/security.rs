@@ -1001,3 +1001,56 @@ async fn an_exposed_address_without_tokens_is_refused_unless_insecure() {
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_token_is_installed_once_and_revocation_sticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&["token", "generate"]).await;
+    let bootstrap = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(bootstrap.starts_with("vfs_"));
+    assert!(
+        !dir.path().join("meta.db").exists(),
+        "generate stores nothing"
+    );
+    let mut config = vaultfs::config::Config::for_data_dir(dir.path());
+    config.bootstrap_token = Some(bootstrap.clone());
+    let s = TestServer::start_with(config.clone()).await;
+    let r = s
+        .client
+        .get(s.url("/api/v1/admin/tokens"))
+        .bearer_auth(&bootstrap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let listed = r.json::<Value>().await.unwrap();
+    assert_eq!(listed["tokens"][0]["label"], "bootstrap");
+    assert_eq!(listed["tokens"][0]["scopes"], "read,write,admin");
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/admin/tokens/{}", token_id(&bootstrap))))
+        .bearer_auth(&bootstrap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    s.stop().await;
+    // Restarted with the same environment: still revoked.
+    let s = TestServer::start_with(config.clone()).await;
+    let r = s
+        .client
+        .get(s.url("/api/v1/list"))
+        .bearer_auth(&bootstrap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    s.stop().await;
+    // A malformed one stops the start with a clear error.
+    config.bootstrap_token = Some("hunter2".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = vaultfs::server::run(listener, config, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("VAULTFS_BOOTSTRAP_TOKEN"), "{err}");
+}

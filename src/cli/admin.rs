@@ -61,6 +61,9 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by id; share links it made stop working too.
     Revoke { id: String },
+    /// Print a new random token without storing it: for VAULTFS_BOOTSTRAP_TOKEN in a
+    /// deployment's Secret (the server installs it as an admin token at start).
+    Generate,
 }
 
 enum Backend {
@@ -103,7 +106,7 @@ async fn remote(client: &Client, req: reqwest::RequestBuilder) -> Result<Value, 
         .map_err(|e| e.to_string())
 }
 
-pub async fn token(args: TokenArgs) -> ExitCode {
+async fn token_with_backend(args: TokenArgs) -> ExitCode {
     let backend = match backend(&args).await {
         Ok(b) => b,
         Err(e) => {
@@ -122,6 +125,22 @@ pub async fn token(args: TokenArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+pub async fn token(args: TokenArgs) -> ExitCode {
+    if matches!(args.command, TokenCommand::Generate) {
+        return match Auth::generate() {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vaultfs token: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    token_with_backend(args).await
 }
 
 async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
@@ -217,6 +236,7 @@ async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
                 eprintln!("revoked token {id}");
             }
         }
+        TokenCommand::Generate => {}
     }
     Ok(())
 }

@@ -437,6 +437,46 @@ impl Auth {
         })
     }
 
+    /// A fresh, well-formed token string that is stored nowhere (for a deployment's Secret,
+    /// handed to the server as its bootstrap token).
+    pub fn generate() -> Result<String, AuthError> {
+        let id = hex::encode(random_bytes(6)?);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(32)?);
+        Ok(format!("{TOKEN_PREFIX}{id}_{secret}"))
+    }
+
+    /// Installs `token` (from `VAULTFS_BOOTSTRAP_TOKEN`) as an unprefixed admin token unless
+    /// its id is already known, revoked or not: a revocation sticks across restarts. Returns
+    /// whether it was added.
+    pub async fn bootstrap(&self, token: &str) -> Result<bool, AuthError> {
+        let (id, secret) = split_token(token.trim()).ok_or_else(|| {
+            AuthError::Invalid(
+                "VAULTFS_BOOTSTRAP_TOKEN is not a token (make one with `vaultfs token generate`)"
+                    .into(),
+            )
+        })?;
+        if self.current().by_id.contains_key(id) {
+            return Ok(false);
+        }
+        let record = TokenRecord {
+            id: id.to_string(),
+            label: "bootstrap".to_string(),
+            secret_hash: sha256_hex(secret.as_bytes()),
+            scopes: Scopes::ALL.to_text(),
+            prefix: String::new(),
+            created_at: now_ms(),
+            expires_at: None,
+            revoked_at: None,
+        };
+        match self.meta.insert_token(&record).await {
+            // Another replica installed it first.
+            Ok(()) | Err(MetadataError::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.reload().await?;
+        Ok(true)
+    }
+
     pub async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
         let now = now_ms();
         Ok(self
