@@ -19,7 +19,7 @@ use crate::services::metadata::{EtagMatch, FileMeta};
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub enum RangeSpec {
     /// No (usable) Range: the whole content.
     Full,
     /// Inclusive byte range.
@@ -28,7 +28,8 @@ enum RangeSpec {
     Malformed,
 }
 
-fn parse_range(value: &str, size: u64) -> RangeSpec {
+/// Parses a `Range` header against a content of `size` bytes (public for `fuzz/`).
+pub fn parse_range(value: &str, size: u64) -> RangeSpec {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         // A unit we do not know: ignore the header (RFC 9110, 14.2).
         return RangeSpec::Full;
