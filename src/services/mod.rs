@@ -11,6 +11,7 @@ pub mod auth;
 pub mod files;
 pub mod lock_manager;
 pub mod metadata;
+pub mod metadata_postgres;
 pub mod metadata_sqlite;
 pub mod notification;
 pub mod storage;
