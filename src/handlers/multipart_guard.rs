@@ -103,6 +103,12 @@ impl Guard {
             } else {
                 match find(rest, &self.delimiter) {
                     Some(pos) => {
+                        if buf.len() < i + pos + self.delimiter.len() + 2 {
+                            // Whether this is the closing delimiter (`--` follows) is in the
+                            // next chunk: keep the delimiter and decide then.
+                            self.carry = buf[i + pos..].to_vec();
+                            break;
+                        }
                         i += pos + self.delimiter.len();
                         if buf.get(i..i + 2) == Some(b"--".as_slice()) {
                             self.done = true; // the closing delimiter: the epilogue follows
