@@ -59,6 +59,12 @@ pub struct Config {
     /// known: how a deployment gets its first token from a Secret. Environment only
     /// (`VAULTFS_BOOTSTRAP_TOKEN`), never a flag or file, so it stays out of process lists.
     pub bootstrap_token: Option<String>,
+    /// `postgres://...`: metadata, tokens and the event log in PostgreSQL (shared by
+    /// replicas). None: SQLite in the data directory.
+    pub metadata_url: Option<String>,
+    /// `s3://bucket[/prefix]?endpoint=...&region=...`: blobs in S3-compatible object storage.
+    /// None: the data directory.
+    pub blob_store: Option<String>,
 }
 
 impl Default for Config {
@@ -86,6 +92,8 @@ impl Default for Config {
             insecure_no_auth: false,
             allowed_origins: Vec::new(),
             bootstrap_token: None,
+            metadata_url: None,
+            blob_store: None,
         }
     }
 }
@@ -140,6 +148,8 @@ pub struct Overrides {
     pub allowed_origins: Option<String>,
     #[serde(skip)]
     pub bootstrap_token: Option<String>,
+    pub metadata_url: Option<String>,
+    pub blob_store: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -185,6 +195,8 @@ impl Overrides {
                 .map(|v| matches!(v.trim(), "1" | "true" | "yes")),
             allowed_origins: env("VAULTFS_ALLOWED_ORIGINS"),
             bootstrap_token: env("VAULTFS_BOOTSTRAP_TOKEN").filter(|t| !t.trim().is_empty()),
+            metadata_url: env("VAULTFS_METADATA_URL"),
+            blob_store: env("VAULTFS_BLOB_STORE"),
         }
     }
 
@@ -207,6 +219,26 @@ impl Overrides {
             config.listen = v
                 .parse()
                 .map_err(|e| invalid("listen", v, format!("{e} (expected IP:PORT)")))?;
+        }
+        if let Some(v) = &self.metadata_url {
+            if !(v.starts_with("postgres://") || v.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "metadata_url",
+                    "(hidden)",
+                    "expected postgres://user:password@host:port/database".into(),
+                ));
+            }
+            config.metadata_url = Some(v.clone());
+        }
+        if let Some(v) = &self.blob_store {
+            if !v.starts_with("s3://") {
+                return Err(invalid(
+                    "blob_store",
+                    v,
+                    "expected s3://bucket[/prefix]?endpoint=...&region=...".into(),
+                ));
+            }
+            config.blob_store = Some(v.clone());
         }
         if let Some(v) = &self.bootstrap_token {
             config.bootstrap_token = Some(v.clone());

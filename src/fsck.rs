@@ -17,6 +17,7 @@ use crate::services::files::FileService;
 use crate::services::lock_manager::{LockOwner, LockRequest};
 use crate::services::metadata::{AuditProblem, MetadataError, MetadataStore};
 use crate::services::metadata_sqlite::SqliteMetadata;
+use crate::services::storage::BlobStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsckError {
@@ -108,26 +109,19 @@ async fn blobs_in_use(
     Ok(blobs)
 }
 
-fn blob_file(data_dir: &Path, sha: &str) -> PathBuf {
-    data_dir
-        .join("blobs")
-        .join(sha.get(..2).unwrap_or("00"))
-        .join(sha)
-}
-
-/// The start-up check a running server makes (cheap: a `stat` per blob, no hashing): files
+/// The start-up check a running server makes (cheap: a stat per blob, no hashing): files
 /// whose blob is missing or has the wrong size. Reported loudly, never repaired.
 pub async fn missing_blobs(
     meta: &dyn MetadataStore,
-    data_dir: &Path,
+    storage: &BlobStore,
 ) -> Result<Vec<Damaged>, FsckError> {
     let mut damaged = Vec::new();
     for (sha, (size, paths)) in blobs_in_use(meta).await? {
-        let problem = match tokio::fs::metadata(blob_file(data_dir, &sha)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "blob missing".to_string(),
+        let problem = match storage.stat_blob(&sha).await {
+            Ok(None) => "blob missing".to_string(),
             Err(e) => format!("blob unreadable: {e}"),
-            Ok(m) if m.len() != size => format!("blob has {} bytes, {size} recorded", m.len()),
-            Ok(_) => continue,
+            Ok(Some(len)) if len != size => format!("blob has {len} bytes, {size} recorded"),
+            Ok(Some(_)) => continue,
         };
         for path in paths {
             damaged.push(Damaged {
@@ -140,35 +134,28 @@ pub async fn missing_blobs(
     Ok(damaged)
 }
 
-/// Blob files on disk whose name is not in `referenced`: (name, path).
-async fn unreferenced_on_disk(
-    data_dir: &Path,
+/// Stored blobs whose name is not in `referenced`.
+async fn unreferenced_stored(
+    storage: &BlobStore,
     referenced: &BTreeSet<&String>,
-) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for fan in files_in(&data_dir.join("blobs")).await? {
-        for blob in files_in(&fan).await? {
-            let name = blob
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if !referenced.contains(&name) {
-                out.push((name, blob));
-            }
-        }
-    }
-    Ok(out)
+) -> Result<Vec<String>, FsckError> {
+    Ok(storage
+        .list_blobs()
+        .await
+        .map_err(|e| FsckError::Io(std::io::Error::other(e.to_string())))?
+        .into_iter()
+        .filter(|name| !referenced.contains(name))
+        .collect())
 }
 
 /// Start-up recovery of blobs a crash left on disk with no metadata at all (renamed into
 /// place, then killed before the metadata commit): each is collected under its exclusive
 /// lock only if nothing references it by then, so uploads running meanwhile are safe.
-pub async fn sweep_orphans(files: &FileService, data_dir: &Path) -> Result<usize, FsckError> {
+pub async fn sweep_orphans(files: &FileService) -> Result<usize, FsckError> {
     let blobs = blobs_in_use(files.metadata().as_ref()).await?;
     let referenced: BTreeSet<&String> = blobs.keys().collect();
     let mut collected = 0;
-    for (name, _) in unreferenced_on_disk(data_dir, &referenced).await? {
+    for name in unreferenced_stored(files.storage(), &referenced).await? {
         if files
             .collect_blob(&name)
             .await
@@ -202,7 +189,7 @@ pub async fn run(data_dir: &Path, repair: bool) -> Result<FsckReport, FsckError>
         ))
     })?;
     let meta = SqliteMetadata::open(data_dir, Duration::from_secs(10), 2).await?;
-    let result = check(&meta, data_dir, None, repair).await;
+    let result = check(&meta, &BlobStore::at(data_dir), data_dir, None, repair).await;
     meta.close().await;
     result
 }
@@ -218,7 +205,14 @@ pub async fn run_online(
     data_dir: &Path,
     repair: bool,
 ) -> Result<FsckReport, FsckError> {
-    check(files.metadata().as_ref(), data_dir, Some(files), repair).await
+    check(
+        files.metadata().as_ref(),
+        files.storage(),
+        data_dir,
+        Some(files),
+        repair,
+    )
+    .await
 }
 
 fn fsck_owner() -> LockOwner {
@@ -230,6 +224,7 @@ fn fsck_owner() -> LockOwner {
 
 async fn check(
     meta: &dyn MetadataStore,
+    storage: &BlobStore,
     data_dir: &Path,
     online: Option<&FileService>,
     repair: bool,
@@ -266,7 +261,7 @@ async fn check(
                 Some(guard)
             }
         };
-        let problem = match crate::services::storage::hash_file(blob_file(data_dir, sha)).await {
+        let problem = match storage.hash_blob(sha).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("blob missing".to_string()),
             Err(e) => Some(format!("blob unreadable: {e}")),
             Ok((_, len)) if len != *size => Some(format!("blob has {len} bytes, {size} recorded")),
@@ -289,11 +284,14 @@ async fn check(
     }
 
     let referenced: BTreeSet<&String> = blobs.keys().collect();
-    for (name, blob) in unreferenced_on_disk(data_dir, &referenced).await? {
+    for name in unreferenced_stored(storage, &referenced).await? {
         match online {
             None => {
                 if repair {
-                    tokio::fs::remove_file(&blob).await?;
+                    storage
+                        .delete_blob(&name)
+                        .await
+                        .map_err(|e| FsckError::Io(std::io::Error::other(e.to_string())))?;
                     meta.forget_blob(&name).await?;
                 }
             }

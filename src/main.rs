@@ -151,6 +151,13 @@ struct ServeArgs {
     /// Browser origins allowed to call the API, comma-separated [env VAULTFS_ALLOWED_ORIGINS]
     #[arg(long)]
     allowed_origins: Option<String>,
+    /// Metadata in PostgreSQL: postgres://user:pass@host:port/db [env VAULTFS_METADATA_URL]
+    #[arg(long)]
+    metadata_url: Option<String>,
+    /// Blobs in S3-compatible storage: s3://bucket[/prefix]?endpoint=URL&region=R (credentials
+    /// from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [env VAULTFS_BLOB_STORE]
+    #[arg(long)]
+    blob_store: Option<String>,
     /// Log format: text or json [env VAULTFS_LOG_FORMAT]
     #[arg(long, env = "VAULTFS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -449,6 +456,8 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         shutdown_grace: args.shutdown_grace.clone(),
         insecure_no_auth: args.insecure_no_auth.then_some(true),
         allowed_origins: args.allowed_origins.clone(),
+        metadata_url: args.metadata_url.clone(),
+        blob_store: args.blob_store.clone(),
         ..Overrides::default()
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())

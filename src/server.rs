@@ -21,6 +21,7 @@ use crate::services::auth::{Auth, AuthError, Scope};
 use crate::services::files::FileService;
 use crate::services::lock_manager::LockManager;
 use crate::services::metadata::{MetadataError, MetadataStore};
+use crate::services::metadata_postgres::PostgresMetadata;
 use crate::services::metadata_sqlite::SqliteMetadata;
 use crate::services::notification::{Notifier, Retention};
 use crate::services::storage::{BlobStore, StorageError};
@@ -33,6 +34,31 @@ const STALL_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// Largest JSON request body (move/copy requests).
 const MAX_JSON_BODY: usize = 64 * 1024;
+/// PostgreSQL connections per replica.
+const METADATA_POOL: u32 = 32;
+/// How often a replica on shared object storage sweeps blobs that no file references.
+const REMOTE_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// In a shared object store, young unreferenced blobs are left for later (another replica
+/// may be about to commit them); this sweep collects them once they are old enough.
+fn spawn_periodic_sweep(files: FileService, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REMOTE_SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let swept = files.collect_unreferenced().await.map_err(|e| e.to_string());
+                    let orphans = crate::fsck::sweep_orphans(&files).await.map_err(|e| e.to_string());
+                    tracing::info!(?swept, ?orphans, "periodic blob sweep");
+                }
+                () = crate::services::notification::until_true(&mut shutdown) => return,
+            }
+        }
+    });
+}
+
 /// Read-only SQLite connections.
 const METADATA_READERS: u32 = 4;
 
@@ -103,11 +129,24 @@ impl AppState {
             data_dir_error("in use by another VaultFS process (LOCK is held)".to_string())
         })?;
 
-        let storage = BlobStore::open(dir).await?;
+        let storage = match &config.blob_store {
+            Some(url) => BlobStore::open_s3(dir, url).await?,
+            None => BlobStore::open(dir).await?,
+        };
         crate::metrics::install();
-        let metadata: Arc<dyn MetadataStore> = crate::metrics::InstrumentedMetadata::wrap(
-            Arc::new(SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?),
-        );
+        let mut postgres = None;
+        let inner: Arc<dyn MetadataStore> = match &config.metadata_url {
+            Some(url) => {
+                let pg =
+                    PostgresMetadata::open(url, config.metadata_timeout, METADATA_POOL).await?;
+                postgres = Some(pg.clone());
+                Arc::new(pg)
+            }
+            None => Arc::new(
+                SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?,
+            ),
+        };
+        let metadata = crate::metrics::InstrumentedMetadata::wrap(inner);
         let locks = LockManager::new(config.lock_timeout);
         let (shutdown_trigger, shutdown) = watch::channel(false);
         let retention = Retention {
@@ -129,6 +168,13 @@ impl AppState {
             config.max_upload_size,
             gate,
         );
+        if let Some(pg) = &postgres {
+            // Other replicas' commits: their NOTIFY pokes our notifier, which reads the log.
+            pg.spawn_listener(files.notifier().clone(), shutdown.clone());
+        }
+        if files.storage().is_remote() {
+            spawn_periodic_sweep(files.clone(), shutdown.clone());
+        }
         let collected = files.collect_unreferenced().await?;
         if collected > 0 {
             tracing::info!(collected, "collected unreferenced blobs");
@@ -136,11 +182,10 @@ impl AppState {
         // Files whose blob is gone (a disk fault, a hand-deleted file): found in the
         // background, reported loudly, never "repaired" into other content.
         let files_for_check = files.clone();
-        let dir_for_check = dir.clone();
         metrics::gauge!("vaultfs_startup_check_running").set(1.0);
         tokio::spawn(async move {
             let meta = Arc::clone(files_for_check.metadata());
-            match crate::fsck::missing_blobs(meta.as_ref(), &dir_for_check).await {
+            match crate::fsck::missing_blobs(meta.as_ref(), files_for_check.storage()).await {
                 Ok(damaged) => {
                     metrics::gauge!("vaultfs_blobs_missing").set(damaged.len() as f64);
                     for d in &damaged {
@@ -150,7 +195,7 @@ impl AppState {
                 }
                 Err(e) => tracing::warn!(error = %e, "start-up blob check failed"),
             }
-            match crate::fsck::sweep_orphans(&files_for_check, &dir_for_check).await {
+            match crate::fsck::sweep_orphans(&files_for_check).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(collected = n, "collected blobs left without metadata"),
                 Err(e) => tracing::warn!(error = %e, "start-up orphan sweep failed"),

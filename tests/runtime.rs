@@ -169,7 +169,7 @@ fn handler_and_service_futures_are_send() {
         assert_send(&files.commit_upload(&path, staged, String::new(), Precondition::None, &ctx));
         assert_send(&files.meta_by_id("", &ctx));
         assert_send(&files.meta_by_path(&path, &ctx));
-        assert_send(&files.open_content(todo!()));
+        assert_send(&files.read_content(todo!(), 0, 1));
         assert_send(&files.delete("", &Precondition::None, &ctx));
         assert_send(&files.move_file("", &path, false, &ctx));
         assert_send(&files.copy_file("", &path, false, &ctx));

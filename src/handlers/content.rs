@@ -1,22 +1,16 @@
 //! Serving file content: conditional requests, ranges, streaming.
 
-use std::io::SeekFrom;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::{header_str, parse_etags};
 use crate::error::AppError;
 use crate::server::AppState;
 use crate::services::metadata::{EtagMatch, FileMeta};
-
-/// Read size for streaming a download.
-const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeSpec {
@@ -173,19 +167,11 @@ pub async fn serve(
     let body = if head {
         Body::empty()
     } else {
-        let mut file = state.files.open_content(&meta).await?;
-        if start > 0 {
-            file.seek(SeekFrom::Start(start)).await.map_err(|e| {
-                AppError::from(crate::services::storage::StorageError::Io {
-                    op: "seek blob",
-                    source: e,
-                })
-            })?;
-        }
+        let content = state.files.read_content(&meta, start, len).await?;
         // Counted while the body streams: in flight until it ends or the client goes away.
         let in_flight = crate::metrics::InFlight::new("vaultfs_downloads_in_flight");
         let bytes_out = metrics::counter!("vaultfs_download_bytes_total");
-        let stream = ReaderStream::with_capacity(file.take(len), READ_CHUNK).map(move |chunk| {
+        let stream = content.map(move |chunk| {
             let _alive = &in_flight;
             if let Ok(c) = &chunk {
                 bytes_out.increment(c.len() as u64);

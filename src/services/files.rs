@@ -23,6 +23,8 @@ use crate::paths::VPath;
 
 /// How many times an id-addressed operation re-reads the path after a concurrent move.
 const PATH_RETRIES: usize = 8;
+/// An unreferenced blob in a shared object store is collected only once it is this old.
+pub const REMOTE_COLLECT_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// Largest page of a listing.
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
@@ -323,10 +325,21 @@ impl FileService {
             .ok_or_else(|| MetadataError::NotFound.into())
     }
 
-    /// Opens the content of `meta`. A blob collected between the metadata read and the open
-    /// (the file was replaced or deleted meanwhile) reads as "not found".
-    pub async fn open_content(&self, meta: &FileMeta) -> Result<tokio::fs::File, ServiceError> {
-        Ok(crate::metrics::timed("blob", "open", self.storage.open_blob(&meta.sha256)).await?)
+    /// Streams `len` bytes of `meta`'s content from `start`. A blob collected between the
+    /// metadata read and the open (the file was replaced or deleted meanwhile) reads as "not
+    /// found".
+    pub async fn read_content(
+        &self,
+        meta: &FileMeta,
+        start: u64,
+        len: u64,
+    ) -> Result<super::storage::BlobStream, ServiceError> {
+        Ok(crate::metrics::timed(
+            "blob",
+            "open",
+            self.storage.read_blob(&meta.sha256, start, Some(len)),
+        )
+        .await?)
     }
 
     pub async fn delete(
@@ -527,6 +540,15 @@ impl FileService {
             .await?;
         if self.meta.blob_refcount(sha256).await? > 0 {
             return Ok(false);
+        }
+        // In a shared object store, another replica may have just uploaded this content for a
+        // commit it has not made yet (its lock set is its own): leave young blobs alone. The
+        // periodic sweep collects them once they are old enough.
+        if self.storage.is_remote() {
+            match self.storage.blob_age(sha256).await? {
+                Some(age) if age < REMOTE_COLLECT_GRACE => return Ok(false),
+                _ => {}
+            }
         }
         crate::metrics::timed("blob", "delete", self.storage.delete_blob(sha256)).await?;
         self.meta.forget_blob(sha256).await?;

@@ -503,6 +503,58 @@ impl PostgresMetadata {
         &self.pool
     }
 
+    /// Listens for other replicas' commits and pokes `notifier` for each (its hub then reads
+    /// the log, so nothing depends on a notification arriving: a lost one is made up by the
+    /// next, or by the poke every second that covers a broken listening connection).
+    pub fn spawn_listener(
+        &self,
+        notifier: super::notification::Notifier,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut listener: Option<sqlx::postgres::PgListener> = None;
+            loop {
+                if listener.is_none() {
+                    match sqlx::postgres::PgListener::connect_with(&pool).await {
+                        Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                            Ok(()) => listener = Some(l),
+                            Err(e) => tracing::warn!(error = %e, "LISTEN failed; retrying"),
+                        },
+                        Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; retrying"),
+                    }
+                    notifier.poke();
+                }
+                let wait = async {
+                    match listener.as_mut() {
+                        Some(l) => {
+                            match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
+                                Ok(Ok(_)) | Err(_) => true,
+                                Ok(Err(e)) => {
+                                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                                    false
+                                }
+                            }
+                        }
+                        None => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            true
+                        }
+                    }
+                };
+                tokio::select! {
+                    alive = wait => {
+                        if !alive {
+                            listener = None;
+                        }
+                        notifier.poke();
+                    }
+                    () = super::notification::until_true(&mut shutdown) => return,
+                }
+            }
+        });
+    }
+
     async fn migrate(&self) -> Result<(), MetadataError> {
         let mut conn = self.pool.acquire().await.map_err(map_err)?;
         // Migrations may take longer than a request's deadline.

@@ -86,20 +86,129 @@ pub async fn hash_file(path: PathBuf) -> io::Result<(String, u64)> {
     .await
 }
 
-/// Local-disk blob store.
+/// Blob store: content on local disk (default) or in S3-compatible object storage; uploads
+/// are always staged in a local temp directory first.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
+    remote: Option<Remote>,
 }
+
+/// Blobs in an object store, under `{prefix}blobs/<aa>/<sha256>`.
+#[derive(Clone)]
+struct Remote {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: String,
+    description: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// Parts of a multipart upload to the object store, and how many go at once: memory per
+/// upload is bounded by their product.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+const PARTS_IN_FLIGHT: usize = 4;
+
+fn remote_err(op: &'static str) -> impl FnOnce(object_store::Error) -> StorageError {
+    move |e| StorageError::Io {
+        op,
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+impl Remote {
+    fn key(&self, sha256_hex: &str) -> object_store::path::Path {
+        let fan = sha256_hex.get(..2).unwrap_or("00");
+        object_store::path::Path::from(format!("{}blobs/{fan}/{sha256_hex}", self.prefix))
+    }
+
+    /// Uploads the staged temp file to its content address: one PUT when small, otherwise a
+    /// multipart upload with [`PARTS_IN_FLIGHT`] parts of [`PART_SIZE`] in flight, aborted on
+    /// any error so no incomplete upload lingers.
+    async fn upload(&self, temp: &Path, sha256_hex: &str, size: u64) -> Result<(), StorageError> {
+        use object_store::ObjectStore as _;
+        use tokio::io::AsyncReadExt;
+        let key = self.key(sha256_hex);
+        let mut file = tokio::fs::File::open(temp)
+            .await
+            .map_err(StorageError::io("open staged blob"))?;
+        if size <= PART_SIZE as u64 {
+            let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            file.read_to_end(&mut buf)
+                .await
+                .map_err(StorageError::io("read staged blob"))?;
+            self.store
+                .put(&key, Bytes::from(buf).into())
+                .await
+                .map_err(remote_err("put blob"))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .put_multipart(&key)
+            .await
+            .map_err(remote_err("start multipart upload"))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let result: Result<(), StorageError> = async {
+            loop {
+                let mut chunk = vec![0u8; PART_SIZE];
+                let mut filled = 0;
+                while filled < PART_SIZE {
+                    let n = file
+                        .read(&mut chunk[filled..])
+                        .await
+                        .map_err(StorageError::io("read staged blob"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok(());
+                }
+                chunk.truncate(filled);
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(remote_err("upload part"))?;
+                writer.put(Bytes::from(chunk));
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(remote_err("complete multipart upload"))?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "could not abort a multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Read size for streaming a local blob.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A blob's content as a stream of chunks.
+pub type BlobStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `data_dir`, and removes leftover temp files.
     pub async fn open(data_dir: &Path) -> Result<Self, StorageError> {
-        let store = BlobStore {
-            blobs_dir: data_dir.join("blobs"),
-            tmp_dir: data_dir.join("tmp"),
-        };
+        let store = BlobStore::at(data_dir);
         tokio::fs::create_dir_all(&store.tmp_dir)
             .await
             .map_err(StorageError::io("create tmp dir"))?;
@@ -133,6 +242,251 @@ impl BlobStore {
         Ok(store)
     }
 
+    /// The store under `data_dir` as it is: nothing created, nothing swept (offline fsck).
+    pub fn at(data_dir: &Path) -> Self {
+        BlobStore {
+            blobs_dir: data_dir.join("blobs"),
+            tmp_dir: data_dir.join("tmp"),
+            remote: None,
+        }
+    }
+
+    /// Blobs in S3-compatible object storage, named by `url`:
+    /// `s3://bucket[/prefix]?endpoint=http://host:port&region=us-east-1`. Credentials come
+    /// from the usual `AWS_*` environment variables. Uploads are staged in `data_dir/tmp`.
+    pub async fn open_s3(data_dir: &Path, url: &str) -> Result<Self, StorageError> {
+        let invalid = |why: String| StorageError::Io {
+            op: "parse blob store URL",
+            source: io::Error::new(io::ErrorKind::InvalidInput, why),
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid(format!("{url:?}: expected s3://bucket[/prefix]?...")))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty() {
+            return Err(invalid(format!("{url:?}: no bucket")));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            builder = match k {
+                "endpoint" => builder
+                    .with_endpoint(v)
+                    .with_allow_http(v.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false),
+                "region" => builder.with_region(v),
+                other => return Err(invalid(format!("{url:?}: unknown parameter {other:?}"))),
+            };
+        }
+        let store = builder
+            .build()
+            .map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let blob_store = BlobStore {
+            remote: Some(Remote {
+                store: std::sync::Arc::new(store),
+                prefix,
+                description: format!("s3://{location}"),
+            }),
+            ..BlobStore::at(data_dir)
+        };
+        tokio::fs::create_dir_all(&blob_store.tmp_dir)
+            .await
+            .map_err(StorageError::io("create tmp dir"))?;
+        let removed = blob_store.sweep_tmp().await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed leftover temporary upload files");
+        }
+        blob_store.check().await?;
+        Ok(blob_store)
+    }
+
+    /// True when blobs live in an object store rather than on local disk.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Size of a stored blob, `None` when it does not exist.
+    pub async fn stat_blob(&self, sha256_hex: &str) -> Result<Option<u64>, StorageError> {
+        use object_store::ObjectStore as _;
+        match &self.remote {
+            Some(r) => match r.store.head(&r.key(sha256_hex)).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(remote_err("stat blob")(e)),
+            },
+            None => match tokio::fs::metadata(self.blob_path(sha256_hex)).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StorageError::io("stat blob")(e)),
+            },
+        }
+    }
+
+    /// How long ago a blob was last written, when known.
+    pub async fn blob_age(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<std::time::Duration>, StorageError> {
+        use object_store::ObjectStore as _;
+        let modified: Option<std::time::SystemTime> = match &self.remote {
+            Some(r) => match r.store.head(&r.key(sha256_hex)).await {
+                Ok(meta) => Some(meta.last_modified.into()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(remote_err("stat blob")(e)),
+            },
+            None => match tokio::fs::metadata(self.blob_path(sha256_hex)).await {
+                Ok(m) => m.modified().ok(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(StorageError::io("stat blob")(e)),
+            },
+        };
+        Ok(modified.map(|t| t.elapsed().unwrap_or_default()))
+    }
+
+    /// The SHA-256 (hex) and length of a stored blob's actual content.
+    pub async fn hash_blob(&self, sha256_hex: &str) -> io::Result<(String, u64)> {
+        use futures_util::StreamExt;
+        if self.remote.is_none() {
+            return hash_file(self.blob_path(sha256_hex)).await;
+        }
+        let mut stream = self
+            .read_blob(sha256_hex, 0, None)
+            .await
+            .map_err(|e| match e {
+                StorageError::NotFound(_) => {
+                    io::Error::new(io::ErrorKind::NotFound, "blob missing")
+                }
+                other => io::Error::other(other.to_string()),
+            })?;
+        let mut hasher = Some(Sha256::new());
+        let mut len = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            len += chunk.len() as u64;
+            let mut h = hasher
+                .take()
+                .ok_or_else(|| io::Error::other("hasher lost"))?;
+            h = if chunk.len() <= INLINE_HASH_LIMIT {
+                h.update(&chunk);
+                h
+            } else {
+                crate::blocking::run(move || {
+                    h.update(&chunk);
+                    Ok(h)
+                })
+                .await?
+            };
+            hasher = Some(h);
+        }
+        let digest = hasher
+            .ok_or_else(|| io::Error::other("hasher lost"))?
+            .finalize();
+        Ok((hex::encode(digest), len))
+    }
+
+    /// Every stored blob's name (its SHA-256 hex).
+    pub async fn list_blobs(&self) -> Result<Vec<String>, StorageError> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore as _;
+        let mut out = Vec::new();
+        match &self.remote {
+            Some(r) => {
+                let prefix = object_store::path::Path::from(format!("{}blobs", r.prefix));
+                let mut listing = r.store.list(Some(&prefix));
+                while let Some(meta) = listing.try_next().await.map_err(remote_err("list blobs"))? {
+                    if let Some(name) = meta.location.filename() {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+            None => {
+                let mut fans = match tokio::fs::read_dir(&self.blobs_dir).await {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(StorageError::io("read blobs dir")(e)),
+                };
+                while let Some(fan) = fans
+                    .next_entry()
+                    .await
+                    .map_err(StorageError::io("read blobs dir"))?
+                {
+                    let mut blobs = match tokio::fs::read_dir(fan.path()).await {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == io::ErrorKind::NotADirectory => continue,
+                        Err(e) => return Err(StorageError::io("read fan-out dir")(e)),
+                    };
+                    while let Some(b) = blobs
+                        .next_entry()
+                        .await
+                        .map_err(StorageError::io("read fan-out dir"))?
+                    {
+                        if let Some(name) = b.file_name().to_str() {
+                            out.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `len` bytes of a blob from `start` (to the end when `None`), streamed.
+    pub async fn read_blob(
+        &self,
+        sha256_hex: &str,
+        start: u64,
+        len: Option<u64>,
+    ) -> Result<BlobStream, StorageError> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore as _;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if len == Some(0) {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        match &self.remote {
+            Some(r) => {
+                let range = match len {
+                    Some(n) => object_store::GetRange::Bounded(start..start.saturating_add(n)),
+                    None => object_store::GetRange::Offset(start),
+                };
+                let options = object_store::GetOptions {
+                    range: Some(range),
+                    ..Default::default()
+                };
+                let got = match r.store.get_opts(&r.key(sha256_hex), options).await {
+                    Ok(g) => g,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(StorageError::NotFound(sha256_hex.to_string()))
+                    }
+                    Err(e) => return Err(remote_err("read blob")(e)),
+                };
+                Ok(Box::pin(
+                    got.into_stream()
+                        .map_err(|e| io::Error::other(e.to_string())),
+                ))
+            }
+            None => {
+                let mut file = self.open_blob(sha256_hex).await?;
+                if start > 0 {
+                    file.seek(io::SeekFrom::Start(start))
+                        .await
+                        .map_err(StorageError::io("seek blob"))?;
+                }
+                let reader = file.take(len.unwrap_or(u64::MAX));
+                Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                    reader, READ_CHUNK,
+                )))
+            }
+        }
+    }
+
     async fn sweep_tmp(&self) -> Result<usize, StorageError> {
         let mut removed = 0;
         let mut dir = tokio::fs::read_dir(&self.tmp_dir)
@@ -152,9 +506,23 @@ impl BlobStore {
         Ok(removed)
     }
 
-    /// Readiness: the store's directories are there and answer.
+    /// Readiness: the store's directories are there and answer (and the object store, when
+    /// blobs live in one: a HEAD that finds nothing is an answer too).
     pub async fn check(&self) -> Result<(), StorageError> {
-        for dir in [&self.blobs_dir, &self.tmp_dir] {
+        use object_store::ObjectStore as _;
+        if let Some(r) = &self.remote {
+            let probe = object_store::path::Path::from(format!("{}.vaultfs-probe", r.prefix));
+            match r.store.head(&probe).await {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(remote_err("reach the object store")(e)),
+            }
+        }
+        let local: &[&PathBuf] = if self.remote.is_some() {
+            &[&self.tmp_dir]
+        } else {
+            &[&self.blobs_dir, &self.tmp_dir]
+        };
+        for dir in local.iter().copied() {
             let meta = tokio::fs::metadata(dir)
                 .await
                 .map_err(StorageError::io("stat store dir"))?;
@@ -200,6 +568,25 @@ impl BlobStore {
     /// enough) so that collection of the same content cannot run concurrently. Two uploads of
     /// identical content may both rename: the second atomically replaces the same bytes.
     pub async fn commit(&self, mut staged: StagedBlob) -> Result<BlobRef, StorageError> {
+        if let Some(remote) = &self.remote {
+            // Uploaded even when the content is already there: the write refreshes the
+            // object's age, which collection on other replicas respects (see
+            // `FileService::collect_blob`). The temp file goes with `staged`'s drop.
+            let Some(temp_path) = staged.temp.path.as_deref() else {
+                return Err(StorageError::Io {
+                    op: "commit blob",
+                    source: io::Error::other("staged blob has no temporary file"),
+                });
+            };
+            crate::faults::check(crate::faults::Point::BeforeRename)
+                .map_err(StorageError::io("upload blob"))?;
+            remote
+                .upload(temp_path, &staged.blob.sha256, staged.blob.size)
+                .await?;
+            crate::faults::check(crate::faults::Point::AfterRename)
+                .map_err(StorageError::io("upload blob"))?;
+            return Ok(staged.blob.clone());
+        }
         let target = self.blob_path(&staged.blob.sha256);
         let exists = tokio::fs::try_exists(&target)
             .await
@@ -258,6 +645,9 @@ impl BlobStore {
     }
 
     pub async fn blob_exists(&self, sha256_hex: &str) -> Result<bool, StorageError> {
+        if self.remote.is_some() {
+            return Ok(self.stat_blob(sha256_hex).await?.is_some());
+        }
         tokio::fs::try_exists(self.blob_path(sha256_hex))
             .await
             .map_err(StorageError::io("stat blob"))
@@ -266,6 +656,13 @@ impl BlobStore {
     /// Removes a blob. The caller must hold its lock and have checked that nothing references
     /// it. Removing a blob that is already gone is not an error.
     pub async fn delete_blob(&self, sha256_hex: &str) -> Result<(), StorageError> {
+        use object_store::ObjectStore as _;
+        if let Some(r) = &self.remote {
+            return match r.store.delete(&r.key(sha256_hex)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(remote_err("remove blob")(e)),
+            };
+        }
         match tokio::fs::remove_file(self.blob_path(sha256_hex)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -378,7 +775,11 @@ impl BlobWriter {
             .map_err(StorageError::io("flush temp file"))?;
         let digest = self.hasher.take().ok_or_else(lost_hasher)?.finalize();
         let sha256 = hex::encode(digest);
-        let synced = if store.blob_exists(&sha256).await? {
+        let synced = if store.is_remote() {
+            // The temp file is only read back for the upload; the object store's
+            // acknowledgement, not this disk, makes the blob durable.
+            true
+        } else if store.blob_exists(&sha256).await? {
             false
         } else {
             // A failed fsync is never retried: the upload fails (PostgreSQL's "fsyncgate").

@@ -272,3 +272,50 @@ pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
         Frame::Closed(c) => panic!("stream closed ({c:?}) while a frame was expected"),
     }
 }
+
+/// Prints one line to the terminal (not captured by libtest) saying a test was skipped.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// A fresh S3 location (its own prefix in the test bucket) from `VAULTFS_TEST_S3_URL`, or
+/// `None` after saying how to enable the test.
+pub fn test_s3_url(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("VAULTFS_TEST_S3_URL") else {
+        skipped(
+            test,
+            "set VAULTFS_TEST_S3_URL=s3://bucket?endpoint=...&region=... with AWS_* credentials \
+             (or run .ci/run, which starts one with .ci/s3.sh)",
+        );
+        return None;
+    };
+    let (location, query) = url.split_once('?').unwrap_or((&url, ""));
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    Some(format!(
+        "{}/{test}-{unique}?{query}",
+        location.trim_end_matches('/')
+    ))
+}
+
+/// A fresh database on the server `VAULTFS_TEST_POSTGRES_URL` names, or `None` after saying
+/// how to enable the test.
+pub async fn test_postgres_url(test: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("VAULTFS_TEST_POSTGRES_URL") else {
+        skipped(
+            test,
+            "set VAULTFS_TEST_POSTGRES_URL=postgres://... (or run .ci/run, which starts \
+             PostgreSQL with .ci/postgres.sh)",
+        );
+        return None;
+    };
+    let db = format!("vfs_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
+    Some(format!("{base}/{db}"))
+}
