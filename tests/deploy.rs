@@ -206,3 +206,99 @@ fn the_dockerfile_runs_non_root_on_the_default_port_with_a_data_volume() {
         }
     }
 }
+
+/// The multi-replica manifest: several replicas, backends and credentials from Secrets, the
+/// same probes and port, an emptyDir for staging only, shutdown inside the kubelet's wait; and
+/// a server configured the way it is starts with the variables it sets.
+#[tokio::test]
+async fn the_replica_manifest_runs_stateless_replicas_on_shared_backends() {
+    let default_port = i64::from(Config::default().listen.port());
+    let k8s = docs("k8s/vaultfs-replicas.yaml");
+    let deployment = kind(&k8s, "Deployment");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() > 1);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let secret_of = |name: &str| -> (String, String) {
+        let e = container["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is set"));
+        assert!(
+            e["value"].is_badvalue(),
+            "{name} must come from a Secret, not the manifest"
+        );
+        let r = &e["valueFrom"]["secretKeyRef"];
+        (
+            r["name"].as_str().unwrap().to_string(),
+            r["key"].as_str().unwrap().to_string(),
+        )
+    };
+    for name in [
+        "VAULTFS_METADATA_URL",
+        "VAULTFS_BLOB_STORE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "VAULTFS_BOOTSTRAP_TOKEN",
+    ] {
+        secret_of(name);
+    }
+    let listen: std::net::SocketAddr = env_of(container, "VAULTFS_LISTEN")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(i64::from(listen.port()), default_port);
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some(path));
+        assert_eq!(
+            resolve_port(container, &container[probe]["httpGet"]["port"]),
+            default_port
+        );
+    }
+    // The data dir only stages uploads: an emptyDir, not a claim per replica.
+    let data_dir = env_of(container, "VAULTFS_DATA_DIR").unwrap();
+    let mount = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(data_dir.as_str()))
+        .expect("the data dir is mounted");
+    let volume = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("its volume");
+    assert!(!volume["emptyDir"].is_badvalue());
+    let drain =
+        parse_duration(&env_of(container, "VAULTFS_SHUTDOWN_DRAIN_DELAY").unwrap()).unwrap();
+    let grace = parse_duration(&env_of(container, "VAULTFS_SHUTDOWN_GRACE").unwrap()).unwrap();
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_i64().unwrap() as u64 > (drain + grace).as_secs()
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let svc = kind(&k8s, "Service");
+    assert_eq!(
+        resolve_port(container, &svc["spec"]["ports"][0]["targetPort"]),
+        default_port
+    );
+    // The variables the manifest sets are ones the server reads.
+    let env = |k: &str| match k {
+        "VAULTFS_METADATA_URL" => Some("postgres://u:p@db:5432/v".to_string()),
+        "VAULTFS_BLOB_STORE" => Some("s3://bucket?region=eu-west-1".to_string()),
+        other => env_of(container, other),
+    };
+    let o = vaultfs::config::Overrides::from_env(&env);
+    let c = vaultfs::config::resolve(None, &o, &vaultfs::config::Overrides::default()).unwrap();
+    assert_eq!(c.metadata_url.as_deref(), Some("postgres://u:p@db:5432/v"));
+    assert_eq!(
+        c.blob_store.as_deref(),
+        Some("s3://bucket?region=eu-west-1")
+    );
+    assert_eq!(c.data_dir, std::path::PathBuf::from(data_dir));
+}
