@@ -22,7 +22,8 @@ chmod 777 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Only our own servers: a bare `wait` would also wait for moto, started by .ci/s3.sh.
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap 'cleanup; vaultfs_s3_stop; vaultfs_pg_stop' EXIT
@@ -93,15 +94,21 @@ http {
 CONF
 nginx -c "$work/nginx/nginx.conf" &
 pids+=("$!"); wait_up 18403
-c1=$(cpu_of "$r1"); c2=$(cpu_of "$r2")
+procs_cpu() { # all processes with this name, in ticks
+  local t=0
+  for p in $(pgrep -x "$1"); do t=$(( t + $(cpu_of "$p") )); done
+  echo "$t"
+}
+c1=$(cpu_of "$r1"); c2=$(cpu_of "$r2"); cm=$(cpu_of "$vaultfs_s3_pid"); cp=$(procs_cpu postgres); cn=$(procs_cpu nginx)
 run_load replicas http://127.0.0.1:18403 "$work/replicas.json"
 rep_cpu=$(( $(cpu_of "$r1") - c1 + $(cpu_of "$r2") - c2 ))
+others="moto $(( $(cpu_of "$vaultfs_s3_pid") - cm )), postgres $(( $(procs_cpu postgres) - cp )), nginx $(( $(procs_cpu nginx) - cn ))"
 
-python3 - "$work/embedded.json" "$work/replicas.json" "$emb_cpu" "$rep_cpu" "$uploaders" "$duration" "$sizes" <<'PY'
+python3 - "$work/embedded.json" "$work/replicas.json" "$emb_cpu" "$rep_cpu" "$uploaders" "$duration" "$sizes" "$others" <<'PY'
 import json, os, sys, time
 emb, rep = (json.load(open(p)) for p in sys.argv[1:3])
 emb_cpu, rep_cpu = int(sys.argv[3]), int(sys.argv[4])
-uploaders, duration, sizes = sys.argv[5:8]
+uploaders, duration, sizes, others = sys.argv[5:9]
 tick = os.sysconf("SC_CLK_TCK")
 def row(name, r, cpu):
     up = r["kinds"].get("upload", {})
@@ -116,7 +123,9 @@ lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_cou
          "|---|---|---|---|---|---|---|",
          row("1 replica, embedded (SQLite + disk)", emb, emb_cpu),
          row("2 replicas, PostgreSQL + S3 (moto), nginx", rep, rep_cpu),
-         "", f"Throughput ratio, two replicas / embedded: **{ratio:.2f}**"]
+         "", f"Throughput ratio, two replicas / embedded: **{ratio:.2f}**",
+         "", "CPU ticks (1/%d s) spent by the backends during the two-replica run: %s." % (tick, ", ".join(
+             f"{name} {int(v)}" for name, v in (part.split() for part in others.split(", "))))]
 table = "\n".join(lines)
 os.makedirs("bench/results", exist_ok=True)
 open(time.strftime("bench/results/scaleout-%Y%m%d-%H%M.md", time.gmtime()), "w").write(table + "\n")
