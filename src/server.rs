@@ -39,8 +39,9 @@ const METADATA_POOL: u32 = 32;
 /// How often a replica on shared object storage sweeps blobs that no file references.
 const REMOTE_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
 
-/// In a shared object store, young unreferenced blobs are left for later (another replica
-/// may be about to commit them); this sweep collects them once they are old enough.
+/// In a shared object store, blobs a crashed replica uploaded without committing, and those
+/// whose collection failed, are found by listing the bucket: periodically, since replicas
+/// come and go without a restart of the whole service.
 fn spawn_periodic_sweep(files: FileService, mut shutdown: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REMOTE_SWEEP_EVERY);

@@ -421,3 +421,53 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
     store.close().await;
     other.close().await;
 }
+
+/// Blob fences exclude across replicas: a commit's shared fence keeps another replica's
+/// collection (exclusive) out until it drops; shared fences coexist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_blob_fences_exclude_across_replicas() {
+    use vaultfs::services::metadata_postgres::PostgresMetadata;
+    let Some((first, url)) = postgres("postgres_blob_fences_exclude_across_replicas").await else {
+        return;
+    };
+    first.close().await;
+    let open = || PostgresMetadata::open(&url, Duration::from_millis(500), 4);
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let x = sha(42);
+    let upload_a = a.fence_blob(&x, false).await.unwrap();
+    let upload_b = b.fence_blob(&x, false).await.unwrap();
+    // Collection elsewhere waits out its deadline while a commit holds the blob.
+    let t0 = std::time::Instant::now();
+    assert!(matches!(
+        b.fence_blob(&x, true).await,
+        Err(MetadataError::Busy)
+    ));
+    assert!(t0.elapsed() >= Duration::from_millis(450));
+    // Other blobs are not affected.
+    drop(b.fence_blob(&sha(43), true).await.unwrap());
+    drop(upload_b);
+    assert!(
+        matches!(b.fence_blob(&x, true).await, Err(MetadataError::Busy)),
+        "A still holds it"
+    );
+    drop(upload_a);
+    let collect = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match b.fence_blob(&x, true).await {
+                Ok(f) => return f,
+                Err(MetadataError::Busy) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("collection proceeds once the commits are done");
+    // And while it collects, a new commit of the same content waits.
+    assert!(matches!(
+        a.fence_blob(&x, false).await,
+        Err(MetadataError::Busy)
+    ));
+    drop(collect);
+    a.close().await;
+    b.close().await;
+}

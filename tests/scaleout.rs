@@ -286,3 +286,47 @@ async fn a_replica_killed_mid_upload_leaves_nothing_and_holds_nothing() {
     assert_eq!(events[0]["path"], "victim/big.bin");
     c.stop().await;
 }
+
+/// The race blob fences exist for: replica B deletes the last file using some content (and
+/// collects the blob) while replica A commits a new file with that same content. Whatever the
+/// interleaving, A's acknowledged file must download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_on_one_replica_never_deletes_content_another_is_committing() {
+    let Some(c) = cluster("collection_vs_commit_across_replicas").await else {
+        return;
+    };
+    for round in 0..25u64 {
+        let content = data(40_000, 7000 + round);
+        let old = c.a.put(&format!("race/{round}/old"), &content).await;
+        let id = old["id"].as_str().unwrap().to_string();
+        let delete =
+            c.b.client
+                .delete(c.b.url(&format!("/api/v1/files/{id}")))
+                .send();
+        let upload =
+            c.a.client
+                .post(c.a.url(&format!("/api/v1/files/upload?path=race/{round}/new")))
+                .body(content.clone())
+                .send();
+        let (d, u) = tokio::join!(delete, upload);
+        assert_eq!(d.unwrap().status(), 204);
+        assert_eq!(u.unwrap().status(), 201);
+        // Give B's background collection time to run, then read through both replicas.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for s in [&c.a, &c.b] {
+            let (status, got) = s.get_bytes(&format!("/api/v1/fs/race/{round}/new")).await;
+            assert_eq!(status, 200, "round {round}");
+            assert_eq!(got, content, "round {round}");
+        }
+    }
+    let r =
+        c.a.client
+            .post(c.a.url("/api/v1/admin/fsck"))
+            .send()
+            .await
+            .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["damaged"], json!([]), "{report}");
+    assert_eq!(report["metadata_problems"], json!([]), "{report}");
+    c.stop().await;
+}

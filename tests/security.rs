@@ -353,7 +353,9 @@ async fn every_route_has_a_rule_and_enforces_it() {
             checked += 1;
         }
     }
-    eprintln!("{checked} route/method pairs checked with 7 denied callers and the right token each");
+    eprintln!(
+        "{checked} route/method pairs checked with 7 denied callers and the right token each"
+    );
     assert!(checked >= 30, "{checked} route/method pairs");
     s.stop().await;
 }

@@ -23,8 +23,6 @@ use crate::paths::VPath;
 
 /// How many times an id-addressed operation re-reads the path after a concurrent move.
 const PATH_RETRIES: usize = 8;
-/// An unreferenced blob in a shared object store is collected only once it is this old.
-pub const REMOTE_COLLECT_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// Largest page of a listing.
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
@@ -259,6 +257,8 @@ impl FileService {
             .blob_shared(&blob.sha256);
         let result = {
             let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
+            // Other replicas' collection of this content waits until the reference commits.
+            let _fence = self.meta.fence_blob(&blob.sha256, false).await?;
             match crate::metrics::timed("blob", "commit", self.storage.commit(staged)).await {
                 Err(e) => {
                     // The blob may have reached its place before the error: collect it once
@@ -538,17 +538,11 @@ impl FileService {
             .locks
             .acquire(LockRequest::new().blob(sha256), owner)
             .await?;
+        // And across replicas: no commit of this content is between its upload and its
+        // reference while we look and delete.
+        let _fence = self.meta.fence_blob(sha256, true).await?;
         if self.meta.blob_refcount(sha256).await? > 0 {
             return Ok(false);
-        }
-        // In a shared object store, another replica may have just uploaded this content for a
-        // commit it has not made yet (its lock set is its own): leave young blobs alone. The
-        // periodic sweep collects them once they are old enough.
-        if self.storage.is_remote() {
-            match self.storage.blob_age(sha256).await? {
-                Some(age) if age < REMOTE_COLLECT_GRACE => return Ok(false),
-                _ => {}
-            }
         }
         crate::metrics::timed("blob", "delete", self.storage.delete_blob(sha256)).await?;
         self.meta.forget_blob(sha256).await?;
@@ -566,6 +560,7 @@ impl FileService {
             .locks
             .acquire(LockRequest::new().blob(sha256), owner)
             .await?;
+        let _fence = self.meta.fence_blob(sha256, true).await?;
         Ok(self.meta.blob_refcount(sha256).await? == 0)
     }
 

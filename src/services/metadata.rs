@@ -198,6 +198,36 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// A lock on one blob that other replicas honour, held until dropped (see
+/// [`MetadataStore::fence_blob`]). Stores without replicas hand out an empty one.
+pub struct BlobFence {
+    /// Dropping it releases the lock (the holder task ends its transaction).
+    _release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BlobFence {
+    /// A fence that holds nothing: one process's lock manager is enough.
+    pub fn local() -> Self {
+        BlobFence { _release: None }
+    }
+
+    pub fn held(release: tokio::sync::oneshot::Sender<()>) -> Self {
+        BlobFence {
+            _release: Some(release),
+        }
+    }
+}
+
+impl std::fmt::Debug for BlobFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self._release.is_some() {
+            "BlobFence(held)"
+        } else {
+            "BlobFence(local)"
+        })
+    }
+}
+
 /// The metadata engine. Implementations: SQLite (default); PostgreSQL (scale-out).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -273,6 +303,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, MetadataError>;
     /// The server secret `name`, stored as `fresh` by the first caller (all replicas share it).
     async fn server_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, MetadataError>;
+
+    /// A lock on blob `sha256` across replicas: shared while a commit uploads it and records
+    /// a reference, exclusive while collection checks and deletes it. Taken after the
+    /// process's own lock set, with the metadata deadline (`Busy` past it).
+    async fn fence_blob(&self, sha256: &str, exclusive: bool) -> Result<BlobFence, MetadataError> {
+        let _ = (sha256, exclusive);
+        Ok(BlobFence::local())
+    }
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

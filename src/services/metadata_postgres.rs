@@ -15,6 +15,7 @@
 //! Serialization failures and deadlocks (never expected under the single lock) are retried
 //! with backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,8 +23,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgConnection, Row};
 
 use super::metadata::{
-    now_ms, rfc3339, AuditProblem, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
-    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord, AUDIT_LIMIT,
+    now_ms, rfc3339, AuditProblem, BlobFence, ChangeOutcome, Event, EventKind, FileMeta,
+    MetadataAudit, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord,
+    AUDIT_LIMIT,
 };
 
 /// The channel replicas listen on; the payload is the committed seq.
@@ -93,6 +95,63 @@ const EVENT_COLUMNS: &str = "seq, kind, file_id, path, from_path, version, size,
 pub struct PostgresMetadata {
     pool: PgPool,
     timeout: Duration,
+    fences: Arc<Fences>,
+}
+
+/// Session advisory locks on blobs, all on one dedicated connection: taking or releasing one
+/// is a single non-blocking statement, so any number of fences cost one connection. Should
+/// that connection break, PostgreSQL drops its locks; the break is logged and the next
+/// fence reconnects.
+#[derive(Debug)]
+struct Fences {
+    options: PgConnectOptions,
+    conn: tokio::sync::Mutex<Option<PgConnection>>,
+}
+
+impl Fences {
+    async fn run(&self, sql: &str, key: i64) -> Result<bool, MetadataError> {
+        let mut slot = self.conn.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.options.connect().await.map_err(map_err)?);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(MetadataError::Busy);
+        };
+        match sqlx::query_scalar::<_, bool>(sql)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::error!(error = %e, "blob fence connection failed; its locks are gone");
+                *slot = None;
+                Err(map_err(e))
+            }
+        }
+    }
+
+    async fn try_lock(&self, key: i64, exclusive: bool) -> Result<bool, MetadataError> {
+        let sql = if exclusive {
+            "SELECT pg_try_advisory_lock($1)"
+        } else {
+            "SELECT pg_try_advisory_lock_shared($1)"
+        };
+        self.run(sql, key).await
+    }
+
+    async fn unlock(&self, key: i64, exclusive: bool) {
+        let sql = if exclusive {
+            "SELECT pg_advisory_unlock($1)"
+        } else {
+            "SELECT pg_advisory_unlock_shared($1)"
+        };
+        match self.run(sql, key).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(key, "released a blob fence that was not held"),
+            Err(e) => tracing::warn!(error = %e, "could not release a blob fence"),
+        }
+    }
 }
 
 fn map_err(e: sqlx::Error) -> MetadataError {
@@ -490,10 +549,18 @@ impl PostgresMetadata {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(map_err)?;
-        let store = PostgresMetadata { pool, timeout };
+        let fences = Arc::new(Fences {
+            options,
+            conn: tokio::sync::Mutex::new(None),
+        });
+        let store = PostgresMetadata {
+            pool,
+            timeout,
+            fences,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -680,6 +747,17 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<(), MetadataError> {
         tracing::info!(version, "applied metadata migration (PostgreSQL)");
     }
     Ok(())
+}
+
+/// The advisory-lock key of a blob: the first 8 bytes of its SHA-256 (collisions only make
+/// two blobs share a lock).
+fn blob_lock_key(sha256: &str) -> i64 {
+    let bytes = hex::decode(sha256.get(..16).unwrap_or("")).unwrap_or_default();
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(bytes) {
+        *k = b;
+    }
+    i64::from_be_bytes(key)
 }
 
 fn unexpected() -> MetadataError {
@@ -1037,6 +1115,30 @@ impl MetadataStore for PostgresMetadata {
         }
         tx.rollback().await.map_err(map_err)?;
         Ok(audit)
+    }
+
+    async fn fence_blob(&self, sha256: &str, exclusive: bool) -> Result<BlobFence, MetadataError> {
+        let key = blob_lock_key(sha256);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            if self.fences.try_lock(key, exclusive).await? {
+                break;
+            }
+            // Held by another replica in the other mode (an upload of the same content vs
+            // its collection): rare and short. Poll within the deadline.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetadataError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let fences = Arc::clone(&self.fences);
+        tokio::spawn(async move {
+            // Err when the fence drops (it never sends): release then.
+            let _ = released.await;
+            fences.unlock(key, exclusive).await;
+        });
+        Ok(BlobFence::held(release))
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -569,9 +569,12 @@ impl BlobStore {
     /// identical content may both rename: the second atomically replaces the same bytes.
     pub async fn commit(&self, mut staged: StagedBlob) -> Result<BlobRef, StorageError> {
         if let Some(remote) = &self.remote {
-            // Uploaded even when the content is already there: the write refreshes the
-            // object's age, which collection on other replicas respects (see
-            // `FileService::collect_blob`). The temp file goes with `staged`'s drop.
+            // Identical content already stored is not uploaded again: the caller's blob fence
+            // keeps every replica's collection away until its reference commits. The temp
+            // file goes with `staged`'s drop.
+            if self.stat_blob(&staged.blob.sha256).await? == Some(staged.blob.size) {
+                return Ok(staged.blob.clone());
+            }
             let Some(temp_path) = staged.temp.path.as_deref() else {
                 return Err(StorageError::Io {
                     op: "commit blob",
