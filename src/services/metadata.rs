@@ -318,6 +318,79 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
+// Rules both engines apply inside their write transactions, written once.
+
+/// Whether a put may proceed given the file now at its path.
+pub fn check_put_precondition(
+    precondition: &Precondition,
+    existing: Option<&FileMeta>,
+) -> Result<(), MetadataError> {
+    match (precondition, existing) {
+        (Precondition::MustNotExist, Some(_)) | (Precondition::MustMatch(_), None) => {
+            Err(MetadataError::PreconditionFailed)
+        }
+        (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
+            Err(MetadataError::PreconditionFailed)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A new file (version 1) at `path` with `blob`'s content.
+pub fn new_file(path: &str, blob: &BlobRef, content_type: &str, now: i64) -> FileMeta {
+    FileMeta {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        path: path.to_string(),
+        size: blob.size,
+        sha256: blob.sha256.clone(),
+        version: 1,
+        content_type: content_type.to_string(),
+        created_at: rfc3339(now),
+        modified_at: rfc3339(now),
+        modified_ms: now,
+    }
+}
+
+/// `cur` replaced by `req`'s content: same id and path, next version.
+pub fn replaced(cur: FileMeta, req: &PutRequest, now: i64) -> FileMeta {
+    FileMeta {
+        size: req.blob.size,
+        sha256: req.blob.sha256.clone(),
+        version: cur.version + 1,
+        content_type: req.content_type.clone(),
+        modified_at: rfc3339(now),
+        modified_ms: now,
+        ..cur
+    }
+}
+
+/// The audit's wording for a file whose newest event disagrees with its row. `file` is the
+/// row's (path, version, sha256), `None` when there is no row.
+pub fn log_mismatch_detail(
+    seq: i64,
+    kind: &str,
+    event: (&str, i64, &str),
+    file: Option<(&str, i64, &str)>,
+) -> String {
+    let (path, version, sha) = event;
+    match file {
+        None => format!("event {seq} ({kind}) says the file exists, but it does not"),
+        Some(_) if kind == "deleted" => {
+            format!("event {seq} deleted the file, but it still exists")
+        }
+        Some((f_path, f_version, f_sha)) => format!(
+            "event {seq} ({kind}) records {path} v{version} {sha}; the file is {f_path} \
+             v{f_version} {f_sha}"
+        ),
+    }
+}
+
+/// The audit's wording for a blob whose reference count disagrees with its users.
+pub fn refcount_detail(sha256: &str, refcount: Option<i64>, used: i64) -> String {
+    let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
+    format!("blob {sha256}: {recorded}, used by {used} file(s)")
+}
+
 /// Current time in milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     let now = time::OffsetDateTime::now_utc();

@@ -23,10 +23,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgConnection, Row};
 
 use super::metadata::{
-    now_ms, rfc3339, AuditProblem, BlobFence, ChangeOutcome, Event, EventKind, FileMeta,
-    MetadataAudit, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord,
-    AUDIT_LIMIT,
+    check_put_precondition, log_mismatch_detail, new_file, now_ms, refcount_detail, replaced,
+    rfc3339, AuditProblem, BlobFence, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
+    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord, AUDIT_LIMIT,
 };
+use super::storage::BlobRef;
 
 /// The channel replicas listen on; the payload is the committed seq.
 pub const NOTIFY_CHANNEL: &str = "vaultfs_events";
@@ -395,28 +396,12 @@ async fn apply(
     match *op {
         WriteOp::Put(req) => {
             let existing = file_where(conn, "path", &req.path).await?;
-            match (&req.precondition, &existing) {
-                (Precondition::MustNotExist, Some(_)) | (Precondition::MustMatch(_), None) => {
-                    return Err(MetadataError::PreconditionFailed)
-                }
-                (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
-                    return Err(MetadataError::PreconditionFailed)
-                }
-                _ => {}
-            }
+            check_put_precondition(&req.precondition, existing.as_ref())?;
             add_blob_ref(conn, &req.blob.sha256, req.blob.size).await?;
             Ok(Done::Put(match existing {
                 Some(cur) => {
                     let released = release_blob_ref(conn, &cur.sha256).await?;
-                    let meta = FileMeta {
-                        size: req.blob.size,
-                        sha256: req.blob.sha256.clone(),
-                        version: cur.version + 1,
-                        content_type: req.content_type.clone(),
-                        modified_at: rfc3339(now),
-                        modified_ms: now,
-                        ..cur
-                    };
+                    let meta = replaced(cur, req, now);
                     sqlx::query(
                         "UPDATE files SET size = $1, sha256 = $2, version = $3, content_type = $4,
                          modified_at = $5 WHERE id = $6",
@@ -438,17 +423,7 @@ async fn apply(
                     }
                 }
                 None => {
-                    let meta = FileMeta {
-                        id: uuid::Uuid::new_v4().simple().to_string(),
-                        path: req.path.clone(),
-                        size: req.blob.size,
-                        sha256: req.blob.sha256.clone(),
-                        version: 1,
-                        content_type: req.content_type.clone(),
-                        created_at: rfc3339(now),
-                        modified_at: rfc3339(now),
-                        modified_ms: now,
-                    };
+                    let meta = new_file(&req.path, &req.blob, &req.content_type, now);
                     insert_file(conn, &meta, now).await?;
                     append_event(conn, seq, EventKind::Created, &meta, None, now).await?;
                     PutOutcome {
@@ -504,17 +479,11 @@ async fn apply(
             }
             let mut released = Vec::new();
             clear_target(conn, seq, to, overwrite, now, &mut released).await?;
-            let meta = FileMeta {
-                id: uuid::Uuid::new_v4().simple().to_string(),
-                path: to.to_string(),
-                size: src.size,
+            let blob = BlobRef {
                 sha256: src.sha256.clone(),
-                version: 1,
-                content_type: src.content_type.clone(),
-                created_at: rfc3339(now),
-                modified_at: rfc3339(now),
-                modified_ms: now,
+                size: src.size,
             };
+            let meta = new_file(to, &blob, &src.content_type, now);
             add_blob_ref(conn, &meta.sha256, meta.size).await?;
             insert_file(conn, &meta, now).await?;
             append_event(conn, seq, EventKind::Copied, &meta, Some(&src.path), now).await?;
@@ -1050,28 +1019,29 @@ impl MetadataStore for PostgresMetadata {
         .await
         .map_err(map_err)?;
         for row in &rows {
-            let seq: i64 = row.try_get("seq").map_err(map_err)?;
-            let kind: String = row.try_get("kind").map_err(map_err)?;
             let id: String = row.try_get("file_id").map_err(map_err)?;
             let path: String = row.try_get("path").map_err(map_err)?;
             let f_id: Option<String> = row.try_get("f_id").map_err(map_err)?;
-            let detail = match f_id {
-                None => format!("event {seq} ({kind}) says the file exists, but it does not"),
-                Some(_) if kind == "deleted" => {
-                    format!("event {seq} deleted the file, but it still exists")
-                }
-                Some(_) => {
-                    let f_path: String = row.try_get("f_path").map_err(map_err)?;
-                    let f_version: i64 = row.try_get("f_version").map_err(map_err)?;
-                    let f_sha: String = row.try_get("f_sha256").map_err(map_err)?;
-                    let version: i64 = row.try_get("version").map_err(map_err)?;
-                    let sha: String = row.try_get("sha256").map_err(map_err)?;
-                    format!(
-                        "event {seq} ({kind}) records {path} v{version} {sha}; \
-                         the file is {f_path} v{f_version} {f_sha}"
-                    )
-                }
+            let event: (i64, String, i64, String) = (
+                row.try_get("seq").map_err(map_err)?,
+                row.try_get("kind").map_err(map_err)?,
+                row.try_get("version").map_err(map_err)?,
+                row.try_get("sha256").map_err(map_err)?,
+            );
+            let file: Option<(String, i64, String)> = match f_id {
+                None => None,
+                Some(_) => Some((
+                    row.try_get("f_path").map_err(map_err)?,
+                    row.try_get("f_version").map_err(map_err)?,
+                    row.try_get("f_sha256").map_err(map_err)?,
+                )),
             };
+            let detail = log_mismatch_detail(
+                event.0,
+                &event.1,
+                (&path, event.2, &event.3),
+                file.as_ref().map(|(p, v, h)| (p.as_str(), *v, h.as_str())),
+            );
             audit
                 .problems
                 .push(problem("log_mismatch", id, path, detail));
@@ -1107,8 +1077,7 @@ impl MetadataStore for PostgresMetadata {
         .await
         .map_err(map_err)?;
         for (sha, refcount, used) in rows {
-            let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
-            let detail = format!("blob {sha}: {recorded}, used by {used} file(s)");
+            let detail = refcount_detail(&sha, refcount, used);
             audit
                 .problems
                 .push(problem("refcount", String::new(), String::new(), detail));

@@ -20,9 +20,11 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metadata::{
-    now_ms, rfc3339, AuditProblem, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
-    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord, AUDIT_LIMIT,
+    check_put_precondition, log_mismatch_detail, new_file, now_ms, refcount_detail, replaced,
+    rfc3339, AuditProblem, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit, MetadataError,
+    MetadataStore, Precondition, PutOutcome, PutRequest, TokenRecord, AUDIT_LIMIT,
 };
+use super::storage::BlobRef;
 
 /// Versioned schema migrations, applied in order at start. Never edit a released one: add one.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -771,28 +773,29 @@ impl MetadataStore for SqliteMetadata {
         .await
         .map_err(map_err)?;
         for row in &rows {
-            let seq: i64 = row.try_get("seq").map_err(map_err)?;
-            let kind: String = row.try_get("kind").map_err(map_err)?;
             let id: String = row.try_get("file_id").map_err(map_err)?;
             let path: String = row.try_get("path").map_err(map_err)?;
             let f_id: Option<String> = row.try_get("f_id").map_err(map_err)?;
-            let detail = match f_id {
-                None => format!("event {seq} ({kind}) says the file exists, but it does not"),
-                Some(_) if kind == "deleted" => {
-                    format!("event {seq} deleted the file, but it still exists")
-                }
-                Some(_) => {
-                    let f_path: String = row.try_get("f_path").map_err(map_err)?;
-                    let f_version: i64 = row.try_get("f_version").map_err(map_err)?;
-                    let f_sha: String = row.try_get("f_sha256").map_err(map_err)?;
-                    let version: i64 = row.try_get("version").map_err(map_err)?;
-                    let sha: String = row.try_get("sha256").map_err(map_err)?;
-                    format!(
-                        "event {seq} ({kind}) records {path} v{version} {sha}; \
-                         the file is {f_path} v{f_version} {f_sha}"
-                    )
-                }
+            let event: (i64, String, i64, String) = (
+                row.try_get("seq").map_err(map_err)?,
+                row.try_get("kind").map_err(map_err)?,
+                row.try_get("version").map_err(map_err)?,
+                row.try_get("sha256").map_err(map_err)?,
+            );
+            let file: Option<(String, i64, String)> = match f_id {
+                None => None,
+                Some(_) => Some((
+                    row.try_get("f_path").map_err(map_err)?,
+                    row.try_get("f_version").map_err(map_err)?,
+                    row.try_get("f_sha256").map_err(map_err)?,
+                )),
             };
+            let detail = log_mismatch_detail(
+                event.0,
+                &event.1,
+                (&path, event.2, &event.3),
+                file.as_ref().map(|(p, v, h)| (p.as_str(), *v, h.as_str())),
+            );
             audit
                 .problems
                 .push(problem("log_mismatch", id, path, detail));
@@ -832,8 +835,7 @@ impl MetadataStore for SqliteMetadata {
         .await
         .map_err(map_err)?;
         for (sha, refcount, used) in rows {
-            let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
-            let detail = format!("blob {sha}: {recorded}, used by {used} file(s)");
+            let detail = refcount_detail(&sha, refcount, used);
             audit
                 .problems
                 .push(problem("refcount", String::new(), String::new(), detail));
@@ -921,27 +923,12 @@ async fn apply_put(
 ) -> Result<PutOutcome, MetadataError> {
     let now = now_ms();
     let existing = file_by_path(&mut *conn, &req.path).await?;
-    match (&req.precondition, &existing) {
-        (Precondition::MustNotExist, Some(_)) => return Err(MetadataError::PreconditionFailed),
-        (Precondition::MustMatch(_), None) => return Err(MetadataError::PreconditionFailed),
-        (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
-            return Err(MetadataError::PreconditionFailed)
-        }
-        _ => {}
-    }
+    check_put_precondition(&req.precondition, existing.as_ref())?;
     add_blob_ref(&mut *conn, &req.blob.sha256, req.blob.size).await?;
     let outcome = match existing {
         Some(cur) => {
             let released = release_blob_ref(&mut *conn, &cur.sha256).await?;
-            let meta = FileMeta {
-                size: req.blob.size,
-                sha256: req.blob.sha256.clone(),
-                version: cur.version + 1,
-                content_type: req.content_type.clone(),
-                modified_at: rfc3339(now),
-                modified_ms: now,
-                ..cur
-            };
+            let meta = replaced(cur, &req, now);
             sqlx::query(
                 "UPDATE files SET size = ?, sha256 = ?, version = ?, content_type = ?,
                  modified_at = ? WHERE id = ?",
@@ -963,17 +950,7 @@ async fn apply_put(
             }
         }
         None => {
-            let meta = FileMeta {
-                id: uuid::Uuid::new_v4().simple().to_string(),
-                path: req.path.clone(),
-                size: req.blob.size,
-                sha256: req.blob.sha256.clone(),
-                version: 1,
-                content_type: req.content_type.clone(),
-                created_at: rfc3339(now),
-                modified_at: rfc3339(now),
-                modified_ms: now,
-            };
+            let meta = new_file(&req.path, &req.blob, &req.content_type, now);
             insert_file(&mut *conn, &meta, now).await?;
             append_event(&mut *conn, EventKind::Created, &meta, None, now).await?;
             PutOutcome {
@@ -1086,17 +1063,11 @@ async fn apply_copy(
     let now = now_ms();
     let mut released = Vec::new();
     clear_target(&mut *conn, to, overwrite, now, &mut released).await?;
-    let meta = FileMeta {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        path: to.to_string(),
-        size: src.size,
+    let blob = BlobRef {
         sha256: src.sha256.clone(),
-        version: 1,
-        content_type: src.content_type.clone(),
-        created_at: rfc3339(now),
-        modified_at: rfc3339(now),
-        modified_ms: now,
+        size: src.size,
     };
+    let meta = new_file(to, &blob, &src.content_type, now);
     add_blob_ref(&mut *conn, &meta.sha256, meta.size).await?;
     insert_file(&mut *conn, &meta, now).await?;
     append_event(&mut *conn, EventKind::Copied, &meta, Some(&src.path), now).await?;
