@@ -633,6 +633,14 @@ impl PostgresMetadata {
         }
     }
 
+    /// A delete, move or copy.
+    async fn change(&self, op: WriteOp<'_>) -> Result<ChangeOutcome, MetadataError> {
+        match self.write(op).await? {
+            Done::Change(o) => Ok(o),
+            Done::Put(_) => Err(unexpected()),
+        }
+    }
+
     async fn write_once(&self, op: &WriteOp<'_>) -> Result<Done, RetryOr> {
         let mut tx = self.pool.begin().await.map_err(RetryOr::from_sqlx)?;
         let current: i64 =
@@ -758,13 +766,8 @@ impl MetadataStore for PostgresMetadata {
         expected_path: &str,
         precondition: &Precondition,
     ) -> Result<ChangeOutcome, MetadataError> {
-        match self
-            .write(WriteOp::Delete(id, expected_path, precondition))
-            .await?
-        {
-            Done::Change(o) => Ok(o),
-            Done::Put(_) => Err(unexpected()),
-        }
+        self.change(WriteOp::Delete(id, expected_path, precondition))
+            .await
     }
 
     async fn rename(
@@ -774,13 +777,8 @@ impl MetadataStore for PostgresMetadata {
         to: &str,
         overwrite: bool,
     ) -> Result<ChangeOutcome, MetadataError> {
-        match self
-            .write(WriteOp::Rename(id, expected_path, to, overwrite))
-            .await?
-        {
-            Done::Change(o) => Ok(o),
-            Done::Put(_) => Err(unexpected()),
-        }
+        self.change(WriteOp::Rename(id, expected_path, to, overwrite))
+            .await
     }
 
     async fn copy(
@@ -790,13 +788,8 @@ impl MetadataStore for PostgresMetadata {
         to: &str,
         overwrite: bool,
     ) -> Result<ChangeOutcome, MetadataError> {
-        match self
-            .write(WriteOp::Copy(id, expected_path, to, overwrite))
-            .await?
-        {
-            Done::Change(o) => Ok(o),
-            Done::Put(_) => Err(unexpected()),
-        }
+        self.change(WriteOp::Copy(id, expected_path, to, overwrite))
+            .await
     }
 
     async fn scan(
