@@ -468,6 +468,21 @@ async fn postgres_blob_fences_exclude_across_replicas() {
         Err(MetadataError::Busy)
     ));
     drop(collect);
+    // Callers cancelled while their fence is being taken (a client gone mid-commit) leave
+    // nothing held behind.
+    let y = sha(44);
+    for _ in 0..30 {
+        let _ = tokio::time::timeout(Duration::from_micros(300), a.fence_blob(&y, false)).await;
+    }
+    let free = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if b.fence_blob(&y, true).await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(free.is_ok(), "a cancelled fence was released");
     a.close().await;
     b.close().await;
 }

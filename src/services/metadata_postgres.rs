@@ -106,28 +106,43 @@ pub struct PostgresMetadata {
 #[derive(Debug)]
 struct Fences {
     options: PgConnectOptions,
+    timeout: Duration,
     conn: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 impl Fences {
+    /// One statement, within the metadata deadline. A statement that does not answer in time
+    /// takes the connection with it (its locks then end with the session, and that is
+    /// logged): a lock must never be left held by a statement nobody waits for.
     async fn run(&self, sql: &str, key: i64) -> Result<bool, MetadataError> {
         let mut slot = self.conn.lock().await;
         if slot.is_none() {
-            *slot = Some(self.options.connect().await.map_err(map_err)?);
+            let connected = tokio::time::timeout(self.timeout, self.options.connect()).await;
+            *slot = Some(
+                connected
+                    .map_err(|_| MetadataError::Busy)?
+                    .map_err(map_err)?,
+            );
         }
         let Some(conn) = slot.as_mut() else {
             return Err(MetadataError::Busy);
         };
-        match sqlx::query_scalar::<_, bool>(sql)
+        let query = sqlx::query_scalar::<_, bool>(sql)
             .bind(key)
-            .fetch_one(&mut *conn)
-            .await
-        {
-            Ok(v) => Ok(v),
-            Err(e) => {
+            .fetch_one(&mut *conn);
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "blob fence connection failed; its locks are gone");
                 *slot = None;
                 Err(map_err(e))
+            }
+            Err(_) => {
+                tracing::error!(
+                    "blob fence statement timed out; dropping the connection and its locks"
+                );
+                *slot = None;
+                Err(MetadataError::Busy)
             }
         }
     }
@@ -523,6 +538,7 @@ impl PostgresMetadata {
             .map_err(map_err)?;
         let fences = Arc::new(Fences {
             options,
+            timeout,
             conn: tokio::sync::Mutex::new(None),
         });
         let store = PostgresMetadata {
@@ -1080,27 +1096,41 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn fence_blob(&self, sha256: &str, exclusive: bool) -> Result<BlobFence, MetadataError> {
+        // Taken and released by a task of its own, which the caller cannot cancel halfway:
+        // should the caller go away (a client disconnecting mid-commit), the task sees it and
+        // releases what it took.
         let key = blob_lock_key(sha256);
         let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            if self.fences.try_lock(key, exclusive).await? {
-                break;
-            }
-            // Held by another replica in the other mode (an upload of the same content vs
-            // its collection): rare and short. Poll within the deadline.
-            if tokio::time::Instant::now() >= deadline {
-                return Err(MetadataError::Busy);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
         let fences = Arc::clone(&self.fences);
+        let (acquired_tx, acquired_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            // Err when the fence drops (it never sends): release then.
-            let _ = released.await;
-            fences.unlock(key, exclusive).await;
+            let acquired = loop {
+                match fences.try_lock(key, exclusive).await {
+                    Ok(true) => break Ok(()),
+                    // Held by another replica in the other mode (an upload of the same
+                    // content vs its collection): rare and short. Poll within the deadline.
+                    Ok(false) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Ok(false) => break Err(MetadataError::Busy),
+                    Err(e) => break Err(e),
+                }
+            };
+            let held = acquired.is_ok();
+            if acquired_tx.send(acquired).is_ok() && held {
+                // Err when the fence drops (it never sends): release then.
+                let _ = release_rx.await;
+            }
+            if held {
+                fences.unlock(key, exclusive).await;
+            }
         });
-        Ok(BlobFence::held(release))
+        match acquired_rx.await {
+            Ok(Ok(())) => Ok(BlobFence::held(release_tx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(MetadataError::Backend("blob fence task ended".into())),
+        }
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
