@@ -212,17 +212,12 @@ async fn acknowledged_uploads_survive_sigkill_at_random_moments() {
     assert!(!ledger.is_empty());
     // And fsck agrees, online: every blob re-hashed, the log audited against the files and
     // reference counts, no orphan left by the crashes once the start-up sweep is done.
-    let swept = common::eventually(Duration::from_secs(60), || async {
-        let text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines().any(|l| l == "vaultfs_startup_check_running 0")
-    })
+    let swept = common::metric_line_appears(
+        &client,
+        base,
+        "vaultfs_startup_check_running 0",
+        Duration::from_secs(60),
+    )
     .await;
     assert!(swept, "the start-up check finished");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))

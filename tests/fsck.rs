@@ -20,6 +20,17 @@ async fn fsck(dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, Value) {
     (out.status.code(), report)
 }
 
+/// Flips one bit of byte `at` in a (read-only) blob file: same size, other content.
+async fn flip_byte(path: &std::path::Path, at: usize) {
+    let mut bytes = tokio::fs::read(path).await.unwrap();
+    bytes[at] ^= 1;
+    let mut perm = tokio::fs::metadata(path).await.unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    tokio::fs::set_permissions(path, perm).await.unwrap();
+    tokio::fs::write(path, &bytes).await.unwrap();
+}
+
 fn blob(dir: &std::path::Path, sha: &str) -> std::path::PathBuf {
     dir.join("blobs").join(&sha[..2]).join(sha)
 }
@@ -53,13 +64,7 @@ async fn fsck_reports_missing_and_corrupt_blobs_and_repairs_only_leftovers() {
         .await
         .unwrap();
     let bad_path = blob(d, bad["sha256"].as_str().unwrap());
-    let mut bytes = tokio::fs::read(&bad_path).await.unwrap();
-    bytes[5] ^= 1;
-    let mut perm = tokio::fs::metadata(&bad_path).await.unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perm.set_readonly(false);
-    tokio::fs::set_permissions(&bad_path, perm).await.unwrap();
-    tokio::fs::write(&bad_path, &bytes).await.unwrap();
+    flip_byte(&bad_path, 5).await;
     let orphan = "ab".repeat(32);
     tokio::fs::write(blob(d, &orphan), b"nobody's")
         .await
@@ -94,18 +99,12 @@ async fn fsck_reports_missing_and_corrupt_blobs_and_repairs_only_leftovers() {
     // A server started on this directory finds the missing blob by itself (a size check,
     // no hashing: the flipped byte is fsck's to find) and says so in its metrics.
     let s = TestServer::start_with(vaultfs::config::Config::for_data_dir(d)).await;
-    let missing = common::eventually(std::time::Duration::from_secs(10), || async {
-        let text = s
-            .client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines().any(|l| l == "vaultfs_blobs_missing 1")
-    })
+    let missing = common::metric_line_appears(
+        &s.client,
+        &s.base,
+        "vaultfs_blobs_missing 1",
+        std::time::Duration::from_secs(10),
+    )
     .await;
     assert!(missing, "vaultfs_blobs_missing 1 in /metrics");
     // It also collected the orphan (a blob with no metadata at all, as a crash between the
@@ -332,13 +331,7 @@ async fn online_fsck_has_no_false_positives_under_load_and_finds_damage() {
         .await
         .unwrap();
     let bad_path = blob(&d, bad["sha256"].as_str().unwrap());
-    let mut bytes = tokio::fs::read(&bad_path).await.unwrap();
-    bytes[0] ^= 1;
-    let mut perm = tokio::fs::metadata(&bad_path).await.unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perm.set_readonly(false);
-    tokio::fs::set_permissions(&bad_path, perm).await.unwrap();
-    tokio::fs::write(&bad_path, &bytes).await.unwrap();
+    flip_byte(&bad_path, 0).await;
     let orphan = "cd".repeat(32);
     tokio::fs::create_dir_all(blob(&d, &orphan).parent().unwrap())
         .await

@@ -319,3 +319,24 @@ pub async fn test_postgres_url(test: &str) -> Option<String> {
     let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
     Some(format!("{base}/{db}"))
 }
+
+/// True once `/metrics` at `base` has the exact line `line`, within `within`.
+pub async fn metric_line_appears(
+    client: &reqwest::Client,
+    base: &str,
+    line: &str,
+    within: Duration,
+) -> bool {
+    eventually(within, || async {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().any(|l| l == line)
+    })
+    .await
+}
