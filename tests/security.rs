@@ -847,6 +847,31 @@ async fn share_links_work_without_a_token_until_they_expire_or_are_revoked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_links_made_while_open_die_when_tokens_arrive() {
+    let (dir, s) = TestServer::start().await;
+    s.put("open/a.bin", b"artifact").await;
+    let r = s
+        .client
+        .post(s.url("/api/v1/share"))
+        .json(&json!({"path": "open/a.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let link = format!(
+        "{}{}",
+        s.base,
+        r.json::<Value>().await.unwrap()["link"].as_str().unwrap()
+    );
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(plain.get(&link).send().await.unwrap().status(), 200);
+    token(dir.path(), "admin", "").await;
+    assert!(closed(&s).await);
+    assert_eq!(plain.get(&link).send().await.unwrap().status(), 403);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loopback_server_refuses_browsers_from_elsewhere() {
     let (_dir, s) = TestServer::start().await;
     s.put("a", b"x").await;
