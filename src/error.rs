@@ -107,6 +107,10 @@ impl From<StorageError> for AppError {
                 format!("upload exceeds the limit of {limit} bytes"),
             ),
             StorageError::NotFound(_) => AppError::not_found(),
+            StorageError::Busy(_) => {
+                tracing::warn!(error = %e, "blob store busy");
+                AppError::unavailable("busy", "the blob store is busy; retry")
+            }
             StorageError::Io { .. } => AppError::internal(&e),
         }
     }

@@ -30,6 +30,9 @@ pub enum StorageError {
     TooLarge { limit: u64 },
     #[error("blob {0} not found")]
     NotFound(String),
+    /// The store is backed up (no upload slot within its wait): retry later.
+    #[error("blob store busy: {0}")]
+    Busy(&'static str),
     #[error("storage I/O error during {op}: {source}")]
     Io {
         op: &'static str,
@@ -101,6 +104,8 @@ struct Remote {
     store: std::sync::Arc<dyn object_store::ObjectStore>,
     prefix: String,
     description: String,
+    /// Uploads to the object store at once (each holds up to 5 parts in memory).
+    uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -113,6 +118,11 @@ impl std::fmt::Debug for Remote {
 /// upload is bounded by their product.
 const PART_SIZE: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
+/// Object-store uploads per process at once: with a part being filled and
+/// [`PARTS_IN_FLIGHT`] in flight, their memory stays under 8 x 5 x 8 MiB = 320 MiB whatever
+/// the number of uploads admitted. The wait is bounded like the store's own calls.
+const REMOTE_UPLOADS: usize = 8;
+const REMOTE_UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn remote_err(op: &'static str) -> impl FnOnce(object_store::Error) -> StorageError {
     move |e| StorageError::Io {
@@ -134,6 +144,13 @@ impl Remote {
         use object_store::ObjectStore as _;
         use tokio::io::AsyncReadExt;
         let key = self.key(sha256_hex);
+        let _slot = tokio::time::timeout(
+            REMOTE_UPLOAD_WAIT,
+            std::sync::Arc::clone(&self.uploads).acquire_owned(),
+        )
+        .await
+        .map_err(|_| StorageError::Busy("object-store uploads backed up"))?
+        .map_err(|_| StorageError::Busy("object-store upload slots closed"))?;
         let mut file = tokio::fs::File::open(temp)
             .await
             .map_err(StorageError::io("open staged blob"))?;
@@ -293,6 +310,7 @@ impl BlobStore {
                 store: std::sync::Arc::new(store),
                 prefix,
                 description: format!("s3://{location}"),
+                uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(REMOTE_UPLOADS)),
             }),
             ..BlobStore::at(data_dir)
         };
