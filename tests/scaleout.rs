@@ -330,3 +330,60 @@ async fn collection_on_one_replica_never_deletes_content_another_is_committing()
     assert_eq!(report["metadata_problems"], json!([]), "{report}");
     c.stop().await;
 }
+
+/// Content removed from the bucket behind VaultFS's back is reported, not hidden: by the
+/// start-up check of a replica (one listing, not a HEAD per blob) and by online fsck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_missing_from_the_bucket_is_reported() {
+    let Some(c) = cluster("content_missing_from_the_bucket").await else {
+        return;
+    };
+    let keep = c.a.put("gone/keep.bin", &data(3000, 1)).await;
+    let lost = c.a.put("gone/lost.bin", &data(3000, 2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = vaultfs::services::storage::BlobStore::open_s3(dir.path(), &c.blob_store)
+        .await
+        .unwrap();
+    bucket
+        .delete_blob(lost["sha256"].as_str().unwrap())
+        .await
+        .unwrap();
+    // A replica starting now finds it.
+    let d3 = tempfile::tempdir().unwrap();
+    let third = TestServer::start_with(Config {
+        metadata_url: Some(c.metadata_url.clone()),
+        blob_store: Some(c.blob_store.clone()),
+        ..Config::for_data_dir(d3.path())
+    })
+    .await;
+    let reported = common::metric_line_appears(
+        &third.client,
+        &third.base,
+        "vaultfs_blobs_missing 1",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(reported, "the start-up check reports the missing blob");
+    let r =
+        c.b.client
+            .post(c.b.url("/api/v1/admin/fsck"))
+            .send()
+            .await
+            .unwrap();
+    let report: Value = r.json().await.unwrap();
+    let damaged: Vec<&str> = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(damaged, ["gone/lost.bin"], "{report}");
+    // The other file is untouched and served.
+    let (status, got) = third.get_bytes("/api/v1/fs/gone/keep.bin").await;
+    assert_eq!(
+        (status, sha256_hex(&got)),
+        (200, keep["sha256"].as_str().unwrap().to_string())
+    );
+    third.stop().await;
+    c.stop().await;
+}

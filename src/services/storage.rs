@@ -455,6 +455,27 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Every stored blob's size, from one listing of the bucket (`None` on local disk, where a
+    /// stat per blob is as cheap): what a check of many blobs uses instead of a HEAD each.
+    pub async fn remote_sizes(
+        &self,
+    ) -> Result<Option<std::collections::HashMap<String, u64>>, StorageError> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore as _;
+        let Some(r) = &self.remote else {
+            return Ok(None);
+        };
+        let prefix = object_store::path::Path::from(format!("{}blobs", r.prefix));
+        let mut listing = r.store.list(Some(&prefix));
+        let mut sizes = std::collections::HashMap::new();
+        while let Some(meta) = listing.try_next().await.map_err(remote_err("list blobs"))? {
+            if let Some(name) = meta.location.filename() {
+                sizes.insert(name.to_string(), meta.size);
+            }
+        }
+        Ok(Some(sizes))
+    }
+
     /// `len` bytes of a blob from `start` (to the end when `None`), streamed.
     pub async fn read_blob(
         &self,
