@@ -39,9 +39,10 @@ async fn token(dir: &std::path::Path, scopes: &str, prefix: &str) -> String {
     token
 }
 
-/// A server whose first token another process just made closes within its reload interval.
+/// A server whose first token another process just made closes within its reload interval
+/// (1 s; the wait allows for a machine loaded by the parallel suite).
 async fn closed(s: &TestServer) -> bool {
-    common::eventually(Duration::from_secs(3), || async {
+    common::eventually(Duration::from_secs(10), || async {
         s.get_json("/api/v1/list").await.0 == 401
     })
     .await
@@ -555,7 +556,7 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
     assert!(created.get("secret_hash").is_none());
     // Now closed, at once (the server reloads on an unknown id; the open state ends with the
     // next reload, within a second).
-    let closed = common::eventually(Duration::from_secs(3), || async {
+    let closed = common::eventually(Duration::from_secs(10), || async {
         s.get_json("/api/v1/list").await.0 == 401
     })
     .await;
@@ -602,13 +603,17 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
     let listing = String::from_utf8(out.stdout).unwrap();
     assert!(listing.contains(token_id(&ci)) && listing.contains("ci/") && listing.contains("ops"));
     assert!(!listing.contains(&ci[16..]), "the secret is never listed");
-    // The database and its write-ahead log, where a fresh row is.
-    let mut db = tokio::fs::read(dir.path().join("meta.db")).await.unwrap();
-    db.extend(
-        tokio::fs::read(dir.path().join("meta.db-wal"))
-            .await
-            .unwrap_or_default(),
-    );
+    // The database and its write-ahead log, where a fresh row is, read by another process:
+    // opening and closing meta.db in this process would cancel the POSIX locks the server's
+    // SQLite connections hold on it (they are per process), and a later writer in another
+    // process could then lose updates. (That happened here: a revocation vanished.)
+    let db = tokio::process::Command::new("cat")
+        .arg(dir.path().join("meta.db"))
+        .arg(dir.path().join("meta.db-wal"))
+        .output()
+        .await
+        .unwrap()
+        .stdout;
     assert!(db.len() > 4096);
     assert!(
         !db.windows(20).any(|w| w == &ci.as_bytes()[17..37]),
@@ -648,7 +653,7 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
     );
     let out = cli(&["token", "revoke", token_id(&ci2), "--data-dir", &d]).await;
     assert!(out.status.success());
-    let gone = common::eventually(Duration::from_secs(3), || async {
+    let gone = common::eventually(Duration::from_secs(10), || async {
         upload(ci2.clone()).await == 401
     })
     .await;
