@@ -7,17 +7,23 @@ mod common;
 use common::{data, sha256_hex, TestServer};
 use serde_json::Value;
 
-async fn fsck(dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, Value) {
+/// Runs `vaultfs fsck --json` with `args`: its exit code and its report.
+async fn run_fsck(args: &[&std::ffi::OsStr]) -> (Option<i32>, Value) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["fsck", "--json", "--data-dir"])
-        .arg(dir)
-        .args(extra)
+        .args(["fsck", "--json"])
+        .args(args)
         .env("RUST_LOG", "off")
         .output()
         .await
         .unwrap();
     let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.code(), report)
+}
+
+async fn fsck(dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["--data-dir".as_ref(), dir.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_fsck(&args).await
 }
 
 /// Flips one bit of byte `at` in a (read-only) blob file: same size, other content.
@@ -251,15 +257,9 @@ async fn fsck_checks_the_event_log_against_files_and_reference_counts() {
 }
 
 async fn fsck_online(s: &TestServer, extra: &[&str]) -> (Option<i32>, Value) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["fsck", "--json", "--server", &s.base])
-        .args(extra)
-        .env("RUST_LOG", "off")
-        .output()
-        .await
-        .unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code(), report)
+    let mut args = vec!["--server".as_ref(), s.base.as_ref()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_fsck(&args).await
 }
 
 /// Online: while uploads replace, delete and dedup files (so blobs are committed, released

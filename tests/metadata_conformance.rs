@@ -3,6 +3,8 @@
 //! against the trait only. Each backend runs the same `suite`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -295,30 +297,9 @@ async fn sqlite_serializes_same_path_writers() {
     store.close().await;
 }
 
-/// A fresh database on the test server named by `VAULTFS_TEST_POSTGRES_URL` (`.ci/run` starts
-/// one with `.ci/postgres.sh`), or `None` with one line saying how to enable the test.
+/// A PostgreSQL store on a fresh database (see `common::test_postgres_url`), and its URL.
 async fn postgres(test: &str) -> Option<(Arc<dyn MetadataStore>, String)> {
-    use sqlx::Connection;
-    let Ok(admin_url) = std::env::var("VAULTFS_TEST_POSTGRES_URL") else {
-        // Straight to stderr: libtest captures `eprintln!` of passing tests.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: set VAULTFS_TEST_POSTGRES_URL=postgres://... (or run .ci/run, \
-             which starts PostgreSQL with .ci/postgres.sh)"
-        );
-        return None;
-    };
-    let db = format!("vfs_{}", uuid_simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => panic!("VAULTFS_TEST_POSTGRES_URL needs a database part"),
-    };
+    let url = common::test_postgres_url(test).await?;
     let store = vaultfs::services::metadata_postgres::PostgresMetadata::open(
         &url,
         Duration::from_secs(10),
@@ -327,16 +308,6 @@ async fn postgres(test: &str) -> Option<(Arc<dyn MetadataStore>, String)> {
     .await
     .unwrap();
     Some((Arc::new(store), url))
-}
-
-fn uuid_simple() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,17 @@ async fn cluster(test: &str) -> Option<Cluster> {
     })
 }
 
+/// The online fsck report of one replica.
+async fn online_fsck(s: &TestServer) -> Value {
+    let r = s
+        .client
+        .post(s.url("/api/v1/admin/fsck"))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 impl Cluster {
     async fn stop(self) {
         self.a.stop().await;
@@ -187,13 +198,7 @@ async fn opposite_moves_across_replicas_never_deadlock() {
         assert!(ra == 200 || rb == 200, "round {round}");
     }
     // Consistent afterwards, by the online fsck of either replica.
-    let r =
-        c.b.client
-            .post(c.b.url("/api/v1/admin/fsck"))
-            .send()
-            .await
-            .unwrap();
-    let report: Value = r.json().await.unwrap();
+    let report = online_fsck(&c.b).await;
     assert_eq!(report["metadata_problems"], json!([]), "{report}");
     assert_eq!(report["damaged"], json!([]), "{report}");
     c.stop().await;
@@ -319,13 +324,7 @@ async fn collection_on_one_replica_never_deletes_content_another_is_committing()
             assert_eq!(got, content, "round {round}");
         }
     }
-    let r =
-        c.a.client
-            .post(c.a.url("/api/v1/admin/fsck"))
-            .send()
-            .await
-            .unwrap();
-    let report: Value = r.json().await.unwrap();
+    let report = online_fsck(&c.a).await;
     assert_eq!(report["damaged"], json!([]), "{report}");
     assert_eq!(report["metadata_problems"], json!([]), "{report}");
     c.stop().await;
@@ -364,13 +363,7 @@ async fn content_missing_from_the_bucket_is_reported() {
     )
     .await;
     assert!(reported, "the start-up check reports the missing blob");
-    let r =
-        c.b.client
-            .post(c.b.url("/api/v1/admin/fsck"))
-            .send()
-            .await
-            .unwrap();
-    let report: Value = r.json().await.unwrap();
+    let report = online_fsck(&c.b).await;
     let damaged: Vec<&str> = report["damaged"]
         .as_array()
         .unwrap()
