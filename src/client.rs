@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::services::files::ListPage;
-use crate::services::metadata::FileMeta;
+use crate::api::encode_path;
+use crate::api::{FileMeta, ListPage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -158,19 +158,6 @@ impl From<reqwest::Error> for ClientError {
         }
         ClientError::Transport(msg)
     }
-}
-
-/// Percent-encodes a path for a query value or URL path (keeps `/`).
-pub fn encode_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,10 @@ use serde::Deserialize;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// A second address serving only `/healthz` and `/readyz`, with a connection cap of its
+    /// own, so probes are answered however many connections clients hold. None: probes on
+    /// `listen` only.
+    pub probe_listen: Option<SocketAddr>,
     /// Directory for blobs, temp files and the SQLite database.
     pub data_dir: PathBuf,
     /// Largest accepted upload, in bytes.
@@ -37,8 +41,12 @@ pub struct Config {
     pub max_connections: usize,
     /// A client must send its request headers within this (slowloris).
     pub header_read_timeout: Duration,
-    /// An upload body that sends nothing for this long is cut off (408), its data removed.
+    /// A request body that sends nothing for this long is cut off (408 `body_timeout`); an
+    /// upload's data is removed.
     pub body_idle_timeout: Duration,
+    /// A request body other than an upload's (JSON bodies) must arrive whole within this
+    /// (408 `body_timeout`). Uploads stream under deadlines of their own.
+    pub body_timeout: Duration,
     /// A response write that makes no progress for this long ends the connection.
     pub write_idle_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take to finish.
@@ -71,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            probe_listen: None,
             data_dir: PathBuf::from("./vaultfs-data"),
             max_upload_size: 16 * 1024 * 1024 * 1024,
             lock_timeout: Duration::from_secs(10),
@@ -84,6 +93,7 @@ impl Default for Config {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
             write_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             shutdown_drain_delay: Duration::ZERO,
@@ -126,6 +136,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub probe_listen: Option<String>,
     pub data_dir: Option<String>,
     pub max_upload_size: Option<SizeValue>,
     pub lock_timeout: Option<String>,
@@ -138,6 +149,7 @@ pub struct Overrides {
     pub max_connections: Option<SizeValue>,
     pub header_read_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
     pub write_idle_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub shutdown_drain_delay: Option<String>,
@@ -174,6 +186,7 @@ impl Overrides {
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
         Overrides {
             listen: env("VAULTFS_LISTEN"),
+            probe_listen: env("VAULTFS_PROBE_LISTEN"),
             data_dir: env("VAULTFS_DATA_DIR"),
             max_upload_size: env("VAULTFS_MAX_UPLOAD_SIZE").map(SizeValue::Text),
             lock_timeout: env("VAULTFS_LOCK_TIMEOUT"),
@@ -186,6 +199,7 @@ impl Overrides {
             max_connections: env("VAULTFS_MAX_CONNECTIONS").map(SizeValue::Text),
             header_read_timeout: env("VAULTFS_HEADER_READ_TIMEOUT"),
             body_idle_timeout: env("VAULTFS_BODY_IDLE_TIMEOUT"),
+            body_timeout: env("VAULTFS_BODY_TIMEOUT"),
             write_idle_timeout: env("VAULTFS_WRITE_IDLE_TIMEOUT"),
             shutdown_grace: env("VAULTFS_SHUTDOWN_GRACE"),
             shutdown_drain_delay: env("VAULTFS_SHUTDOWN_DRAIN_DELAY"),
@@ -219,6 +233,14 @@ impl Overrides {
             config.listen = v
                 .parse()
                 .map_err(|e| invalid("listen", v, format!("{e} (expected IP:PORT)")))?;
+        }
+        if let Some(v) = &self.probe_listen {
+            config.probe_listen = match v.trim() {
+                "" | "none" => None,
+                addr => Some(addr.parse().map_err(|e| {
+                    invalid("probe_listen", v, format!("{e} (expected IP:PORT or none)"))
+                })?),
+            };
         }
         if let Some(v) = &self.metadata_url {
             if !(v.starts_with("postgres://") || v.starts_with("postgresql://")) {
@@ -329,7 +351,7 @@ impl Overrides {
         if let Some(v) = &self.max_connections {
             config.max_connections = count("max_connections", v, 1)?;
         }
-        let durations: [(&'static str, &Option<String>, &mut Duration); 7] = [
+        let durations: [(&'static str, &Option<String>, &mut Duration); 8] = [
             (
                 "header_read_timeout",
                 &self.header_read_timeout,
@@ -340,6 +362,7 @@ impl Overrides {
                 &self.body_idle_timeout,
                 &mut config.body_idle_timeout,
             ),
+            ("body_timeout", &self.body_timeout, &mut config.body_timeout),
             (
                 "write_idle_timeout",
                 &self.write_idle_timeout,

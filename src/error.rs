@@ -157,19 +157,6 @@ impl From<LockError> for AppError {
     }
 }
 
-impl From<crate::fsck::FsckError> for AppError {
-    fn from(e: crate::fsck::FsckError) -> Self {
-        use crate::fsck::FsckError;
-        match e {
-            FsckError::Metadata(e) => e.into(),
-            FsckError::Busy(_) => {
-                AppError::unavailable("lock_timeout", "timed out waiting for a lock; retry")
-            }
-            FsckError::DataDir(_) | FsckError::Io(_) => AppError::internal(&e),
-        }
-    }
-}
-
 impl From<ServiceError> for AppError {
     fn from(e: ServiceError) -> Self {
         match e {

@@ -1,21 +1,23 @@
 //! VaultFS: self-hosted file storage and real-time sync.
 //!
-//! Module map (the README's "Concepts to files" table is the long form):
-//! - [`server`]: `run(listener, config, shutdown)`, the router and shared state.
+//! Module map, top to bottom; a module imports only modules below it (`.ci/layering.sh`
+//! checks it; the README's "Concepts to files" table is the long form):
+//! - [`cli`]: the client commands (upload, download, ls, stat, rm, mv, cp, watch, fsck,
+//!   token, share, loadtest); `main.rs` parses flags and dispatches to them.
+//! - [`client`]: the HTTP/WebSocket client the CLI and the load tool use.
+//! - [`server`]: `run(listener, config, shutdown)`: the accept loop (and the probe listener).
 //! - [`conn`]: one server connection: write-idle timeout, lingering close.
-//! - [`config`]: defaults < TOML file < `VAULTFS_*` env < flags.
-//! - [`handlers`]: HTTP endpoints; parse, call services, map errors.
-//! - [`services`]: lock manager, blob storage, metadata, file operations.
-//! - [`metrics`]: Prometheus metrics and the store instrumentation.
-//! - [`loadtest`]: `vaultfs loadtest`, the escalation's load, verified.
-//! - [`paths`]: validation and normalization of user paths.
-//! - [`fsck`]: `vaultfs fsck`, the offline data-directory check.
-//! - [`error`]: the one `AppError`, mapped to HTTP.
-//! - [`client`]: the HTTP/WebSocket client the CLI and load tool use.
-//! - [`cli`]: the client commands (upload, download, ls, stat, rm, mv, cp).
-//! - [`blocking`]: the one `spawn_blocking` wrapper.
-//! - [`watchdog`]: the runtime stall watchdog.
+//! - [`handlers`]: HTTP endpoints, the route table and router ([`handlers::routes`]).
+//! - [`error`]: the one `AppError`, mapping service errors to HTTP.
+//! - [`api`]: the wire types shared by the client and the server, `encode_path`.
+//! - [`app`]: `AppState` and opening it (data-directory lock, stores, background tasks).
+//! - [`services`]: lock manager, blob storage, metadata, file operations, auth, fsck.
+//! - leaves: [`metrics`] (recorder, request metrics, `timed`, `InFlight`), [`config`],
+//!   [`paths`] (validation and normalization of user paths), [`blocking`] (the one
+//!   `spawn_blocking` wrapper), [`watchdog`] (the runtime stall watchdog), [`faults`].
 
+pub mod api;
+pub mod app;
 pub mod blocking;
 pub mod cli;
 pub mod client;
@@ -23,9 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod faults;
-pub mod fsck;
 pub mod handlers;
-pub mod loadtest;
 pub mod metrics;
 pub mod paths;
 pub mod server;

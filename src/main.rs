@@ -1,4 +1,5 @@
-//! The `vaultfs` binary: parses flags, loads configuration, and calls the library.
+//! The `vaultfs` binary: parses flags, loads configuration, and dispatches to the library
+//! (`vaultfs::server::run` for `serve`, `vaultfs::cli` for every other command).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,85 +38,16 @@ enum Command {
     /// Copy a file (the content is stored once).
     Cp(cli::ops::MoveArgs),
     /// Print changes as JSON lines; reconnects and resumes after the last printed seq.
-    Watch(WatchArgs),
+    Watch(cli::watch::WatchArgs),
     /// Check a data directory (offline, or online with --server): every blob present with its
     /// size and SHA-256, the event log consistent with the files, no orphans (exit 1 on damage).
-    Fsck(FsckArgs),
+    Fsck(cli::fsck::FsckArgs),
     /// Create, list or revoke API tokens.
     Token(cli::admin::TokenArgs),
     /// Print a time-limited link that downloads a file without a token.
     Share(cli::admin::ShareArgs),
     /// Run the escalation's load against a server and verify it (exit 1 on any failure).
-    Loadtest(LoadtestArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct LoadtestArgs {
-    /// Server URL
-    #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Concurrent uploaders
-    #[arg(long, default_value_t = 50)]
-    uploaders: usize,
-    /// Concurrent downloaders reading back every upload [default: uploaders/4, at least 1]
-    #[arg(long)]
-    downloaders: Option<usize>,
-    /// Workers issuing opposite moves (a->b while b->a)
-    #[arg(long, default_value_t = 4)]
-    movers: usize,
-    /// Sync subscribers checking the feed
-    #[arg(long, default_value_t = 10)]
-    subscribers: usize,
-    /// How long to run, e.g. 30s (ignored with --count)
-    #[arg(long, default_value = "30s")]
-    duration: String,
-    /// Run this many uploads instead of a duration
-    #[arg(long)]
-    count: Option<u64>,
-    /// Weighted size mix
-    #[arg(long, default_value = "4KiB:50,1MiB:45,64MiB:5")]
-    sizes: String,
-    /// Fail when no request completes for this long
-    #[arg(long, default_value = "5s")]
-    stall_limit: String,
-    /// Also write the report as JSON to FILE (`-` for standard output)
-    #[arg(long)]
-    json: Option<String>,
-}
-
-#[derive(Debug, clap::Args)]
-struct FsckArgs {
-    /// Data directory [default: ./vaultfs-data; env VAULTFS_DATA_DIR]
-    #[arg(long, env = "VAULTFS_DATA_DIR", default_value = "./vaultfs-data")]
-    data_dir: PathBuf,
-    /// Remove orphan blobs and leftover temp files (damaged files are only reported)
-    #[arg(long)]
-    repair: bool,
-    /// Check through this running server (online) instead of a stopped --data-dir
-    #[arg(long)]
-    server: Option<String>,
-    /// Bearer token for --server (needs the admin scope) [env: VAULTFS_TOKEN]
-    #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Print the report as JSON
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-struct WatchArgs {
-    /// Server URL
-    #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// Start after this seq (replaying what was missed); without it, from now
-    #[arg(long)]
-    since: Option<i64>,
-    /// Only paths under this prefix
-    #[arg(long, default_value = "")]
-    prefix: String,
-    /// Bearer token (once the server requires one)
-    #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    Loadtest(cli::loadtest::LoadtestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,6 +55,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080; env VAULTFS_LISTEN]
     #[arg(long)]
     listen: Option<String>,
+    /// Also serve /healthz and /readyz on this address, with a connection cap of its own, so
+    /// probes are answered however many connections clients hold [env VAULTFS_PROBE_LISTEN]
+    #[arg(long)]
+    probe_listen: Option<String>,
     /// Data directory [default: ./vaultfs-data; env VAULTFS_DATA_DIR]
     #[arg(long)]
     data_dir: Option<String>,
@@ -175,9 +111,9 @@ fn main() -> ExitCode {
         Command::Rm(args) => run_cli(|_| cli::ops::rm(args)),
         Command::Mv(args) => run_cli(|_| cli::ops::move_or_copy(args, false)),
         Command::Cp(args) => run_cli(|_| cli::ops::move_or_copy(args, true)),
-        Command::Watch(args) => run_client(watch(args)),
-        Command::Loadtest(args) => run_client(loadtest(args)),
-        Command::Fsck(args) => run_client(fsck(args)),
+        Command::Watch(args) => run_client(cli::watch::run(args)),
+        Command::Loadtest(args) => run_client(cli::loadtest::command(args)),
+        Command::Fsck(args) => run_client(cli::fsck::run(args)),
         Command::Token(args) => run_client(cli::admin::token(args)),
         Command::Share(args) => run_client(cli::admin::share(args)),
     }
@@ -244,186 +180,6 @@ where
     code
 }
 
-async fn fsck_online(
-    server: &str,
-    token: Option<String>,
-    repair: bool,
-) -> Result<vaultfs::fsck::FsckReport, String> {
-    use vaultfs::client::{Client, ClientOptions};
-    // Hashing every blob takes as long as it takes: no read timeout.
-    let options = ClientOptions {
-        token,
-        read_timeout: None,
-    };
-    let client = Client::with_options(server, &options).map_err(|e| e.to_string())?;
-    let url = client.url(&format!("/api/v1/admin/fsck?repair={repair}"));
-    let resp = client
-        .http()
-        .post(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    Client::parse(resp).await.map_err(|e| e.to_string())
-}
-
-async fn fsck(args: FsckArgs) -> ExitCode {
-    let result = match &args.server {
-        Some(server) => fsck_online(server, args.token.clone(), args.repair).await,
-        None => vaultfs::fsck::run(&args.data_dir, args.repair)
-            .await
-            .map_err(|e| e.to_string()),
-    };
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vaultfs fsck: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => eprintln!("vaultfs fsck: {e}"),
-        }
-    } else {
-        for d in &report.damaged {
-            println!("DAMAGED {}  (sha256 {}): {}", d.path, d.sha256, d.problem);
-        }
-        for p in &report.metadata_problems {
-            println!("INCONSISTENT {} {}: {}", p.kind, p.path, p.detail);
-        }
-        let action = if report.repaired { "removed" } else { "found" };
-        let temp = if report.online {
-            "temp files not checked online".to_string()
-        } else {
-            format!("{} temp files {action}", report.temp_files)
-        };
-        println!(
-            "{} files, {} blobs checked ({} bytes hashed), {} damaged, {} events checked \
-             (latest seq {}), {} metadata problems, {} orphan blobs {action}, {temp}",
-            report.files,
-            report.blobs_checked,
-            report.bytes_checked,
-            report.damaged.len(),
-            report.events,
-            report.latest_seq,
-            report.metadata_problems.len(),
-            report.orphan_blobs.len(),
-        );
-    }
-    if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-async fn loadtest(args: LoadtestArgs) -> ExitCode {
-    use vaultfs::config::parse_duration;
-    use vaultfs::loadtest::{parse_sizes, LoadConfig};
-    let parsed = (|| -> Result<LoadConfig, String> {
-        Ok(LoadConfig {
-            url: args.url.clone(),
-            uploaders: args.uploaders.max(1),
-            downloaders: args.downloaders.unwrap_or((args.uploaders / 4).max(1)),
-            movers: args.movers,
-            subscribers: args.subscribers,
-            duration: match args.count {
-                Some(_) => None,
-                None => {
-                    Some(parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?)
-                }
-            },
-            count: args.count,
-            sizes: parse_sizes(&args.sizes).map_err(|e| format!("--sizes: {e}"))?,
-            stall_limit: parse_duration(&args.stall_limit)
-                .map_err(|e| format!("--stall-limit: {e}"))?,
-            progress: true,
-        })
-    })();
-    let config = match parsed {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vaultfs loadtest: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = match vaultfs::loadtest::run(config).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vaultfs loadtest: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    print!("{}", report.text());
-    if let Some(target) = &args.json {
-        let json = match serde_json::to_string_pretty(&report) {
-            Ok(j) => j,
-            Err(e) => {
-                eprintln!("vaultfs loadtest: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        if target == "-" {
-            println!("{json}");
-        } else if let Err(e) = tokio::fs::write(target, json).await {
-            eprintln!("vaultfs loadtest: cannot write {target}: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-async fn watch(args: WatchArgs) -> ExitCode {
-    use std::io::Write;
-    let options = vaultfs::client::ClientOptions {
-        token: args.token.clone(),
-        read_timeout: None,
-    };
-    let client = match vaultfs::client::Client::with_options(&args.server, &options) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vaultfs: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut since = args.since;
-    loop {
-        let printer = |event: &serde_json::Value| {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{event}").is_ok() && out.flush().is_ok()
-        };
-        let end = tokio::select! {
-            end = vaultfs::client::watch(&client, since, &args.prefix, printer) => end,
-            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
-        };
-        match end {
-            vaultfs::client::WatchEnd::ResyncRequired { latest } => {
-                eprintln!(
-                    "vaultfs: the server no longer has events after seq {since:?}; re-list, then \
-                     continuing from seq {latest}"
-                );
-                println!(
-                    "{}",
-                    serde_json::json!({"kind": "resync_required", "latest_seq": latest})
-                );
-                since = Some(latest);
-            }
-            // stdout closed (e.g. piped into `head`): done.
-            vaultfs::client::WatchEnd::Stopped => return ExitCode::SUCCESS,
-            vaultfs::client::WatchEnd::Disconnected(_) => {}
-            vaultfs::client::WatchEnd::Refused(why) => {
-                eprintln!("vaultfs: the server refused the subscription: {why}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-}
-
 fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
     let env = |k: &str| std::env::var(k).ok();
     let file_path = args
@@ -445,6 +201,7 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
     };
     let flags = Overrides {
         listen: args.listen.clone(),
+        probe_listen: args.probe_listen.clone(),
         data_dir: args.data_dir.clone(),
         max_upload_size: args.max_upload_size.clone().map(SizeValue::Text),
         lock_timeout: args.lock_timeout.clone(),

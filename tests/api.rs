@@ -1011,7 +1011,7 @@ async fn everything_survives_a_restart() {
 
     // A second server may not open a directory that is in use.
     let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
-    let second = vaultfs::server::AppState::open(Config::for_data_dir(dir.path())).await;
+    let second = vaultfs::app::AppState::open(Config::for_data_dir(dir.path())).await;
     assert!(
         second.is_err(),
         "data directory lock must refuse a second process"

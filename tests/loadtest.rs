@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use vaultfs::loadtest::{parse_sizes, run, LoadConfig};
+use vaultfs::cli::loadtest::{parse_sizes, run, LoadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_loadtest_passes_and_verifies() {

@@ -52,8 +52,8 @@ fn assert_send<T: Send>(_: &T) {}
 #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
 fn handler_and_service_futures_are_send() {
     use axum::extract::{Request, State};
+    use vaultfs::app::AppState;
     use vaultfs::handlers::{self, ApiJson, ApiPath, ApiQuery};
-    use vaultfs::server::AppState;
     use vaultfs::services::files::{FileService, RequestCtx};
     use vaultfs::services::lock_manager::{LockManager, LockOwner, LockRequest};
     use vaultfs::services::metadata::{MetadataStore, Precondition, PutRequest};
@@ -68,7 +68,7 @@ fn handler_and_service_futures_are_send() {
         // Handlers.
         assert_send(&handlers::health::healthz(State(state.clone())));
         assert_send(&handlers::health::readyz(State(state.clone())));
-        assert_send(&vaultfs::metrics::render(State(state.clone())));
+        assert_send(&vaultfs::handlers::metrics::render(State(state.clone())));
         assert_send(&handlers::upload::upload(
             State(state.clone()),
             ctx.clone(),
@@ -175,7 +175,9 @@ fn handler_and_service_futures_are_send() {
         assert_send(&files.copy_file("", &path, false, &ctx));
         assert_send(&files.list("", true, None, 10, &ctx));
         assert_send(&files.is_orphan(""));
-        assert_send(&vaultfs::fsck::run_online(&files, &path_buf, false));
+        assert_send(&vaultfs::services::fsck::run_online(
+            &files, &path_buf, false,
+        ));
         assert_send(&files.collect_blob(""));
         assert_send(&files.collect_unreferenced());
         let locks: LockManager = todo!();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{data, enc, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use vaultfs::server::{route_rules, Access};
+use vaultfs::handlers::routes::{route_rules, Access};
 use vaultfs::services::auth::Scope;
 
 /// Makes a token with the CLI, on the data directory of a running server.

@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::CommonArgs;
+use crate::api::{CreatedToken, TokenInfo};
 use crate::client::{Client, ClientOptions};
-use crate::services::auth::{Auth, CreatedToken, TokenInfo};
+use crate::services::auth::Auth;
 use crate::services::metadata::MetadataStore;
 use crate::services::metadata_sqlite::SqliteMetadata;
 
@@ -227,7 +228,7 @@ async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
                 Backend::Remote(c) => {
                     let url = c.url(&format!(
                         "/api/v1/admin/tokens/{}",
-                        crate::client::encode_path(id)
+                        crate::api::encode_path(id)
                     ));
                     remote(c, c.http().delete(url)).await?;
                 }

@@ -18,8 +18,8 @@ use super::{
     basename, list_all, remote_dir, resolve_file, until_interrupted, CommonArgs, ItemResult,
     Outcome, Reporter, TempFiles,
 };
+use crate::api::FileMeta;
 use crate::client::{Client, ClientError, RetryPolicy};
-use crate::services::metadata::FileMeta;
 
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {

@@ -1,5 +1,7 @@
-//! The `vaultfs` client commands: upload, download, ls, stat, rm, mv, cp (and `watch`, in
-//! `main.rs`). All are built on [`crate::client`]: one retry policy, one error shape.
+//! The `vaultfs` client commands: upload, download, ls, stat, rm, mv, cp, watch, fsck,
+//! token, share and loadtest; `main.rs` parses the flags and calls them. All but the offline
+//! `fsck` and `token` (which open a data directory) are built on [`crate::client`]: one
+//! retry policy, one error shape.
 //!
 //! Output contract: results go to standard output (one line per item, or one JSON object per
 //! line with `--json`); errors, progress and the summary go to standard error, except that
@@ -8,9 +10,12 @@
 
 pub mod admin;
 pub mod download;
+pub mod fsck;
+pub mod loadtest;
 pub mod ops;
 mod output;
 pub mod upload;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -159,10 +164,7 @@ pub async fn resolve_file(
     client: &Client,
     policy: &RetryPolicy,
     target: &str,
-) -> (
-    Result<crate::services::metadata::FileMeta, ClientError>,
-    u32,
-) {
+) -> (Result<crate::api::FileMeta, ClientError>, u32) {
     if looks_like_id(target) {
         let (r, attempts) = policy.run(|_| client.meta(target), |_, _, _| {}).await;
         match r {
@@ -178,7 +180,7 @@ pub async fn list_all(
     client: &Client,
     policy: &RetryPolicy,
     prefix: &str,
-) -> Result<Vec<crate::services::metadata::FileMeta>, ClientError> {
+) -> Result<Vec<crate::api::FileMeta>, ClientError> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {

@@ -10,8 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::{human_bytes, CommonArgs, Outcome};
+use crate::api::FileMeta;
 use crate::client::ClientError;
-use crate::services::metadata::FileMeta;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorInfo {

@@ -11,8 +11,8 @@ use tokio::io::AsyncReadExt;
 
 use super::output::Progress;
 use super::{remote_dir, until_interrupted, CommonArgs, ItemResult, Outcome, Reporter};
+use crate::api::FileMeta;
 use crate::client::{Client, ClientError, RetryPolicy};
-use crate::services::metadata::FileMeta;
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {

@@ -4,7 +4,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::server::AppState;
+use crate::app::AppState;
 
 /// `GET /api/v1/admin/locks`: lock sets held or waited for, with holders and ages.
 pub async fn locks(State(state): State<AppState>) -> Json<Value> {
@@ -28,7 +28,7 @@ pub struct FsckQuery {
 pub async fn fsck(
     State(state): State<AppState>,
     Query(q): Query<FsckQuery>,
-) -> Result<Json<crate::fsck::FsckReport>, crate::error::AppError> {
+) -> Result<Json<crate::services::fsck::FsckReport>, crate::error::AppError> {
     let Ok(_running) = state.fsck_slot.try_lock() else {
         return Err(crate::error::AppError::new(
             axum::http::StatusCode::CONFLICT,
@@ -37,7 +37,8 @@ pub async fn fsck(
         ));
     };
     tracing::info!(repair = q.repair, "online fsck started");
-    let report = crate::fsck::run_online(&state.files, &state.config.data_dir, q.repair).await?;
+    let report =
+        crate::services::fsck::run_online(&state.files, &state.config.data_dir, q.repair).await?;
     tracing::info!(
         files = report.files,
         damaged = report.damaged.len(),

@@ -13,8 +13,9 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::app::AppState;
 use crate::error::AppError;
-use crate::server::{rule_for, Access, AppState};
+use crate::handlers::routes::{rule_for, Access};
 use crate::services::auth::{Principal, Scope};
 
 /// The query parameter a browser's WebSocket may carry its token in.

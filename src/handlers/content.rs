@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::{header_str, parse_etags};
+use crate::app::AppState;
 use crate::error::AppError;
-use crate::server::AppState;
 use crate::services::metadata::{EtagMatch, FileMeta};
 
 #[derive(Debug, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{content, write_precondition, ApiJson, ApiPath};
+use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::VPath;
-use crate::server::AppState;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{FileMeta, Precondition};
 

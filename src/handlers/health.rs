@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::server::AppState;
+use crate::app::AppState;
 
 /// How long readiness waits for each store.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);

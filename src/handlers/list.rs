@@ -5,9 +5,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::ApiQuery;
+use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::validate_prefix;
-use crate::server::AppState;
 use crate::services::files::{ListPage, RequestCtx};
 
 pub const DEFAULT_LIMIT: usize = 1000;

@@ -1,13 +1,31 @@
 //! HTTP endpoints. Handlers parse, call a service, and map errors; they take no locks and do
 //! no I/O of their own (streaming a request body into a service writer is their job).
+//!
+//! - [`routes`]: the route table (one authorization rule and one body rule per route) and
+//!   the routers built from it.
+//! - [`authz`]: the authorization layer (token, scope, Origin and Host checks).
+//! - [`body`]: deadlines on request bodies (408 `body_timeout`).
+//! - [`upload`], [`multipart_guard`]: `POST /api/v1/files/upload`, raw and multipart.
+//! - [`files`], [`content`], [`list`]: file operations, downloads (Range, conditional), lists.
+//! - [`sync`]: the WebSocket feed and the long-poll.
+//! - [`share`]: share links; [`admin`]: locks, runtime, fsck, tokens.
+//! - [`health`]: `/healthz`, `/readyz`; [`metrics`]: `GET /metrics`.
+//! - this module: request ids and the JSON-error extractors ([`ApiJson`], [`ApiPath`],
+//!   [`ApiQuery`]).
+//!
+//! Handlers import the state from `crate::app` and the services below it, never
+//! `crate::server` (which imports them).
 
 pub mod admin;
 pub mod authz;
+pub(crate) mod body;
 pub mod content;
 pub mod files;
 pub mod health;
 pub mod list;
+pub mod metrics;
 pub mod multipart_guard;
+pub mod routes;
 pub mod share;
 pub mod sync;
 pub mod upload;

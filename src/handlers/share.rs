@@ -13,11 +13,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{content, ApiJson, ApiPath, ApiQuery};
-use crate::client::encode_path;
+use crate::api::encode_path;
+use crate::app::AppState;
 use crate::config::parse_duration;
 use crate::error::AppError;
 use crate::paths::VPath;
-use crate::server::AppState;
 use crate::services::auth::{Principal, MAX_SHARE_TTL};
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{now_ms, rfc3339};

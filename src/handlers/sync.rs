@@ -21,9 +21,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiQuery;
+use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::validate_prefix;
-use crate::server::AppState;
 use crate::services::auth::Narrowed;
 use crate::services::files::RequestCtx;
 use crate::services::notification::{until_true, Filter, SubscribeError};

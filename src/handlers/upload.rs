@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{header_str, multipart_guard, write_precondition, ApiQuery};
+use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::VPath;
-use crate::server::AppState;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::Precondition;
 use crate::services::storage::BlobWriter;

@@ -6,9 +6,11 @@
 //! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`auth`]: tokens, scopes, prefixes and share links.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
+//! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 
 pub mod auth;
 pub mod files;
+pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
 pub mod metadata_postgres;

@@ -16,7 +16,7 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), vaultfs::server::ServerError>>>,
+    handle: Option<JoinHandle<Result<(), vaultfs::app::ServerError>>>,
 }
 
 impl TestServer {
@@ -172,7 +172,7 @@ impl TestServer {
 
 /// Percent-encodes a query value (the client's own encoder).
 pub fn enc(s: &str) -> String {
-    vaultfs::client::encode_path(s)
+    vaultfs::api::encode_path(s)
 }
 
 /// Files at exactly `depth` levels below `dir`.

@@ -6,26 +6,28 @@
 //! on), M sync subscribers checking that the feed is gapless and in order, and a health prober.
 //! Memory is bounded: a payload is one seeded 64 KiB block streamed as many times as needed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Client, ClientError};
 
+mod report;
+use report::{lock, Recorder};
+pub use report::{EventsReport, KindReport, Latency, Report};
+
 const BLOCK: usize = 64 * 1024;
 /// Largest payload hashed inline; bigger ones are hashed on the blocking pool.
 const INLINE_HASH: u64 = 1 << 20;
-/// Latency samples kept per kind (a run longer than this keeps the first ones).
-const MAX_SAMPLES: usize = 2_000_000;
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -79,147 +81,6 @@ pub fn parse_sizes(text: &str) -> Result<Vec<(u64, u32)>, String> {
         return Err("no size with a positive weight".into());
     }
     Ok(out)
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Latency {
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Latency {
-    fn of(samples: &mut [f64]) -> Self {
-        if samples.is_empty() {
-            return Latency::default();
-        }
-        samples.sort_by(f64::total_cmp);
-        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-        Latency {
-            p50_ms: at(0.5),
-            p90_ms: at(0.9),
-            p99_ms: at(0.99),
-            max_ms: samples[samples.len() - 1],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct KindReport {
-    pub count: u64,
-    pub errors: u64,
-    pub per_sec: f64,
-    pub mib_per_sec: f64,
-    pub latency: Latency,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EventsReport {
-    pub subscribers: usize,
-    pub expected_per_subscriber: i64,
-    pub delivered: u64,
-    pub subscribers_complete: usize,
-    pub gaps: u64,
-    /// From the event's commit timestamp (millisecond resolution) to its arrival.
-    pub delivery_latency: Latency,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub url: String,
-    pub seconds: f64,
-    pub uploaders: usize,
-    pub downloaders: usize,
-    pub movers: usize,
-    pub kinds: BTreeMap<String, KindReport>,
-    pub longest_stall_seconds: f64,
-    pub events: EventsReport,
-    pub errors_by_status: BTreeMap<String, u64>,
-    pub failures: Vec<String>,
-    pub passed: bool,
-}
-
-#[derive(Default)]
-struct KindStats {
-    count: u64,
-    errors: u64,
-    bytes: u64,
-    samples: Vec<f64>,
-}
-
-#[derive(Default)]
-struct Recorder {
-    /// Guards per-kind counters; held for one update, never across `.await`.
-    kinds: Mutex<HashMap<&'static str, KindStats>>,
-    /// Guards the error tally; same discipline.
-    errors: Mutex<BTreeMap<String, u64>>,
-    /// Guards the first failure messages; same discipline.
-    failures: Mutex<Vec<String>>,
-    completions: AtomicU64,
-    in_flight: AtomicI64,
-    events: AtomicU64,
-    gaps: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Recorder {
-    /// Whether a finished request of `kind` counts toward "requests completing": the stall
-    /// detector watches the load, not the prober or the feed.
-    fn counts_as_completion(kind: &str) -> bool {
-        kind != "event" && kind != "health"
-    }
-
-    fn ok(&self, kind: &'static str, took: Duration, bytes: u64) {
-        let mut kinds = lock(&self.kinds);
-        let k = kinds.entry(kind).or_default();
-        k.count += 1;
-        k.bytes += bytes;
-        if k.samples.len() < MAX_SAMPLES {
-            k.samples.push(took.as_secs_f64() * 1000.0);
-        }
-        if Self::counts_as_completion(kind) {
-            self.completions.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn err(&self, kind: &'static str, e: &ClientError) {
-        {
-            let mut kinds = lock(&self.kinds);
-            let k = kinds.entry(kind).or_default();
-            k.count += 1;
-            k.errors += 1;
-        }
-        if Self::counts_as_completion(kind) {
-            self.completions.fetch_add(1, Ordering::Relaxed);
-        }
-        let key = match e {
-            ClientError::Api { status, code, .. } => format!("{status} {code}"),
-            other => other.code().to_string(),
-        };
-        *lock(&self.errors).entry(key).or_default() += 1;
-        self.fail(format!("{kind}: {e}"));
-    }
-
-    fn fail(&self, msg: String) {
-        let mut f = lock(&self.failures);
-        if f.len() < 100 {
-            f.push(msg);
-        } else if f.len() == 100 {
-            f.push("... more failures not shown".into());
-        }
-    }
-
-    fn failure_count(&self) -> usize {
-        lock(&self.failures).len()
-    }
-
-    fn count(&self, kind: &str) -> u64 {
-        lock(&self.kinds).get(kind).map_or(0, |k| k.count)
-    }
 }
 
 fn seeded_block(seed: u64) -> Bytes {
@@ -713,49 +574,96 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
     })
 }
 
-impl Report {
-    /// A human-readable summary.
-    pub fn text(&self) -> String {
-        let mut s = format!(
-            "VaultFS load test against {} for {:.1}s ({} uploaders, {} downloaders, {} movers, {} subscribers)\n\n",
-            self.url, self.seconds, self.uploaders, self.downloaders, self.movers, self.events.subscribers
-        );
-        s.push_str(
-            "kind       count  errors    req/s    MiB/s   p50 ms   p90 ms   p99 ms   max ms\n",
-        );
-        for (name, k) in &self.kinds {
-            s.push_str(&format!(
-                "{name:<9} {:>6} {:>7} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
-                k.count,
-                k.errors,
-                k.per_sec,
-                k.mib_per_sec,
-                k.latency.p50_ms,
-                k.latency.p90_ms,
-                k.latency.p99_ms,
-                k.latency.max_ms
-            ));
+#[derive(Debug, clap::Args)]
+pub struct LoadtestArgs {
+    /// Server URL
+    #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Concurrent uploaders
+    #[arg(long, default_value_t = 50)]
+    pub uploaders: usize,
+    /// Concurrent downloaders reading back every upload [default: uploaders/4, at least 1]
+    #[arg(long)]
+    pub downloaders: Option<usize>,
+    /// Workers issuing opposite moves (a->b while b->a)
+    #[arg(long, default_value_t = 4)]
+    pub movers: usize,
+    /// Sync subscribers checking the feed
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
+    /// How long to run, e.g. 30s (ignored with --count)
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// Run this many uploads instead of a duration
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Weighted size mix
+    #[arg(long, default_value = "4KiB:50,1MiB:45,64MiB:5")]
+    pub sizes: String,
+    /// Fail when no request completes for this long
+    #[arg(long, default_value = "5s")]
+    pub stall_limit: String,
+    /// Also write the report as JSON to FILE (`-` for standard output)
+    #[arg(long)]
+    pub json: Option<String>,
+}
+
+/// `vaultfs loadtest`: runs the load, prints the report; exit 1 on any failure, 2 on bad flags.
+pub async fn command(args: LoadtestArgs) -> ExitCode {
+    use crate::config::parse_duration;
+    let parsed = (|| -> Result<LoadConfig, String> {
+        Ok(LoadConfig {
+            url: args.url.clone(),
+            uploaders: args.uploaders.max(1),
+            downloaders: args.downloaders.unwrap_or((args.uploaders / 4).max(1)),
+            movers: args.movers,
+            subscribers: args.subscribers,
+            duration: match args.count {
+                Some(_) => None,
+                None => {
+                    Some(parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?)
+                }
+            },
+            count: args.count,
+            sizes: parse_sizes(&args.sizes).map_err(|e| format!("--sizes: {e}"))?,
+            stall_limit: parse_duration(&args.stall_limit)
+                .map_err(|e| format!("--stall-limit: {e}"))?,
+            progress: true,
+        })
+    })();
+    let config = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vaultfs loadtest: {e}");
+            return ExitCode::from(2);
         }
-        s.push_str(&format!(
-            "\nlongest window with no completion: {:.3}s\nevents: {} delivered to {} subscribers ({} complete, {} gaps), {} expected each\n",
-            self.longest_stall_seconds,
-            self.events.delivered,
-            self.events.subscribers,
-            self.events.subscribers_complete,
-            self.events.gaps,
-            self.events.expected_per_subscriber
-        ));
-        if !self.errors_by_status.is_empty() {
-            s.push_str(&format!("errors by status: {:?}\n", self.errors_by_status));
+    };
+    let report = match run(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vaultfs loadtest: {e}");
+            return ExitCode::FAILURE;
         }
-        for f in &self.failures {
-            s.push_str(&format!("FAILURE: {f}\n"));
+    };
+    print!("{}", report.text());
+    if let Some(target) = &args.json {
+        let json = match serde_json::to_string_pretty(&report) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("vaultfs loadtest: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if target == "-" {
+            println!("{json}");
+        } else if let Err(e) = tokio::fs::write(target, json).await {
+            eprintln!("vaultfs loadtest: cannot write {target}: {e}");
+            return ExitCode::FAILURE;
         }
-        s.push_str(if self.passed {
-            "\nPASSED\n"
-        } else {
-            "\nFAILED\n"
-        });
-        s
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

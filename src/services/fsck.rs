@@ -17,7 +17,8 @@ use crate::services::files::FileService;
 use crate::services::lock_manager::{LockOwner, LockRequest};
 use crate::services::metadata::{AuditProblem, MetadataError, MetadataStore};
 use crate::services::metadata_sqlite::SqliteMetadata;
-use crate::services::storage::BlobStore;
+use crate::services::storage::{BlobStore, StorageError};
+use crate::services::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsckError {
@@ -27,9 +28,26 @@ pub enum FsckError {
     Metadata(#[from] MetadataError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A lock needed for an online check was not granted in time.
+    /// A lock needed for an online check was not granted in time, or the file service
+    /// failed to confirm a finding under its lock.
     #[error("server busy: {0}")]
-    Busy(String),
+    Busy(#[source] ServiceError),
+}
+
+/// An online check's failure is a service error like any other request's: the HTTP edge maps
+/// it without knowing fsck.
+impl From<FsckError> for ServiceError {
+    fn from(e: FsckError) -> Self {
+        match e {
+            FsckError::Metadata(e) => ServiceError::Metadata(e),
+            FsckError::Busy(e) => e,
+            FsckError::Io(source) => ServiceError::Storage(StorageError::Io { op: "fsck", source }),
+            FsckError::DataDir(reason) => ServiceError::Storage(StorageError::Io {
+                op: "fsck",
+                source: std::io::Error::other(reason),
+            }),
+        }
+    }
 }
 
 /// A file whose content is damaged.
@@ -167,11 +185,7 @@ pub async fn sweep_orphans(files: &FileService) -> Result<usize, FsckError> {
     let referenced: BTreeSet<&String> = blobs.keys().collect();
     let mut collected = 0;
     for name in unreferenced_stored(files.storage(), &referenced).await? {
-        if files
-            .collect_blob(&name)
-            .await
-            .map_err(|e| FsckError::Busy(e.to_string()))?
-        {
+        if files.collect_blob(&name).await.map_err(FsckError::Busy)? {
             collected += 1;
         }
     }
@@ -215,15 +229,15 @@ pub async fn run_online(
     files: &FileService,
     data_dir: &Path,
     repair: bool,
-) -> Result<FsckReport, FsckError> {
-    check(
+) -> Result<FsckReport, ServiceError> {
+    Ok(check(
         files.metadata().as_ref(),
         files.storage(),
         data_dir,
         Some(files),
         repair,
     )
-    .await
+    .await?)
 }
 
 fn fsck_owner() -> LockOwner {
@@ -264,7 +278,7 @@ async fn check(
                     .locks()
                     .acquire(LockRequest::new().blob_shared(sha), fsck_owner())
                     .await
-                    .map_err(|e| FsckError::Busy(e.to_string()))?;
+                    .map_err(|e| FsckError::Busy(e.into()))?;
                 // Released since the scan (replaced or deleted): nothing to check.
                 if meta.blob_refcount(sha).await? == 0 {
                     continue;
@@ -313,7 +327,7 @@ async fn check(
                     files.is_orphan(&name).await
                 };
                 // Referenced under its lock: an upload committed it after the scan.
-                if !orphan.map_err(|e| FsckError::Busy(e.to_string()))? {
+                if !orphan.map_err(FsckError::Busy)? {
                     continue;
                 }
             }

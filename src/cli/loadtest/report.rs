@@ -1,0 +1,201 @@
+//! The load test's report, and the recorder the workers write their results into.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::client::ClientError;
+
+/// Latency samples kept per kind (a run longer than this keeps the first ones).
+const MAX_SAMPLES: usize = 2_000_000;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub(super) fn of(samples: &mut [f64]) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+        Latency {
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            p99_ms: at(0.99),
+            max_ms: samples[samples.len() - 1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub count: u64,
+    pub errors: u64,
+    pub per_sec: f64,
+    pub mib_per_sec: f64,
+    pub latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReport {
+    pub subscribers: usize,
+    pub expected_per_subscriber: i64,
+    pub delivered: u64,
+    pub subscribers_complete: usize,
+    pub gaps: u64,
+    /// From the event's commit timestamp (millisecond resolution) to its arrival.
+    pub delivery_latency: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub seconds: f64,
+    pub uploaders: usize,
+    pub downloaders: usize,
+    pub movers: usize,
+    pub kinds: BTreeMap<String, KindReport>,
+    pub longest_stall_seconds: f64,
+    pub events: EventsReport,
+    pub errors_by_status: BTreeMap<String, u64>,
+    pub failures: Vec<String>,
+    pub passed: bool,
+}
+
+#[derive(Default)]
+pub(super) struct KindStats {
+    pub(super) count: u64,
+    pub(super) errors: u64,
+    pub(super) bytes: u64,
+    pub(super) samples: Vec<f64>,
+}
+
+#[derive(Default)]
+pub(super) struct Recorder {
+    /// Guards per-kind counters; held for one update, never across `.await`.
+    pub(super) kinds: Mutex<HashMap<&'static str, KindStats>>,
+    /// Guards the error tally; same discipline.
+    pub(super) errors: Mutex<BTreeMap<String, u64>>,
+    /// Guards the first failure messages; same discipline.
+    pub(super) failures: Mutex<Vec<String>>,
+    pub(super) completions: AtomicU64,
+    pub(super) in_flight: AtomicI64,
+    pub(super) events: AtomicU64,
+    pub(super) gaps: AtomicU64,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Recorder {
+    /// Whether a finished request of `kind` counts toward "requests completing": the stall
+    /// detector watches the load, not the prober or the feed.
+    fn counts_as_completion(kind: &str) -> bool {
+        kind != "event" && kind != "health"
+    }
+
+    pub(super) fn ok(&self, kind: &'static str, took: Duration, bytes: u64) {
+        let mut kinds = lock(&self.kinds);
+        let k = kinds.entry(kind).or_default();
+        k.count += 1;
+        k.bytes += bytes;
+        if k.samples.len() < MAX_SAMPLES {
+            k.samples.push(took.as_secs_f64() * 1000.0);
+        }
+        if Self::counts_as_completion(kind) {
+            self.completions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn err(&self, kind: &'static str, e: &ClientError) {
+        {
+            let mut kinds = lock(&self.kinds);
+            let k = kinds.entry(kind).or_default();
+            k.count += 1;
+            k.errors += 1;
+        }
+        if Self::counts_as_completion(kind) {
+            self.completions.fetch_add(1, Ordering::Relaxed);
+        }
+        let key = match e {
+            ClientError::Api { status, code, .. } => format!("{status} {code}"),
+            other => other.code().to_string(),
+        };
+        *lock(&self.errors).entry(key).or_default() += 1;
+        self.fail(format!("{kind}: {e}"));
+    }
+
+    pub(super) fn fail(&self, msg: String) {
+        let mut f = lock(&self.failures);
+        if f.len() < 100 {
+            f.push(msg);
+        } else if f.len() == 100 {
+            f.push("... more failures not shown".into());
+        }
+    }
+
+    pub(super) fn failure_count(&self) -> usize {
+        lock(&self.failures).len()
+    }
+
+    pub(super) fn count(&self, kind: &str) -> u64 {
+        lock(&self.kinds).get(kind).map_or(0, |k| k.count)
+    }
+}
+
+impl Report {
+    /// A human-readable summary.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "VaultFS load test against {} for {:.1}s ({} uploaders, {} downloaders, {} movers, {} subscribers)\n\n",
+            self.url, self.seconds, self.uploaders, self.downloaders, self.movers, self.events.subscribers
+        );
+        s.push_str(
+            "kind       count  errors    req/s    MiB/s   p50 ms   p90 ms   p99 ms   max ms\n",
+        );
+        for (name, k) in &self.kinds {
+            s.push_str(&format!(
+                "{name:<9} {:>6} {:>7} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
+                k.count,
+                k.errors,
+                k.per_sec,
+                k.mib_per_sec,
+                k.latency.p50_ms,
+                k.latency.p90_ms,
+                k.latency.p99_ms,
+                k.latency.max_ms
+            ));
+        }
+        s.push_str(&format!(
+            "\nlongest window with no completion: {:.3}s\nevents: {} delivered to {} subscribers ({} complete, {} gaps), {} expected each\n",
+            self.longest_stall_seconds,
+            self.events.delivered,
+            self.events.subscribers,
+            self.events.subscribers_complete,
+            self.events.gaps,
+            self.events.expected_per_subscriber
+        ));
+        if !self.errors_by_status.is_empty() {
+            s.push_str(&format!("errors by status: {:?}\n", self.errors_by_status));
+        }
+        for f in &self.failures {
+            s.push_str(&format!("FAILURE: {f}\n"));
+        }
+        s.push_str(if self.passed {
+            "\nPASSED\n"
+        } else {
+            "\nFAILED\n"
+        });
+        s
+    }
+}
