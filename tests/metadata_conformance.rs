@@ -11,7 +11,7 @@ use std::time::Duration;
 use vaultfs::services::metadata::{
     EtagMatch, EventKind, MetadataError, MetadataStore, Precondition, PutRequest, TokenRecord,
 };
-use vaultfs::services::metadata_sqlite::SqliteMetadata;
+use vaultfs::services::metadata::sqlite::SqliteMetadata;
 use vaultfs::services::storage::BlobRef;
 
 fn sha(n: u8) -> String {
@@ -300,7 +300,7 @@ async fn sqlite_serializes_same_path_writers() {
 /// A PostgreSQL store on a fresh database (see `common::test_postgres_url`), and its URL.
 async fn postgres(test: &str) -> Option<(Arc<dyn MetadataStore>, String)> {
     let url = common::test_postgres_url(test).await?;
-    let store = vaultfs::services::metadata_postgres::PostgresMetadata::open(
+    let store = vaultfs::services::metadata::postgres::PostgresMetadata::open(
         &url,
         Duration::from_secs(10),
         16,
@@ -326,7 +326,7 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
     };
     // Two stores on one database: two replicas' connection pools.
     let other: Arc<dyn MetadataStore> = Arc::new(
-        vaultfs::services::metadata_postgres::PostgresMetadata::open(
+        vaultfs::services::metadata::postgres::PostgresMetadata::open(
             &url,
             Duration::from_secs(10),
             16,
@@ -397,7 +397,7 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
 /// collection (exclusive) out until it drops; shared fences coexist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_blob_fences_exclude_across_replicas() {
-    use vaultfs::services::metadata_postgres::PostgresMetadata;
+    use vaultfs::services::metadata::postgres::PostgresMetadata;
     let Some((first, url)) = postgres("postgres_blob_fences_exclude_across_replicas").await else {
         return;
     };

@@ -15,7 +15,7 @@ use super::CommonArgs;
 use crate::client::{Client, ClientOptions};
 use crate::services::auth::{Auth, CreatedToken, TokenInfo};
 use crate::services::metadata::MetadataStore;
-use crate::services::metadata_sqlite::SqliteMetadata;
+use crate::services::metadata::sqlite::SqliteMetadata;
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {

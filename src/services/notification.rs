@@ -460,7 +460,7 @@ mod tests {
 
     use super::*;
     use crate::services::metadata::{Precondition, PutRequest};
-    use crate::services::metadata_sqlite::SqliteMetadata;
+    use crate::services::metadata::sqlite::SqliteMetadata;
     use crate::services::storage::BlobRef;
 
     async fn store(dir: &std::path::Path) -> Arc<dyn MetadataStore> {
