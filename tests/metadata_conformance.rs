@@ -141,7 +141,11 @@ async fn put_preconditions(s: &dyn MetadataStore) {
         .await
         .unwrap();
     assert_eq!(a3.meta.version, 3);
-    assert_eq!(s.latest_seq().await.unwrap(), 3, "a refused put logs nothing");
+    assert_eq!(
+        s.latest_seq().await.unwrap(),
+        3,
+        "a refused put logs nothing"
+    );
 }
 
 /// Shared blobs: counted per file, released with the last; deletes find the file by id at
@@ -409,7 +413,11 @@ async fn put_many_commits_all_on_consecutive_seqs(s: &dyn MetadataStore) {
     assert_eq!(s.blob_refcount(&sha(4)).await.unwrap(), 1);
     assert_eq!(s.get_by_path("x/a").await.unwrap().unwrap(), out[2].meta);
     assert!(s.put_many(Vec::new()).await.unwrap().is_empty());
-    assert_eq!(s.latest_seq().await.unwrap(), before + 3, "an empty batch logs nothing");
+    assert_eq!(
+        s.latest_seq().await.unwrap(),
+        before + 3,
+        "an empty batch logs nothing"
+    );
     assert_eq!(s.audit().await.unwrap().problems, vec![]);
 }
 
@@ -443,7 +451,11 @@ async fn put_many_rolls_back_whole(s: &dyn MetadataStore) {
     let failed = s
         .put_many(vec![
             put("y/x", 5, Precondition::None),
-            put("y/x", 6, Precondition::MustMatch(EtagMatch::OneOf(vec![sha(1)]))),
+            put(
+                "y/x",
+                6,
+                Precondition::MustMatch(EtagMatch::OneOf(vec![sha(1)])),
+            ),
         ])
         .await;
     assert!(pf(failed));
@@ -488,14 +500,20 @@ async fn concurrent_same_path_writers(store: Arc<dyn MetadataStore>) {
 
 /// A failing `put_many` committed in the same group as other writers' puts fails alone.
 async fn failing_put_many_among_concurrent_writers(store: Arc<dyn MetadataStore>) {
-    store.put(put("g/taken", 1, Precondition::None)).await.unwrap();
+    store
+        .put(put("g/taken", 1, Precondition::None))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..10u8 {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             let path = format!("g/{i}");
             if i % 2 == 0 {
-                store.put(put(&path, 10 + i, Precondition::None)).await.is_ok()
+                store
+                    .put(put(&path, 10 + i, Precondition::None))
+                    .await
+                    .is_ok()
             } else {
                 let batch = vec![
                     put(&path, 10 + i, Precondition::None),
@@ -617,13 +635,9 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
     };
     // Two stores on one database: two replicas' connection pools.
     let other: Arc<dyn MetadataStore> = Arc::new(
-        PostgresMetadata::open(
-            &url,
-            Duration::from_secs(10),
-            16,
-        )
-        .await
-        .unwrap(),
+        PostgresMetadata::open(&url, Duration::from_secs(10), 16)
+            .await
+            .unwrap(),
     );
     let mut tasks = Vec::new();
     for i in 0..20u8 {
@@ -688,7 +702,6 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
 /// collection (exclusive) out until it drops; shared fences coexist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_blob_fences_exclude_across_replicas() {
-
     let Some((first, url)) = postgres("postgres_blob_fences_exclude_across_replicas").await else {
         return;
     };
@@ -747,4 +760,123 @@ async fn postgres_blob_fences_exclude_across_replicas() {
     assert!(free.is_ok(), "a cancelled fence was released");
     a.close().await;
     b.close().await;
+}
+
+/// The rows a database of the previous release holds (its migrations are the same `.sql`
+/// files, with the same `schema_migrations` versions): one file, its blob, its event.
+const PREVIOUS_RELEASE_ROWS: &[&str] = &[
+    "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
+     VALUES ('f1', 'old/a', 10, '0101010101010101010101010101010101010101010101010101010101010101',
+             1, 'text/plain', 1000, 1000)",
+    "INSERT INTO blobs (sha256, size, refcount)
+     VALUES ('0101010101010101010101010101010101010101010101010101010101010101', 10, 1)",
+    "INSERT INTO events (seq, kind, file_id, path, from_path, version, size, sha256, at)
+     VALUES (1, 'created', 'f1', 'old/a', NULL, 1, 10,
+             '0101010101010101010101010101010101010101010101010101010101010101', 1000)",
+];
+
+/// A store opened on a database of the previous release keeps its data and goes on working.
+async fn previous_release_data_still_works(s: &dyn MetadataStore) {
+    let old = s.get_by_path("old/a").await.unwrap().unwrap();
+    assert_eq!((old.id.as_str(), old.version, old.size), ("f1", 1, 10));
+    assert_eq!(s.latest_seq().await.unwrap(), 1);
+    let next = s.put(put("old/a", 2, Precondition::None)).await.unwrap();
+    assert_eq!((next.meta.id.as_str(), next.meta.version), ("f1", 2));
+    assert_eq!(next.released.as_deref(), Some(sha(1).as_str()));
+    assert_eq!(
+        kinds_after(s, 1).await[0],
+        (2, EventKind::Updated, "old/a".into())
+    );
+    assert_eq!(s.audit().await.unwrap().problems, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_opens_a_database_of_the_previous_release() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dir.path().join("meta.db"))
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    let previous = [
+        include_str!("../src/services/metadata/migrations/sqlite/0001_files_blobs_events.sql"),
+        include_str!("../src/services/metadata/migrations/sqlite/0002_tokens_secrets.sql"),
+    ];
+    sqlx::query(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (i, sql) in previous.iter().enumerate() {
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO schema_migrations VALUES (?, 0)")
+            .bind(i as i64 + 1)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for row in PREVIOUS_RELEASE_ROWS {
+        sqlx::query(row).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let store = SqliteMetadata::open(dir.path(), Duration::from_secs(10), 2)
+        .await
+        .unwrap();
+    previous_release_data_still_works(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_a_database_of_the_previous_release_forward() {
+    use sqlx::Connection;
+    let Some(url) = common::test_postgres_url("postgres_migrates_a_database_forward").await else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let v1 = include_str!("../src/services/metadata/migrations/postgres/0001_initial.sql");
+    for statement in v1.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("INSERT INTO schema_migrations VALUES (1, 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for row in PREVIOUS_RELEASE_ROWS {
+        sqlx::query(row).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("UPDATE event_counter SET seq = 1 WHERE id = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let store = PostgresMetadata::open(&url, Duration::from_secs(10), 4)
+        .await
+        .unwrap();
+    previous_release_data_still_works(&store).await;
+    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 2, "migrated forward");
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'
+         AND indexname IN ('events_path_bytes', 'events_from_path_bytes')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 2);
+    store.close().await;
+    conn.close().await.unwrap();
 }

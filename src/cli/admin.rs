@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use super::CommonArgs;
 use crate::client::{Client, ClientOptions};
 use crate::services::auth::{Auth, CreatedToken, TokenInfo};
-use crate::services::metadata::MetadataStore;
 use crate::services::metadata::sqlite::SqliteMetadata;
+use crate::services::metadata::MetadataStore;
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {

@@ -498,8 +498,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::services::metadata::{Precondition, PutRequest};
     use crate::services::metadata::sqlite::SqliteMetadata;
+    use crate::services::metadata::{Precondition, PutRequest};
     use crate::services::storage::BlobRef;
 
     async fn store(dir: &std::path::Path) -> Arc<dyn MetadataStore> {

@@ -141,11 +141,7 @@ impl MetadataStore for InstrumentedMetadata {
     async fn server_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, MetadataError> {
         timed(M, "server_secret", self.inner.server_secret(name, fresh)).await
     }
-    async fn fence_blob(
-        &self,
-        sha256: &str,
-        exclusive: bool,
-    ) -> Result<BlobFence, MetadataError> {
+    async fn fence_blob(&self, sha256: &str, exclusive: bool) -> Result<BlobFence, MetadataError> {
         timed(M, "fence_blob", self.inner.fence_blob(sha256, exclusive)).await
     }
     async fn audit(&self) -> Result<MetadataAudit, MetadataError> {

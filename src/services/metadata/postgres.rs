@@ -38,8 +38,13 @@ mod dialect {
     pub(super) const NAME: &str = "postgres";
     /// Versioned schema migrations, applied in order at start. Never edit a released one:
     /// add one.
-    pub(super) const MIGRATIONS: &[(i64, &str)] =
-        &[(1, include_str!("migrations/postgres/0001_initial.sql"))];
+    pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+        (1, include_str!("migrations/postgres/0001_initial.sql")),
+        (
+            2,
+            include_str!("migrations/postgres/0002_events_path_prefix.sql"),
+        ),
+    ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
     /// `events.path` has the database's collation; prefix ranges need byte order.
@@ -368,9 +373,7 @@ impl PostgresMetadata {
 
     /// A read-only transaction with one snapshot for every statement, while other replicas
     /// write.
-    async fn snapshot(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, MetadataError> {
+    async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, MetadataError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)

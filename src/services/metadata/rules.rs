@@ -303,7 +303,10 @@ async fn delete_row<T: Tx + ?Sized>(
 }
 
 /// Drops one reference; the hash when none is left (a collection candidate).
-async fn release<T: Tx + ?Sized>(tx: &mut T, sha256: &str) -> Result<Option<String>, MetadataError> {
+async fn release<T: Tx + ?Sized>(
+    tx: &mut T,
+    sha256: &str,
+) -> Result<Option<String>, MetadataError> {
     Ok(match tx.drop_blob_ref(sha256).await? {
         Some(0) => Some(sha256.to_string()),
         Some(_) => None,

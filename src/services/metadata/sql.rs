@@ -21,7 +21,8 @@ pub(crate) mod common {
          modified_at = $5 WHERE id = $6";
     pub(crate) const UPDATE_PATH: &str = "UPDATE files SET path = $1 WHERE id = $2";
     pub(crate) const DELETE_FILE: &str = "DELETE FROM files WHERE id = $1";
-    pub(crate) const ADD_BLOB_REF: &str = "INSERT INTO blobs (sha256, size, refcount) VALUES ($1, $2, 1)
+    pub(crate) const ADD_BLOB_REF: &str =
+        "INSERT INTO blobs (sha256, size, refcount) VALUES ($1, $2, 1)
          ON CONFLICT (sha256) DO UPDATE SET refcount = blobs.refcount + 1";
     pub(crate) const DROP_BLOB_REF: &str =
         "UPDATE blobs SET refcount = refcount - 1 WHERE sha256 = $1 RETURNING refcount";

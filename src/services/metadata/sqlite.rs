@@ -33,7 +33,10 @@ mod dialect {
     /// Versioned schema migrations, applied in order at start. Never edit a released one:
     /// add one.
     pub(super) const MIGRATIONS: &[(i64, &str)] = &[
-        (1, include_str!("migrations/sqlite/0001_files_blobs_events.sql")),
+        (
+            1,
+            include_str!("migrations/sqlite/0001_files_blobs_events.sql"),
+        ),
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
