@@ -54,18 +54,29 @@ pub(crate) enum WriteOp {
         expected_path: String,
         precondition: Precondition,
     },
-    Rename {
-        id: String,
-        expected_path: String,
-        to: String,
-        overwrite: bool,
-    },
-    Copy {
-        id: String,
-        expected_path: String,
-        to: String,
-        overwrite: bool,
-    },
+    Rename(Transfer),
+    Copy(Transfer),
+}
+
+/// A move or copy of file `id` (locked at `expected_path`) to `to`; with `overwrite`, a
+/// file at `to` is deleted first.
+#[derive(Debug, Clone)]
+pub(crate) struct Transfer {
+    pub(crate) id: String,
+    pub(crate) expected_path: String,
+    pub(crate) to: String,
+    pub(crate) overwrite: bool,
+}
+
+impl Transfer {
+    pub(crate) fn new(id: &str, expected_path: &str, to: &str, overwrite: bool) -> Self {
+        Transfer {
+            id: id.to_string(),
+            expected_path: expected_path.to_string(),
+            to: to.to_string(),
+            overwrite,
+        }
+    }
 }
 
 /// What a [`WriteOp`] produced.
@@ -124,18 +135,8 @@ pub(crate) async fn apply<T: Tx + ?Sized>(
             expected_path,
             precondition,
         } => WriteDone::Change(delete(tx, id, expected_path, precondition, now).await?),
-        WriteOp::Rename {
-            id,
-            expected_path,
-            to,
-            overwrite,
-        } => WriteDone::Change(rename(tx, id, expected_path, to, *overwrite, now).await?),
-        WriteOp::Copy {
-            id,
-            expected_path,
-            to,
-            overwrite,
-        } => WriteDone::Change(copy(tx, id, expected_path, to, *overwrite, now).await?),
+        WriteOp::Rename(t) => WriteDone::Change(rename(tx, t, now).await?),
+        WriteOp::Copy(t) => WriteDone::Change(copy(tx, t, now).await?),
     })
 }
 
@@ -201,22 +202,18 @@ async fn delete<T: Tx + ?Sized>(
 /// A move onto its own path is a no-op that logs nothing.
 async fn rename<T: Tx + ?Sized>(
     tx: &mut T,
-    id: &str,
-    expected_path: &str,
-    to: &str,
-    overwrite: bool,
+    t: &Transfer,
     now: i64,
 ) -> Result<ChangeOutcome, MetadataError> {
-    let cur = load_locked(tx, id, expected_path).await?;
-    if cur.path == to {
+    let (cur, to) = (load_locked(tx, &t.id, &t.expected_path).await?, &t.to);
+    if cur.path == *to {
         return Ok(ChangeOutcome {
             meta: cur,
             released: Vec::new(),
         });
     }
-    let mut released = Vec::new();
-    clear_target(tx, to, overwrite, now, &mut released).await?;
-    tx.update_path(id, to).await?;
+    let released = clear_target(tx, t, now).await?;
+    tx.update_path(&t.id, to).await?;
     let from = cur.path.clone();
     let meta = FileMeta {
         path: to.to_string(),
@@ -230,23 +227,19 @@ async fn rename<T: Tx + ?Sized>(
 /// A copy is a new file (new id, version 1) sharing the source's blob.
 async fn copy<T: Tx + ?Sized>(
     tx: &mut T,
-    id: &str,
-    expected_path: &str,
-    to: &str,
-    overwrite: bool,
+    t: &Transfer,
     now: i64,
 ) -> Result<ChangeOutcome, MetadataError> {
-    let src = load_locked(tx, id, expected_path).await?;
-    if src.path == to {
+    let src = load_locked(tx, &t.id, &t.expected_path).await?;
+    if src.path == t.to {
         return Err(MetadataError::AlreadyExists);
     }
-    let mut released = Vec::new();
-    clear_target(tx, to, overwrite, now, &mut released).await?;
+    let mut released = clear_target(tx, t, now).await?;
     let blob = BlobRef {
         sha256: src.sha256.clone(),
         size: src.size,
     };
-    let meta = new_file(to, &blob, &src.content_type, now);
+    let meta = new_file(&t.to, &blob, &src.content_type, now);
     tx.add_blob_ref(&meta.sha256, meta.size).await?;
     tx.insert_file(&meta).await?;
     tx.append_event(EventKind::Copied, &meta, Some(&src.path), now)
@@ -272,20 +265,20 @@ async fn load_locked<T: Tx + ?Sized>(
 
 /// Makes `to` free for a move or copy: a file there is deleted (its own `deleted` event) when
 /// `overwrite`, else [`MetadataError::AlreadyExists`].
+/// Returns the blobs the deletion released.
 async fn clear_target<T: Tx + ?Sized>(
     tx: &mut T,
-    to: &str,
-    overwrite: bool,
+    t: &Transfer,
     now: i64,
-    released: &mut Vec<String>,
-) -> Result<(), MetadataError> {
-    if let Some(target) = tx.file_by_path(to).await? {
-        if !overwrite {
+) -> Result<Vec<String>, MetadataError> {
+    let mut released = Vec::new();
+    if let Some(target) = tx.file_by_path(&t.to).await? {
+        if !t.overwrite {
             return Err(MetadataError::AlreadyExists);
         }
-        delete_row(tx, &target, now, released).await?;
+        delete_row(tx, &target, now, &mut released).await?;
     }
-    Ok(())
+    Ok(released)
 }
 
 /// Deletes `victim`: its row, its blob reference, a `deleted` event.
