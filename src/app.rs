@@ -13,9 +13,9 @@ use crate::config::Config;
 use crate::services::auth::{Auth, AuthError};
 use crate::services::files::FileService;
 use crate::services::lock_manager::LockManager;
+use crate::services::metadata::postgres::PostgresMetadata;
+use crate::services::metadata::sqlite::SqliteMetadata;
 use crate::services::metadata::{MetadataError, MetadataStore};
-use crate::services::metadata_postgres::PostgresMetadata;
-use crate::services::metadata_sqlite::SqliteMetadata;
 use crate::services::notification::{Notifier, Retention};
 use crate::services::storage::{BlobStore, StorageError};
 use crate::services::ServiceError;
@@ -138,7 +138,7 @@ impl AppState {
                 SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?,
             ),
         };
-        let metadata = crate::metrics::InstrumentedMetadata::wrap(inner);
+        let metadata = crate::services::metadata::instrumented::InstrumentedMetadata::wrap(inner);
         let locks = LockManager::new(config.lock_timeout);
         let (shutdown_trigger, shutdown) = watch::channel(false);
         let retention = Retention {

@@ -1,6 +1,9 @@
 //! One conformance suite for every `MetadataStore` implementation: the behaviour the services
 //! rely on (versions, preconditions, reference counts, the gapless event log, tokens), checked
-//! against the trait only. Each backend runs the same `suite`.
+//! against the trait only. Each behaviour is one function, run on a fresh store of every
+//! backend by `conformance!` as `sqlite::NAME` and `postgres::NAME` (PostgreSQL when
+//! `VAULTFS_TEST_POSTGRES_URL` is set, else one SKIPPED line), so a failure names the rule
+//! it broke.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,10 +11,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vaultfs::services::metadata::postgres::PostgresMetadata;
+use vaultfs::services::metadata::sqlite::SqliteMetadata;
 use vaultfs::services::metadata::{
-    EtagMatch, EventKind, MetadataError, MetadataStore, Precondition, PutRequest, TokenRecord,
+    EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
+    PutRequest, TokenRecord,
 };
-use vaultfs::services::metadata_sqlite::SqliteMetadata;
 use vaultfs::services::storage::BlobRef;
 
 fn sha(n: u8) -> String {
@@ -40,13 +45,61 @@ async fn kinds_after(store: &dyn MetadataStore, since: i64) -> Vec<(i64, EventKi
         .collect()
 }
 
-/// The suite. `store` must be empty.
-async fn suite(store: Arc<dyn MetadataStore>) {
-    let s = store.as_ref();
+fn pf<T>(r: Result<T, MetadataError>) -> bool {
+    matches!(r, Err(MetadataError::PreconditionFailed))
+}
+
+fn names(v: Vec<FileMeta>) -> Vec<String> {
+    v.into_iter().map(|f| f.path).collect()
+}
+
+/// `d/a` written three times (blobs 1, 2, 3): its three outcomes.
+async fn a_written_three_times(s: &dyn MetadataStore) -> [PutOutcome; 3] {
+    let a1 = s.put(put("d/a", 1, Precondition::None)).await.unwrap();
+    let a2 = s.put(put("d/a", 2, Precondition::None)).await.unwrap();
+    let a3 = s.put(put("d/a", 3, Precondition::None)).await.unwrap();
+    [a1, a2, a3]
+}
+
+/// Every kind of write, failed ones included (the history the log and audit rules see).
+async fn every_kind_of_write(s: &dyn MetadataStore) {
+    let [a1, ..] = a_written_three_times(s).await;
+    assert!(pf(s.put(put("d/a", 3, Precondition::MustNotExist)).await));
+    let b = s
+        .put(put("d/b", 3, Precondition::MustNotExist))
+        .await
+        .unwrap();
+    s.delete(&b.meta.id, "d/b", &Precondition::None)
+        .await
+        .unwrap();
+    s.copy(&a1.meta.id, "d/a", "d/c", false).await.unwrap();
+    let e = s.put(put("d/e", 5, Precondition::None)).await.unwrap();
+    s.rename(&e.meta.id, "d/e", "d/c", true).await.unwrap();
+    s.put_many(vec![
+        put("m/1", 6, Precondition::None),
+        put("m/1", 7, Precondition::None),
+    ])
+    .await
+    .unwrap();
+    let failed = s
+        .put_many(vec![
+            put("m/2", 8, Precondition::None),
+            put("m/1", 8, Precondition::MustNotExist),
+        ])
+        .await;
+    assert!(pf(failed));
+}
+
+// ---------------------------------------------------------------------------------------
+// The behaviours.
+
+async fn empty_store_has_an_empty_log(s: &dyn MetadataStore) {
     assert_eq!(s.latest_seq().await.unwrap(), 0);
     assert_eq!(s.oldest_seq().await.unwrap(), None);
+}
 
-    // Create, then replace: same id, next version, the old blob released.
+/// Create, then replace: same id, next version, the old blob released.
+async fn put_creates_then_replaces(s: &dyn MetadataStore) {
     let a1 = s.put(put("d/a", 1, Precondition::None)).await.unwrap();
     assert!(a1.created && a1.released.is_none());
     assert_eq!((a1.meta.version, a1.meta.path.as_str()), (1, "d/a"));
@@ -62,9 +115,12 @@ async fn suite(store: Arc<dyn MetadataStore>) {
     assert_eq!(s.get_by_path("d/a").await.unwrap().unwrap(), a2.meta);
     assert_eq!(s.get_by_id(&a1.meta.id).await.unwrap().unwrap(), a2.meta);
     assert_eq!(s.get_by_path("d/none").await.unwrap(), None);
+}
 
-    // Preconditions.
-    let pf = |r: Result<_, MetadataError>| matches!(r, Err(MetadataError::PreconditionFailed));
+/// `If-None-Match: *` and `If-Match` on puts.
+async fn put_preconditions(s: &dyn MetadataStore) {
+    s.put(put("d/a", 1, Precondition::None)).await.unwrap();
+    s.put(put("d/a", 2, Precondition::None)).await.unwrap();
     assert!(pf(s.put(put("d/a", 3, Precondition::MustNotExist)).await));
     assert!(pf(s
         .put(put(
@@ -85,8 +141,17 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         .await
         .unwrap();
     assert_eq!(a3.meta.version, 3);
+    assert_eq!(
+        s.latest_seq().await.unwrap(),
+        3,
+        "a refused put logs nothing"
+    );
+}
 
-    // Shared blobs: counted per file, released with the last.
+/// Shared blobs: counted per file, released with the last; deletes find the file by id at
+/// its locked path.
+async fn shared_blobs_and_deletes(s: &dyn MetadataStore) {
+    let [a1, ..] = a_written_three_times(s).await;
     let b = s
         .put(put("d/b", 3, Precondition::MustNotExist))
         .await
@@ -106,9 +171,19 @@ async fn suite(store: Arc<dyn MetadataStore>) {
             .await,
         Err(MetadataError::PathChanged)
     ));
+    let only = Precondition::MustMatch(EtagMatch::OneOf(vec![sha(1)]));
+    assert!(pf(s.delete(&a1.meta.id, "d/a", &only).await));
+    let last = s
+        .delete(&a1.meta.id, "d/a", &Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(last.released, [sha(3)], "the last user releases the blob");
+}
 
-    // Copy: a new file sharing the blob; onto itself or an existing file without overwrite:
-    // refused.
+/// Copy: a new file sharing the blob; onto itself or an existing file without overwrite:
+/// refused.
+async fn copy_shares_the_blob(s: &dyn MetadataStore) {
+    let [a1, ..] = a_written_three_times(s).await;
     let c = s.copy(&a1.meta.id, "d/a", "d/c", false).await.unwrap();
     assert_ne!(c.meta.id, a1.meta.id);
     assert_eq!(
@@ -124,8 +199,13 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         s.copy(&a1.meta.id, "d/a", "d/c", false).await,
         Err(MetadataError::AlreadyExists)
     ));
+}
 
-    // Move: onto an existing file only with overwrite (which deletes it first).
+/// Move: onto an existing file only with overwrite (which deletes it first, its own event);
+/// a move onto its own path logs nothing.
+async fn rename_overwrites_only_when_asked(s: &dyn MetadataStore) {
+    let [a1, ..] = a_written_three_times(s).await;
+    s.copy(&a1.meta.id, "d/a", "d/c", false).await.unwrap();
     let e = s.put(put("d/e", 5, Precondition::None)).await.unwrap();
     assert!(matches!(
         s.rename(&e.meta.id, "d/e", "d/c", false).await,
@@ -155,22 +235,24 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         before + 2,
         "a no-op move logs nothing"
     );
+}
 
-    // Scan: path order, inclusive or not, limited.
+/// Scan: path order, inclusive or not, limited.
+async fn scan_in_path_order(s: &dyn MetadataStore) {
     for p in ["s/1", "s/2", "s/3", "t/1"] {
         s.put(put(p, 9, Precondition::None)).await.unwrap();
     }
-    let names = |v: Vec<vaultfs::services::metadata::FileMeta>| -> Vec<String> {
-        v.into_iter().map(|f| f.path).collect()
-    };
     assert_eq!(names(s.scan("s/", true, 2).await.unwrap()), ["s/1", "s/2"]);
     assert_eq!(
         names(s.scan("s/2", false, 10).await.unwrap()),
         ["s/3", "t/1"]
     );
     assert_eq!(names(s.scan("s/2", true, 1).await.unwrap()), ["s/2"]);
+}
 
-    // The event log: gapless from 1, in commit order, one event per change.
+/// The event log: gapless from 1, in commit order, one event per change.
+async fn event_log_is_gapless_and_ordered(s: &dyn MetadataStore) {
+    every_kind_of_write(s).await;
     let all = s.events_after(0, 10_000).await.unwrap();
     let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=all.len() as i64).collect::<Vec<_>>());
@@ -181,7 +263,49 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         .iter()
         .any(|e| e.kind == EventKind::Copied && e.from_path.as_deref() == Some("d/a")));
     assert_eq!(s.events_after(3, 2).await.unwrap().len(), 2);
-    // Pruning keeps the newest and never moves the latest seq.
+}
+
+/// `events_matching`: a seq window, filtered by path or source path prefix in byte order.
+async fn events_matching_filters_a_window_by_prefix(s: &dyn MetadataStore) {
+    every_kind_of_write(s).await;
+    s.put(put("d0", 9, Precondition::None)).await.unwrap();
+    s.put(put("d/ü", 9, Precondition::None)).await.unwrap();
+    let latest = s.latest_seq().await.unwrap();
+    let all = s.events_after(0, 10_000).await.unwrap();
+    let under = |p: &str| -> Vec<i64> {
+        all.iter()
+            .filter(|e| {
+                e.path.starts_with(p) || e.from_path.as_deref().is_some_and(|f| f.starts_with(p))
+            })
+            .map(|e| e.seq)
+            .collect()
+    };
+    let seqs = |v: Vec<vaultfs::services::metadata::Event>| -> Vec<i64> {
+        v.iter().map(|e| e.seq).collect()
+    };
+    for prefix in ["", "d/", "m/", "d/c", "zzz/"] {
+        let got = s.events_matching(0, latest, prefix, 1000).await.unwrap();
+        assert_eq!(seqs(got), under(prefix), "prefix {prefix:?}");
+    }
+    assert!(!under("d/").contains(&(latest - 1)), "d0 is not under d/");
+    // The window bounds it on both sides, and the limit cuts it.
+    let window = s.events_matching(2, 4, "", 1000).await.unwrap();
+    assert_eq!(seqs(window), [3, 4]);
+    let first = s.events_matching(0, latest, "d/", 2).await.unwrap();
+    assert_eq!(seqs(first), under("d/")[..2]);
+    // A move out of a prefix is under it by its source path.
+    let moved = all.iter().find(|e| e.kind == EventKind::Moved).unwrap();
+    let from = moved.from_path.clone().unwrap();
+    let got = s
+        .events_matching(moved.seq - 1, moved.seq, &from, 10)
+        .await
+        .unwrap();
+    assert_eq!(seqs(got), [moved.seq]);
+}
+
+/// Pruning keeps the newest and never moves the latest seq; seqs are never reused.
+async fn prune_keeps_the_newest(s: &dyn MetadataStore) {
+    every_kind_of_write(s).await;
     let latest = s.latest_seq().await.unwrap();
     let pruned = s.prune_events(0, 3).await.unwrap();
     assert_eq!(pruned, latest as u64 - 3);
@@ -197,8 +321,14 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         "seqs are never reused"
     );
     let _ = next;
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.problems, vec![], "{audit:?}");
+}
 
-    // Blobs left without references are listed and forgotten only while unreferenced.
+/// Blobs left without references are listed and forgotten only while unreferenced.
+async fn unreferenced_blobs_are_listed_and_forgotten(s: &dyn MetadataStore) {
+    let [a1, ..] = a_written_three_times(s).await;
+    s.copy(&a1.meta.id, "d/a", "d/c", false).await.unwrap();
     let unref = s.unreferenced_blobs(100).await.unwrap();
     assert!(
         unref.contains(&sha(1)) && unref.contains(&sha(2)),
@@ -208,8 +338,10 @@ async fn suite(store: Arc<dyn MetadataStore>) {
     assert!(s.forget_blob(&sha(1)).await.unwrap());
     assert!(!s.forget_blob(&sha(3)).await.unwrap(), "still referenced");
     assert!(!s.unreferenced_blobs(100).await.unwrap().contains(&sha(1)));
+}
 
-    // Tokens and server secrets.
+/// Tokens and server secrets.
+async fn tokens_and_server_secrets(s: &dyn MetadataStore) {
     let token = TokenRecord {
         id: "0123456789ab".into(),
         label: "ci".into(),
@@ -238,15 +370,106 @@ async fn suite(store: Arc<dyn MetadataStore>) {
         (k1.as_slice(), k2.as_slice()),
         (b"first".as_slice(), b"first".as_slice())
     );
+}
 
-    // Consistent by its own audit.
+/// Consistent by its own audit after every kind of write (failed ones included).
+async fn audit_is_clean_after_every_kind_of_write(s: &dyn MetadataStore) {
+    every_kind_of_write(s).await;
     let audit = s.audit().await.unwrap();
     assert_eq!(audit.problems, vec![], "{audit:?}");
+    assert_eq!(audit.latest_seq, s.latest_seq().await.unwrap());
+    assert_eq!(audit.oldest_seq, Some(1));
+    assert_eq!(audit.files, 3, "d/a, d/c, m/1");
     s.ping().await.unwrap();
 }
 
+/// `put_many`: every put in one transaction, in order (a later put sees an earlier one),
+/// events on consecutive seqs.
+async fn put_many_commits_all_on_consecutive_seqs(s: &dyn MetadataStore) {
+    s.put(put("x/old", 1, Precondition::None)).await.unwrap();
+    let before = s.latest_seq().await.unwrap();
+    let out = s
+        .put_many(vec![
+            put("x/a", 2, Precondition::MustNotExist),
+            put("x/old", 3, Precondition::MustMatch(EtagMatch::Any)),
+            put("x/a", 4, Precondition::None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out[0].created && !out[1].created && !out[2].created);
+    assert_eq!((out[0].meta.version, out[2].meta.version), (1, 2));
+    assert_eq!(out[0].meta.id, out[2].meta.id);
+    assert_eq!(out[1].released.as_deref(), Some(sha(1).as_str()));
+    assert_eq!(out[2].released.as_deref(), Some(sha(2).as_str()));
+    assert_eq!(
+        kinds_after(s, before).await,
+        [
+            (before + 1, EventKind::Created, "x/a".to_string()),
+            (before + 2, EventKind::Updated, "x/old".to_string()),
+            (before + 3, EventKind::Updated, "x/a".to_string()),
+        ]
+    );
+    assert_eq!(s.blob_refcount(&sha(4)).await.unwrap(), 1);
+    assert_eq!(s.get_by_path("x/a").await.unwrap().unwrap(), out[2].meta);
+    assert!(s.put_many(Vec::new()).await.unwrap().is_empty());
+    assert_eq!(
+        s.latest_seq().await.unwrap(),
+        before + 3,
+        "an empty batch logs nothing"
+    );
+    assert_eq!(s.audit().await.unwrap().problems, vec![]);
+}
+
+/// `put_many` is all or nothing: a failing precondition in the 2nd put leaves no row, event
+/// or reference count of the 1st.
+async fn put_many_rolls_back_whole(s: &dyn MetadataStore) {
+    let x = s.put(put("y/x", 1, Precondition::None)).await.unwrap();
+    let before = s.latest_seq().await.unwrap();
+    let failed = s
+        .put_many(vec![
+            put("y/new", 2, Precondition::None),
+            put("y/x", 3, Precondition::MustNotExist),
+            put("y/other", 4, Precondition::None),
+        ])
+        .await;
+    assert!(pf(failed));
+    assert_eq!(s.latest_seq().await.unwrap(), before, "no event");
+    assert_eq!(s.events_after(before, 10).await.unwrap(), vec![]);
+    assert_eq!(s.get_by_path("y/new").await.unwrap(), None, "no row");
+    assert_eq!(s.get_by_path("y/other").await.unwrap(), None);
+    assert_eq!(s.get_by_path("y/x").await.unwrap().unwrap(), x.meta);
+    for blob in [2, 3, 4] {
+        assert_eq!(s.blob_refcount(&sha(blob)).await.unwrap(), 0, "blob {blob}");
+    }
+    assert!(
+        s.unreferenced_blobs(100).await.unwrap().is_empty(),
+        "no blob row is left behind"
+    );
+    assert_eq!(s.blob_refcount(&sha(1)).await.unwrap(), 1);
+    // A replacement of the same path later in the batch failing rolls back the earlier one.
+    let failed = s
+        .put_many(vec![
+            put("y/x", 5, Precondition::None),
+            put(
+                "y/x",
+                6,
+                Precondition::MustMatch(EtagMatch::OneOf(vec![sha(1)])),
+            ),
+        ])
+        .await;
+    assert!(pf(failed));
+    assert_eq!(s.get_by_path("y/x").await.unwrap().unwrap(), x.meta);
+    assert_eq!(s.latest_seq().await.unwrap(), before);
+    assert_eq!(s.audit().await.unwrap().problems, vec![]);
+    // The store goes on working.
+    let ok = s.put(put("y/new", 2, Precondition::None)).await.unwrap();
+    assert_eq!(kinds_after(s, before).await[0].0, before + 1);
+    assert!(ok.created);
+}
+
 /// Concurrent writers to one path: every write gets its own version, none is lost.
-async fn concurrent_same_path(store: Arc<dyn MetadataStore>) {
+async fn concurrent_same_path_writers(store: Arc<dyn MetadataStore>) {
     let mut tasks = Vec::new();
     for i in 0..20u8 {
         let store = Arc::clone(&store);
@@ -275,6 +498,47 @@ async fn concurrent_same_path(store: Arc<dyn MetadataStore>) {
     assert_eq!(event_versions, (1..=20).collect::<Vec<_>>());
 }
 
+/// A failing `put_many` committed in the same group as other writers' puts fails alone.
+async fn failing_put_many_among_concurrent_writers(store: Arc<dyn MetadataStore>) {
+    store
+        .put(put("g/taken", 1, Precondition::None))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10u8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let path = format!("g/{i}");
+            if i % 2 == 0 {
+                store
+                    .put(put(&path, 10 + i, Precondition::None))
+                    .await
+                    .is_ok()
+            } else {
+                let batch = vec![
+                    put(&path, 10 + i, Precondition::None),
+                    put("g/taken", 10 + i, Precondition::MustNotExist),
+                ];
+                pf(store.put_many(batch).await)
+            }
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    for i in 0..10u8 {
+        let got = store.get_by_path(&format!("g/{i}")).await.unwrap();
+        assert_eq!(got.is_some(), i % 2 == 0, "g/{i}");
+    }
+    let all = store.events_after(0, 1000).await.unwrap();
+    let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "1 + 5 puts, gapless");
+    assert_eq!(store.audit().await.unwrap().problems, vec![]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The backends.
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteMetadata::open(dir.path(), Duration::from_secs(10), 2)
@@ -283,40 +547,85 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
     (dir, Arc::new(store))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_conforms() {
-    let (_dir, store) = sqlite().await;
-    suite(Arc::clone(&store)).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_serializes_same_path_writers() {
-    let (_dir, store) = sqlite().await;
-    concurrent_same_path(Arc::clone(&store)).await;
-    store.close().await;
-}
-
 /// A PostgreSQL store on a fresh database (see `common::test_postgres_url`), and its URL.
 async fn postgres(test: &str) -> Option<(Arc<dyn MetadataStore>, String)> {
     let url = common::test_postgres_url(test).await?;
-    let store = vaultfs::services::metadata_postgres::PostgresMetadata::open(
-        &url,
-        Duration::from_secs(10),
-        16,
-    )
-    .await
-    .unwrap();
+    let store = PostgresMetadata::open(&url, Duration::from_secs(10), 16)
+        .await
+        .unwrap();
     Some((Arc::new(store), url))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_conforms() {
-    let Some((store, _)) = postgres("postgres_conforms").await else {
-        return;
+/// `sqlite::NAME` and `postgres::NAME` for each behaviour: `ref` ones take
+/// `&dyn MetadataStore`, `arc` ones the shared `Arc`.
+macro_rules! conformance {
+    (ref: [$($r:ident),* $(,)?], arc: [$($a:ident),* $(,)?]) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $r() {
+                    let (_dir, store) = super::sqlite().await;
+                    super::$r(store.as_ref()).await;
+                    store.close().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $a() {
+                    let (_dir, store) = super::sqlite().await;
+                    super::$a(Arc::clone(&store)).await;
+                    store.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $r() {
+                    let test = concat!("postgres::", stringify!($r));
+                    let Some((store, _)) = super::postgres(test).await else {
+                        return;
+                    };
+                    super::$r(store.as_ref()).await;
+                    store.close().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $a() {
+                    let test = concat!("postgres::", stringify!($a));
+                    let Some((store, _)) = super::postgres(test).await else {
+                        return;
+                    };
+                    super::$a(Arc::clone(&store)).await;
+                    store.close().await;
+                }
+            )*
+        }
     };
-    suite(Arc::clone(&store)).await;
-    store.close().await;
+}
+
+conformance! {
+    ref: [
+        empty_store_has_an_empty_log,
+        put_creates_then_replaces,
+        put_preconditions,
+        shared_blobs_and_deletes,
+        copy_shares_the_blob,
+        rename_overwrites_only_when_asked,
+        scan_in_path_order,
+        event_log_is_gapless_and_ordered,
+        events_matching_filters_a_window_by_prefix,
+        prune_keeps_the_newest,
+        unreferenced_blobs_are_listed_and_forgotten,
+        tokens_and_server_secrets,
+        audit_is_clean_after_every_kind_of_write,
+        put_many_commits_all_on_consecutive_seqs,
+        put_many_rolls_back_whole,
+    ],
+    arc: [concurrent_same_path_writers, failing_put_many_among_concurrent_writers]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,13 +635,9 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
     };
     // Two stores on one database: two replicas' connection pools.
     let other: Arc<dyn MetadataStore> = Arc::new(
-        vaultfs::services::metadata_postgres::PostgresMetadata::open(
-            &url,
-            Duration::from_secs(10),
-            16,
-        )
-        .await
-        .unwrap(),
+        PostgresMetadata::open(&url, Duration::from_secs(10), 16)
+            .await
+            .unwrap(),
     );
     let mut tasks = Vec::new();
     for i in 0..20u8 {
@@ -397,7 +702,6 @@ async fn postgres_serializes_same_path_writers_across_replicas() {
 /// collection (exclusive) out until it drops; shared fences coexist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_blob_fences_exclude_across_replicas() {
-    use vaultfs::services::metadata_postgres::PostgresMetadata;
     let Some((first, url)) = postgres("postgres_blob_fences_exclude_across_replicas").await else {
         return;
     };
@@ -456,4 +760,123 @@ async fn postgres_blob_fences_exclude_across_replicas() {
     assert!(free.is_ok(), "a cancelled fence was released");
     a.close().await;
     b.close().await;
+}
+
+/// The rows a database of the previous release holds (its migrations are the same `.sql`
+/// files, with the same `schema_migrations` versions): one file, its blob, its event.
+const PREVIOUS_RELEASE_ROWS: &[&str] = &[
+    "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
+     VALUES ('f1', 'old/a', 10, '0101010101010101010101010101010101010101010101010101010101010101',
+             1, 'text/plain', 1000, 1000)",
+    "INSERT INTO blobs (sha256, size, refcount)
+     VALUES ('0101010101010101010101010101010101010101010101010101010101010101', 10, 1)",
+    "INSERT INTO events (seq, kind, file_id, path, from_path, version, size, sha256, at)
+     VALUES (1, 'created', 'f1', 'old/a', NULL, 1, 10,
+             '0101010101010101010101010101010101010101010101010101010101010101', 1000)",
+];
+
+/// A store opened on a database of the previous release keeps its data and goes on working.
+async fn previous_release_data_still_works(s: &dyn MetadataStore) {
+    let old = s.get_by_path("old/a").await.unwrap().unwrap();
+    assert_eq!((old.id.as_str(), old.version, old.size), ("f1", 1, 10));
+    assert_eq!(s.latest_seq().await.unwrap(), 1);
+    let next = s.put(put("old/a", 2, Precondition::None)).await.unwrap();
+    assert_eq!((next.meta.id.as_str(), next.meta.version), ("f1", 2));
+    assert_eq!(next.released.as_deref(), Some(sha(1).as_str()));
+    assert_eq!(
+        kinds_after(s, 1).await[0],
+        (2, EventKind::Updated, "old/a".into())
+    );
+    assert_eq!(s.audit().await.unwrap().problems, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_opens_a_database_of_the_previous_release() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dir.path().join("meta.db"))
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    let previous = [
+        include_str!("../src/services/metadata/migrations/sqlite/0001_files_blobs_events.sql"),
+        include_str!("../src/services/metadata/migrations/sqlite/0002_tokens_secrets.sql"),
+    ];
+    sqlx::query(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (i, sql) in previous.iter().enumerate() {
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO schema_migrations VALUES (?, 0)")
+            .bind(i as i64 + 1)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for row in PREVIOUS_RELEASE_ROWS {
+        sqlx::query(row).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let store = SqliteMetadata::open(dir.path(), Duration::from_secs(10), 2)
+        .await
+        .unwrap();
+    previous_release_data_still_works(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_a_database_of_the_previous_release_forward() {
+    use sqlx::Connection;
+    let Some(url) = common::test_postgres_url("postgres_migrates_a_database_forward").await else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let v1 = include_str!("../src/services/metadata/migrations/postgres/0001_initial.sql");
+    for statement in v1.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("INSERT INTO schema_migrations VALUES (1, 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for row in PREVIOUS_RELEASE_ROWS {
+        sqlx::query(row).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("UPDATE event_counter SET seq = 1 WHERE id = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let store = PostgresMetadata::open(&url, Duration::from_secs(10), 4)
+        .await
+        .unwrap();
+    previous_release_data_still_works(&store).await;
+    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 2, "migrated forward");
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'
+         AND indexname IN ('events_path_bytes', 'events_from_path_bytes')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 2);
+    store.close().await;
+    conn.close().await.unwrap();
 }

@@ -364,3 +364,94 @@ async fn event_kinds_and_protocol_errors() {
     assert_eq!(status, 400, "{e}");
     s.stop().await;
 }
+
+/// Sum of the metadata store's `events_after` and `events_matching` calls so far, from
+/// `/metrics` (every server in this process shares the recorder: other tests add a little).
+async fn event_reads(s: &TestServer) -> u64 {
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("vaultfs_store_op_duration_seconds_count{"))
+        .filter(|l| l.contains("store=\"metadata\""))
+        .filter(|l| l.contains("op=\"events_after\"") || l.contains("op=\"events_matching\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Issue 15 item 9: `events?since=0&limit=1&prefix=zzz/` over a long log of other events
+/// used to read it one page (of `limit`) at a time, with no cap. Now one request examines at
+/// most 10,000 seqs in a few queries and answers with `next_since` advanced past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_long_poll_over_a_long_log_is_bounded() {
+    use vaultfs::services::metadata::sqlite::SqliteMetadata;
+    use vaultfs::services::metadata::{MetadataStore, Precondition, PutRequest};
+    use vaultfs::services::storage::BlobRef;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    let meta = s.put("big/x", b"content").await;
+    s.stop().await;
+    // 25,000 more events (replacements of big/x by the same blob), written straight into
+    // the stopped server's store in one transaction.
+    let store = SqliteMetadata::open(dir.path(), Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    let blob = BlobRef {
+        sha256: meta["sha256"].as_str().unwrap().to_string(),
+        size: meta["size"].as_u64().unwrap(),
+    };
+    let reqs = (0..25_000)
+        .map(|_| PutRequest {
+            path: "big/x".into(),
+            blob: blob.clone(),
+            content_type: "application/octet-stream".into(),
+            precondition: Precondition::None,
+        })
+        .collect();
+    store.put_many(reqs).await.unwrap();
+    assert_eq!(store.latest_seq().await.unwrap(), 25_001);
+    store.close().await;
+
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    let before = event_reads(&s).await;
+    let (status, v) = s
+        .get_json("/api/v1/events?since=0&limit=1&prefix=zzz/&wait=5")
+        .await;
+    let reads = event_reads(&s).await - before;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["events"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        v["next_since"], 10_000,
+        "answers after the scan cap, not after the whole log"
+    );
+    assert!(reads < 200, "{reads} event-log queries for one long-poll");
+    // The client continues from there and reaches the end of the log.
+    let (_, v) = s
+        .get_json("/api/v1/events?since=10000&limit=1&prefix=zzz/")
+        .await;
+    assert_eq!(v["next_since"], 20_000);
+    let (_, v) = s
+        .get_json("/api/v1/events?since=20000&limit=1&prefix=zzz/")
+        .await;
+    assert_eq!(v["next_since"], 25_001);
+    // And a matching event is found by the prefix filter.
+    s.put("zzz/y", b"y").await;
+    let (_, v) = s
+        .get_json("/api/v1/events?since=25001&limit=1&prefix=zzz/&wait=5")
+        .await;
+    assert_eq!(v["events"][0]["path"], "zzz/y", "{v}");
+    assert_eq!(v["next_since"], 25_002);
+    // Without a prefix, a small limit still pages through in order.
+    let (_, v) = s.get_json("/api/v1/events?since=0&limit=2").await;
+    assert_eq!(seqs(v["events"].as_array().unwrap()), [1, 2]);
+    assert_eq!(v["next_since"], 2);
+    s.stop().await;
+}

@@ -15,8 +15,8 @@ use super::CommonArgs;
 use crate::api::{CreatedToken, TokenInfo};
 use crate::client::{Client, ClientOptions};
 use crate::services::auth::Auth;
+use crate::services::metadata::sqlite::SqliteMetadata;
 use crate::services::metadata::MetadataStore;
-use crate::services::metadata_sqlite::SqliteMetadata;
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::services::files::FileService;
 use crate::services::lock_manager::{LockOwner, LockRequest};
+use crate::services::metadata::sqlite::SqliteMetadata;
 use crate::services::metadata::{AuditProblem, MetadataError, MetadataStore};
-use crate::services::metadata_sqlite::SqliteMetadata;
 use crate::services::storage::{BlobStore, StorageError};
 use crate::services::ServiceError;
 

@@ -2,7 +2,9 @@
 //!
 //! - [`lock_manager`]: the only place that locks paths.
 //! - [`storage`]: blob I/O.
-//! - [`metadata`] / [`metadata_sqlite`]: files, blob references and the event log.
+//! - [`metadata`]: files, blob references and the event log: the trait, the rules written
+//!   once (`metadata/rules.rs`), the SQLite and PostgreSQL backends (`metadata::sqlite`,
+//!   `metadata::postgres`), their migrations, and the timing wrapper.
 //! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`auth`]: tokens, scopes, prefixes and share links.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
@@ -13,8 +15,6 @@ pub mod files;
 pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
-pub mod metadata_postgres;
-pub mod metadata_sqlite;
 pub mod notification;
 pub mod storage;
 

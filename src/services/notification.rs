@@ -25,6 +25,11 @@ use super::metadata::{now_ms, Event, EventKind, MetadataError, MetadataStore};
 pub const BROADCAST_CAPACITY: usize = 1024;
 /// Events per catch-up read.
 pub const CATCH_UP_BATCH: usize = 500;
+/// Most seqs one long-poll examines before it answers (with no events, cursor advanced).
+pub(crate) const POLL_SCAN_LIMIT: i64 = 10_000;
+/// Events one long-poll query may return (more than `limit` when that is small, so a sparse
+/// filter needs few queries).
+const POLL_PAGE: usize = 1000;
 /// The hub re-reads the log at least this often, whatever pokes it got.
 const HUB_POLL: Duration = Duration::from_secs(1);
 
@@ -189,7 +194,10 @@ impl Notifier {
 
     /// One long-poll: events after `since` (from now without it) matching `prefix`, at most
     /// `limit`; when there are none, waits up to `wait` for one. Returns the events and the
-    /// cursor to pass next time (the last seq examined, matching or not).
+    /// cursor to pass next time (the last seq examined, matching or not). One call examines
+    /// at most [`POLL_SCAN_LIMIT`] seqs: past that it answers with no events and the cursor
+    /// advanced, so a filter that matches nothing in a long log costs a bounded number of
+    /// queries per request (each reads one seq window, filtered by prefix in the database).
     pub async fn poll(
         &self,
         since: Option<i64>,
@@ -203,18 +211,39 @@ impl Notifier {
         self.check_cursor(cursor, latest).await?;
         let mut published = self.inner.published.subscribe();
         let mut shutdown = self.inner.shutdown.clone();
+        let page = limit.max(POLL_PAGE);
+        let mut scanned = 0;
         loop {
-            let batch = self.inner.meta.events_after(cursor, limit).await?;
-            let full = batch.len() == limit;
-            if let Some(last) = batch.last() {
-                cursor = last.seq;
-            }
-            let matched: Vec<Event> = batch.iter().filter_map(|e| filter.view(e)).collect();
-            if !matched.is_empty() {
-                return Ok((matched, cursor));
-            }
-            if full {
-                continue; // a full page of non-matching events: keep scanning
+            // Committed seqs only: the latest read at the start, or what the hub published.
+            let known = latest.max(*published.borrow_and_update());
+            let through = known.min(cursor.saturating_add(POLL_SCAN_LIMIT - scanned));
+            if through > cursor {
+                let batch = self
+                    .inner
+                    .meta
+                    .events_matching(cursor, through, filter.narrowest(), page)
+                    .await?;
+                let end = match batch.last() {
+                    Some(last) if batch.len() == page => last.seq,
+                    _ => through,
+                };
+                let mut matched = Vec::new();
+                for e in &batch {
+                    if let Some(seen) = filter.view(e) {
+                        matched.push(seen);
+                        if matched.len() == limit {
+                            return Ok((matched, e.seq));
+                        }
+                    }
+                }
+                scanned += end - cursor;
+                cursor = end;
+                if !matched.is_empty() || scanned >= POLL_SCAN_LIMIT {
+                    return Ok((matched, cursor));
+                }
+                if cursor < known {
+                    continue; // more committed events to examine
+                }
             }
             let target = cursor;
             tokio::select! {
@@ -261,6 +290,16 @@ impl Filter {
         Filter {
             prefix: prefix.into(),
             scope: String::new(),
+        }
+    }
+
+    /// A prefix every event this filter shows has as its path or source path (the longer of
+    /// the two: one contains the other, or nothing is shown at all).
+    fn narrowest(&self) -> &str {
+        if self.scope.len() > self.prefix.len() {
+            &self.scope
+        } else {
+            &self.prefix
         }
     }
 
@@ -459,8 +498,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::services::metadata::sqlite::SqliteMetadata;
     use crate::services::metadata::{Precondition, PutRequest};
-    use crate::services::metadata_sqlite::SqliteMetadata;
     use crate::services::storage::BlobRef;
 
     async fn store(dir: &std::path::Path) -> Arc<dyn MetadataStore> {

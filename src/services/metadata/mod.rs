@@ -1,13 +1,30 @@
 //! Files, blob references and the event log, behind one trait.
 //!
-//! [`MetadataStore`] is what the rest of VaultFS sees; `metadata_sqlite` implements it on
-//! SQLite (the embedded default). Every mutating method is one transaction that also appends
-//! the matching event(s) to the log, so a change and its event commit or roll back together.
+//! [`MetadataStore`] is what the rest of VaultFS sees. Every mutating method is one
+//! transaction that also appends the matching event(s) to the log, so a change and its event
+//! commit or roll back together.
+//!
+//! - this file: the trait, its types and errors;
+//! - `rules`: what a write does (preconditions, versions, events, reference counts) and what
+//!   the audit checks, written once over a per-backend `Tx` of row operations;
+//! - `sql`: those row operations on sqlx, written once, expanded for each backend's
+//!   connection type with that backend's SQL;
+//! - [`sqlite`]: the embedded default (one group-committing writer, pooled readers);
+//! - [`postgres`]: what several replicas share (one counter-row lock per write, blob fences);
+//! - [`instrumented`]: the timing wrapper every server puts around its store;
+//! - `migrations/{sqlite,postgres}/NNNN_name.sql`: each backend's schema, applied in order.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::storage::BlobRef;
+
+pub mod instrumented;
+pub(crate) mod rules;
+#[macro_use]
+mod sql;
+pub mod postgres;
+pub mod sqlite;
 
 /// A file as clients see it (API v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +254,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Creates or replaces the file at `req.path` (same id, version + 1 on replace).
     async fn put(&self, req: PutRequest) -> Result<PutOutcome, MetadataError>;
 
+    /// Every put of `reqs`, in order, in ONE transaction: all commit or none does (any
+    /// precondition failure or error rolls back them all), and their events take consecutive
+    /// seqs. Outcomes in request order. A later put of the batch sees the earlier ones (two
+    /// puts of one path: versions N+1, N+2).
+    async fn put_many(&self, reqs: Vec<PutRequest>) -> Result<Vec<PutOutcome>, MetadataError>;
+
     /// Deletes file `id`, which the caller locked at `expected_path`.
     async fn delete(
         &self,
@@ -281,6 +304,16 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Events with `seq > since`, in order, at most `limit`.
     async fn events_after(&self, since: i64, limit: usize) -> Result<Vec<Event>, MetadataError>;
+    /// Events with `since < seq <= through` whose path or source path starts with `prefix`
+    /// (empty: all), in order, at most `limit`: one query whose work is bounded by the seq
+    /// window, filtered in the database.
+    async fn events_matching(
+        &self,
+        since: i64,
+        through: i64,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, MetadataError>;
     /// The highest committed seq (0 when the log is empty).
     async fn latest_seq(&self) -> Result<i64, MetadataError>;
     /// The lowest retained seq, if any.
@@ -316,79 +349,6 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), MetadataError>;
     /// Closes connections (graceful shutdown).
     async fn close(&self);
-}
-
-// Rules both engines apply inside their write transactions, written once.
-
-/// Whether a put may proceed given the file now at its path.
-pub fn check_put_precondition(
-    precondition: &Precondition,
-    existing: Option<&FileMeta>,
-) -> Result<(), MetadataError> {
-    match (precondition, existing) {
-        (Precondition::MustNotExist, Some(_)) | (Precondition::MustMatch(_), None) => {
-            Err(MetadataError::PreconditionFailed)
-        }
-        (Precondition::MustMatch(tags), Some(cur)) if !tags.matches(&cur.sha256) => {
-            Err(MetadataError::PreconditionFailed)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A new file (version 1) at `path` with `blob`'s content.
-pub fn new_file(path: &str, blob: &BlobRef, content_type: &str, now: i64) -> FileMeta {
-    FileMeta {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        path: path.to_string(),
-        size: blob.size,
-        sha256: blob.sha256.clone(),
-        version: 1,
-        content_type: content_type.to_string(),
-        created_at: rfc3339(now),
-        modified_at: rfc3339(now),
-        modified_ms: now,
-    }
-}
-
-/// `cur` replaced by `req`'s content: same id and path, next version.
-pub fn replaced(cur: FileMeta, req: &PutRequest, now: i64) -> FileMeta {
-    FileMeta {
-        size: req.blob.size,
-        sha256: req.blob.sha256.clone(),
-        version: cur.version + 1,
-        content_type: req.content_type.clone(),
-        modified_at: rfc3339(now),
-        modified_ms: now,
-        ..cur
-    }
-}
-
-/// The audit's wording for a file whose newest event disagrees with its row. `file` is the
-/// row's (path, version, sha256), `None` when there is no row.
-pub fn log_mismatch_detail(
-    seq: i64,
-    kind: &str,
-    event: (&str, i64, &str),
-    file: Option<(&str, i64, &str)>,
-) -> String {
-    let (path, version, sha) = event;
-    match file {
-        None => format!("event {seq} ({kind}) says the file exists, but it does not"),
-        Some(_) if kind == "deleted" => {
-            format!("event {seq} deleted the file, but it still exists")
-        }
-        Some((f_path, f_version, f_sha)) => format!(
-            "event {seq} ({kind}) records {path} v{version} {sha}; the file is {f_path} \
-             v{f_version} {f_sha}"
-        ),
-    }
-}
-
-/// The audit's wording for a blob whose reference count disagrees with its users.
-pub fn refcount_detail(sha256: &str, refcount: Option<i64>, used: i64) -> String {
-    let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
-    format!("blob {sha256}: {recorded}, used by {used} file(s)")
 }
 
 /// Current time in milliseconds since the epoch.

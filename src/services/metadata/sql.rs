@@ -1,0 +1,622 @@
+//! The row operations of [`super::rules`] on sqlx, written once.
+//!
+//! sqlx's SQLite and PostgreSQL drivers share their API but not their types, and code
+//! generic over `sqlx::Database` needs bounds that break the `Send` inference of async
+//! trait methods. So the code is written once here as [`sql_layer!`] and expanded by each
+//! backend for its concrete types, with that backend's `map_err` and a `dialect` module of
+//! SQL text. SQL that both engines accept (sqlx binds `$N` on SQLite too) is in [`common`];
+//! a backend's dialect re-exports it and adds what differs.
+
+/// SQL both engines accept as written.
+#[path = "sql_common.rs"]
+pub(crate) mod common;
+
+/// Expands, inside a backend's module, the sqlx code of the row operations:
+/// `SqlTx` (a [`super::rules::Tx`] on an open transaction), `Snapshot` (an
+/// [`super::rules::AuditSource`]), `migrate`, and the store's `MetadataStore` impl. Needs
+/// `map_err(sqlx::Error) -> MetadataError` and a `dialect` module (see [`common`]) in scope.
+macro_rules! sql_layer {
+    (
+        db: $db:ty,
+        conn: $conn:ty,
+        row: $row:ty,
+        store: $store:ty,
+        reads: $reads:ident,
+        writes: $writes:ident,
+        extra: { $($extra:tt)* }
+    ) => {
+        use sqlx::Row as _;
+
+        use $crate::services::metadata::rules::{
+            self, AuditSource, LastEventMismatch, Transfer, Tx, WriteOp,
+        };
+        use $crate::services::metadata::{
+            now_ms, rfc3339, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
+            MetadataError, Precondition, PutOutcome, PutRequest, TokenRecord,
+        };
+
+        fn size_i64(size: u64) -> Result<i64, MetadataError> {
+            i64::try_from(size).map_err(|_| MetadataError::Backend("size out of range".into()))
+        }
+
+        fn size_u64(size: i64) -> Result<u64, MetadataError> {
+            u64::try_from(size).map_err(|_| MetadataError::Backend("negative size".into()))
+        }
+
+        fn row_to_meta(row: &$row) -> Result<FileMeta, MetadataError> {
+            let created: i64 = row.try_get("created_at").map_err(map_err)?;
+            let modified: i64 = row.try_get("modified_at").map_err(map_err)?;
+            Ok(FileMeta {
+                id: row.try_get("id").map_err(map_err)?,
+                path: row.try_get("path").map_err(map_err)?,
+                size: size_u64(row.try_get("size").map_err(map_err)?)?,
+                sha256: row.try_get("sha256").map_err(map_err)?,
+                version: row.try_get("version").map_err(map_err)?,
+                content_type: row.try_get("content_type").map_err(map_err)?,
+                created_at: rfc3339(created),
+                modified_at: rfc3339(modified),
+                modified_ms: modified,
+            })
+        }
+
+        fn row_to_event(row: &$row) -> Result<Event, MetadataError> {
+            let kind: String = row.try_get("kind").map_err(map_err)?;
+            let at: i64 = row.try_get("at").map_err(map_err)?;
+            Ok(Event {
+                seq: row.try_get("seq").map_err(map_err)?,
+                kind: EventKind::parse(&kind)
+                    .ok_or_else(|| MetadataError::Backend(format!("unknown event kind {kind}")))?,
+                id: row.try_get("file_id").map_err(map_err)?,
+                path: row.try_get("path").map_err(map_err)?,
+                from_path: row.try_get("from_path").map_err(map_err)?,
+                version: row.try_get("version").map_err(map_err)?,
+                size: size_u64(row.try_get("size").map_err(map_err)?)?,
+                sha256: row.try_get("sha256").map_err(map_err)?,
+                at: rfc3339(at),
+            })
+        }
+
+        fn row_to_token(r: &$row) -> Result<TokenRecord, MetadataError> {
+            Ok(TokenRecord {
+                id: r.try_get("id").map_err(map_err)?,
+                label: r.try_get("label").map_err(map_err)?,
+                secret_hash: r.try_get("secret_hash").map_err(map_err)?,
+                scopes: r.try_get("scopes").map_err(map_err)?,
+                prefix: r.try_get("prefix").map_err(map_err)?,
+                created_at: r.try_get("created_at").map_err(map_err)?,
+                expires_at: r.try_get("expires_at").map_err(map_err)?,
+                revoked_at: r.try_get("revoked_at").map_err(map_err)?,
+            })
+        }
+
+        fn limit_i64(limit: usize) -> i64 {
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        }
+
+        /// The file whose `column` (`id` or `path`) is `value`.
+        async fn file_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+            conn: E,
+            column: &str,
+            value: &str,
+        ) -> Result<Option<FileMeta>, MetadataError> {
+            let sql = format!("SELECT {} FROM files WHERE {column} = $1", dialect::FILE_COLUMNS);
+            let row = sqlx::query(&sql)
+                .bind(value)
+                .fetch_optional(conn)
+                .await
+                .map_err(map_err)?;
+            row.as_ref().map(row_to_meta).transpose()
+        }
+
+        /// Row operations on an open write transaction.
+        struct SqlTx<'c> {
+            conn: &'c mut $conn,
+            /// The seq of the last event appended, if any.
+            last_seq: Option<i64>,
+        }
+
+        impl<'c> SqlTx<'c> {
+            fn new(conn: &'c mut $conn) -> Self {
+                SqlTx {
+                    conn,
+                    last_seq: None,
+                }
+            }
+
+            async fn run<'q>(
+                &mut self,
+                q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+            ) -> Result<(), MetadataError> {
+                q.execute(&mut *self.conn).await.map_err(map_err)?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Tx for SqlTx<'_> {
+            async fn file_by_id(&mut self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
+                file_where(&mut *self.conn, "id", id).await
+            }
+
+            async fn file_by_path(
+                &mut self,
+                path: &str,
+            ) -> Result<Option<FileMeta>, MetadataError> {
+                file_where(&mut *self.conn, "path", path).await
+            }
+
+            async fn insert_file(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::INSERT_FILE)
+                    .bind(&meta.id)
+                    .bind(&meta.path)
+                    .bind(size_i64(meta.size)?)
+                    .bind(&meta.sha256)
+                    .bind(meta.version)
+                    .bind(&meta.content_type)
+                    .bind(meta.modified_ms);
+                self.run(q).await
+            }
+
+            async fn update_content(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::UPDATE_CONTENT)
+                    .bind(size_i64(meta.size)?)
+                    .bind(&meta.sha256)
+                    .bind(meta.version)
+                    .bind(&meta.content_type)
+                    .bind(meta.modified_ms)
+                    .bind(&meta.id);
+                self.run(q).await
+            }
+
+            async fn update_path(&mut self, id: &str, path: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::UPDATE_PATH).bind(path).bind(id))
+                    .await
+            }
+
+            async fn delete_file(&mut self, id: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::DELETE_FILE).bind(id)).await
+            }
+
+            async fn add_blob_ref(&mut self, sha256: &str, size: u64) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::ADD_BLOB_REF)
+                    .bind(sha256)
+                    .bind(size_i64(size)?);
+                self.run(q).await
+            }
+
+            async fn drop_blob_ref(&mut self, sha256: &str) -> Result<Option<i64>, MetadataError> {
+                sqlx::query_scalar(dialect::DROP_BLOB_REF)
+                    .bind(sha256)
+                    .fetch_optional(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn append_event(
+                &mut self,
+                kind: EventKind,
+                meta: &FileMeta,
+                from_path: Option<&str>,
+                at: i64,
+            ) -> Result<i64, MetadataError> {
+                let seq: i64 = sqlx::query_scalar(dialect::APPEND_EVENT)
+                    .bind(kind.as_str())
+                    .bind(&meta.id)
+                    .bind(&meta.path)
+                    .bind(from_path)
+                    .bind(meta.version)
+                    .bind(size_i64(meta.size)?)
+                    .bind(&meta.sha256)
+                    .bind(at)
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                self.last_seq = Some(seq);
+                Ok(seq)
+            }
+        }
+
+        /// The audit's queries, on a read transaction the backend opened as one snapshot.
+        struct Snapshot<'c> {
+            conn: &'c mut $conn,
+        }
+
+        #[async_trait::async_trait]
+        impl AuditSource for Snapshot<'_> {
+            async fn counts(&mut self) -> Result<(i64, i64, Option<i64>, i64), MetadataError> {
+                sqlx::query_as(dialect::AUDIT_COUNTS)
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn gaps(&mut self, limit: i64) -> Result<Vec<(i64, i64)>, MetadataError> {
+                sqlx::query_as(dialect::AUDIT_GAPS)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn last_event_mismatches(
+                &mut self,
+                limit: i64,
+            ) -> Result<Vec<LastEventMismatch>, MetadataError> {
+                let rows = sqlx::query(dialect::AUDIT_LAST_EVENTS)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let f_id: Option<String> = row.try_get("f_id").map_err(map_err)?;
+                    let file = match f_id {
+                        None => None,
+                        Some(_) => Some((
+                            row.try_get("f_path").map_err(map_err)?,
+                            row.try_get("f_version").map_err(map_err)?,
+                            row.try_get("f_sha256").map_err(map_err)?,
+                        )),
+                    };
+                    out.push(LastEventMismatch {
+                        seq: row.try_get("seq").map_err(map_err)?,
+                        kind: row.try_get("kind").map_err(map_err)?,
+                        id: row.try_get("file_id").map_err(map_err)?,
+                        path: row.try_get("path").map_err(map_err)?,
+                        version: row.try_get("version").map_err(map_err)?,
+                        sha256: row.try_get("sha256").map_err(map_err)?,
+                        file,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn files_without_events(
+                &mut self,
+                limit: i64,
+            ) -> Result<Vec<(String, String)>, MetadataError> {
+                sqlx::query_as(dialect::AUDIT_FILES_WITHOUT_EVENTS)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn refcount_mismatches(
+                &mut self,
+                limit: i64,
+            ) -> Result<Vec<(String, Option<i64>, i64)>, MetadataError> {
+                sqlx::query_as(dialect::AUDIT_REFCOUNTS)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+        }
+
+        /// Everything but the writes' transactions, the audit's snapshot, closing and
+        /// fences is the same on both engines: the store's methods, on its pools. The
+        /// backend provides `write(&self, WriteOp)`, `snapshot(&self)` (a read transaction
+        /// that is one snapshot) and `shutdown(&self)`, and may add trait methods in `extra`.
+        #[async_trait::async_trait]
+        impl $crate::services::metadata::MetadataStore for $store {
+            async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError> {
+                file_where(&self.$reads, "id", id).await
+            }
+
+            async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError> {
+                file_where(&self.$reads, "path", path).await
+            }
+
+            async fn put(&self, req: PutRequest) -> Result<PutOutcome, MetadataError> {
+                self.write(WriteOp::Put(req)).await?.into_put()
+            }
+
+            async fn put_many(
+                &self,
+                reqs: Vec<PutRequest>,
+            ) -> Result<Vec<PutOutcome>, MetadataError> {
+                if reqs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.write(WriteOp::PutMany(reqs)).await?.into_many()
+            }
+
+            async fn delete(
+                &self,
+                id: &str,
+                expected_path: &str,
+                precondition: &Precondition,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::Delete {
+                    id: id.to_string(),
+                    expected_path: expected_path.to_string(),
+                    precondition: precondition.clone(),
+                };
+                self.write(op).await?.into_change()
+            }
+
+            async fn rename(
+                &self,
+                id: &str,
+                expected_path: &str,
+                to: &str,
+                overwrite: bool,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::Rename(Transfer::new(id, expected_path, to, overwrite));
+                self.write(op).await?.into_change()
+            }
+
+            async fn copy(
+                &self,
+                id: &str,
+                expected_path: &str,
+                to: &str,
+                overwrite: bool,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::Copy(Transfer::new(id, expected_path, to, overwrite));
+                self.write(op).await?.into_change()
+            }
+
+            async fn scan(
+                &self,
+                start: &str,
+                inclusive: bool,
+                limit: usize,
+            ) -> Result<Vec<FileMeta>, MetadataError> {
+                let op = if inclusive { ">=" } else { ">" };
+                // Byte order on both engines (PostgreSQL: the column's "C" collation), so
+                // cursors stay valid across backends.
+                let sql = format!(
+                    "SELECT {} FROM files WHERE path {op} $1 ORDER BY path LIMIT $2",
+                    dialect::FILE_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(start)
+                    .bind(limit_i64(limit))
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_meta).collect()
+            }
+
+            async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError> {
+                // A read: the caller holds the blob's exclusive lock, so every commit
+                // referencing it has finished and is visible to a reader.
+                let n: Option<i64> = sqlx::query_scalar(dialect::BLOB_REFCOUNT)
+                    .bind(sha256)
+                    .fetch_optional(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                Ok(n.unwrap_or(0))
+            }
+
+            async fn forget_blob(&self, sha256: &str) -> Result<bool, MetadataError> {
+                let done = sqlx::query(dialect::FORGET_BLOB)
+                    .bind(sha256)
+                    .execute(&self.$writes)
+                    .await
+                    .map_err(map_err)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn unreferenced_blobs(&self, limit: usize) -> Result<Vec<String>, MetadataError> {
+                sqlx::query_scalar(dialect::UNREFERENCED_BLOBS)
+                    .bind(limit_i64(limit))
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn events_after(
+                &self,
+                since: i64,
+                limit: usize,
+            ) -> Result<Vec<Event>, MetadataError> {
+                let sql = format!(
+                    "SELECT {} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    dialect::EVENT_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(since)
+                    .bind(limit_i64(limit))
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_event).collect()
+            }
+
+            async fn events_matching(
+                &self,
+                since: i64,
+                through: i64,
+                prefix: &str,
+                limit: usize,
+            ) -> Result<Vec<Event>, MetadataError> {
+                // The seq window bounds the rows read; the prefix is a range on the path
+                // columns in byte order. Without an upper bound, a superset is enough:
+                // callers filter what they get.
+                let upper = $crate::services::metadata::rules::prefix_upper_bound(prefix);
+                let filter = match upper {
+                    None => String::new(),
+                    Some(_) => format!(
+                        "AND ((path{c} >= $3 AND path{c} < $4)
+                              OR (from_path{c} >= $3 AND from_path{c} < $4))",
+                        c = dialect::BYTE_ORDER
+                    ),
+                };
+                let sql = format!(
+                    "SELECT {} FROM events WHERE seq > $1 AND seq <= $2 {filter}
+                     ORDER BY seq LIMIT $5",
+                    dialect::EVENT_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(since)
+                    .bind(through)
+                    .bind(prefix)
+                    .bind(upper.unwrap_or_default())
+                    .bind(limit_i64(limit))
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_event).collect()
+            }
+
+            async fn latest_seq(&self) -> Result<i64, MetadataError> {
+                sqlx::query_scalar(dialect::LATEST_SEQ)
+                    .fetch_one(&self.$reads)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn oldest_seq(&self) -> Result<Option<i64>, MetadataError> {
+                sqlx::query_scalar(dialect::OLDEST_SEQ)
+                    .fetch_one(&self.$reads)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn prune_events(
+                &self,
+                older_than_ms: i64,
+                keep_last: i64,
+            ) -> Result<u64, MetadataError> {
+                let cut = self.latest_seq().await?.saturating_sub(keep_last);
+                let mut total = 0;
+                loop {
+                    let done = sqlx::query(dialect::PRUNE_EVENTS)
+                        .bind(cut)
+                        .bind(older_than_ms)
+                        .bind(dialect::PRUNE_BATCH)
+                        .execute(&self.$writes)
+                        .await
+                        .map_err(map_err)?;
+                    total += done.rows_affected();
+                    if done.rows_affected() < dialect::PRUNE_BATCH.unsigned_abs() {
+                        return Ok(total);
+                    }
+                }
+            }
+
+            async fn audit(&self) -> Result<MetadataAudit, MetadataError> {
+                let mut tx = self.snapshot().await?;
+                let audit = rules::audit(&mut Snapshot { conn: &mut tx }).await?;
+                tx.rollback().await.map_err(map_err)?;
+                Ok(audit)
+            }
+
+            async fn insert_token(&self, token: &TokenRecord) -> Result<(), MetadataError> {
+                sqlx::query(dialect::INSERT_TOKEN)
+                    .bind(&token.id)
+                    .bind(&token.label)
+                    .bind(&token.secret_hash)
+                    .bind(&token.scopes)
+                    .bind(&token.prefix)
+                    .bind(token.created_at)
+                    .bind(token.expires_at)
+                    .bind(token.revoked_at)
+                    .execute(&self.$writes)
+                    .await
+                    .map_err(|e| match &e {
+                        sqlx::Error::Database(db) if db.is_unique_violation() => {
+                            MetadataError::AlreadyExists
+                        }
+                        _ => map_err(e),
+                    })?;
+                Ok(())
+            }
+
+            async fn tokens(&self) -> Result<Vec<TokenRecord>, MetadataError> {
+                let rows = sqlx::query(dialect::TOKENS)
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_token).collect()
+            }
+
+            async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, MetadataError> {
+                let done = sqlx::query(dialect::REVOKE_TOKEN)
+                    .bind(at_ms)
+                    .bind(id)
+                    .execute(&self.$writes)
+                    .await
+                    .map_err(map_err)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn server_secret(
+                &self,
+                name: &str,
+                fresh: &[u8],
+            ) -> Result<Vec<u8>, MetadataError> {
+                sqlx::query(dialect::INSERT_SECRET)
+                    .bind(name)
+                    .bind(fresh)
+                    .execute(&self.$writes)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query_scalar(dialect::SECRET)
+                    .bind(name)
+                    .fetch_one(&self.$writes)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn ping(&self) -> Result<(), MetadataError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.shutdown().await;
+            }
+
+            $($extra)*
+        }
+
+        /// Applies the pending migrations of `dialect::MIGRATIONS` in order, each in its own
+        /// transaction with its `schema_migrations` row. Refuses a database newer than this
+        /// binary.
+        async fn migrate(conn: &mut $conn) -> Result<(), MetadataError> {
+            sqlx::query(dialect::SCHEMA_TABLE)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let current: i64 = sqlx::query_scalar(dialect::CURRENT_SCHEMA)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let known = dialect::MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+            if current > known {
+                return Err(MetadataError::Schema(format!(
+                    "database schema version {current} is newer than this binary knows ({known}); \
+                     refusing to start"
+                )));
+            }
+            for (version, sql) in dialect::MIGRATIONS.iter().filter(|m| m.0 > current) {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(map_err)?;
+                // One statement at a time: `raw_sql(..).execute(&mut conn)` defeats Send
+                // inference inside tokio::spawn (sqlx issue #3150). Migrations contain no ';'
+                // in literals.
+                for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| MetadataError::Schema(format!("migration {version}: {e}")))?;
+                }
+                sqlx::query(dialect::RECORD_MIGRATION)
+                    .bind(version)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                tracing::info!(version, backend = dialect::NAME, "applied metadata migration");
+            }
+            Ok(())
+        }
+    };
+}
