@@ -6,6 +6,7 @@
 //! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`auth`]: tokens, scopes, prefixes and share links.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
+//! - [`upload`]: the one write entry point every front end streams a file through.
 
 pub mod auth;
 pub mod files;
@@ -15,6 +16,7 @@ pub mod metadata_postgres;
 pub mod metadata_sqlite;
 pub mod notification;
 pub mod storage;
+pub mod upload;
 
 use lock_manager::LockError;
 use metadata::MetadataError;
@@ -39,4 +41,6 @@ pub enum ServiceError {
     /// No upload slot within the queue deadline, or the queue is full.
     #[error("too many uploads in progress")]
     Overloaded,
+    #[error(transparent)]
+    Upload(#[from] upload::UploadError),
 }
