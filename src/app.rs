@@ -159,7 +159,8 @@ impl AppState {
             notifier,
             config.max_upload_size,
             gate,
-        );
+        )
+        .with_body_limits(crate::services::upload::BodyLimits::from_config(&config));
         if let Some(pg) = &postgres {
             // Other replicas' commits: their NOTIFY pokes our notifier, which reads the log.
             pg.spawn_listener(files.notifier().clone(), shutdown.clone());

@@ -47,6 +47,14 @@ pub struct Config {
     /// A request body other than an upload's (JSON bodies) must arrive whole within this
     /// (408 `body_timeout`). Uploads stream under deadlines of their own.
     pub body_timeout: Duration,
+    /// An upload body must arrive at this many bytes/s on average over `upload_min_rate_window`
+    /// of waiting for the client (like Apache's `mod_reqtimeout` `MinRate`), or it is cut off
+    /// (408). `0` turns the check off.
+    pub upload_min_rate: u64,
+    /// The window over which `upload_min_rate` is averaged.
+    pub upload_min_rate_window: Duration,
+    /// Longest wait for the next part's headers of a multipart upload (408 past it).
+    pub multipart_field_timeout: Duration,
     /// A response write that makes no progress for this long ends the connection.
     pub write_idle_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take to finish.
@@ -94,6 +102,9 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            upload_min_rate: 16 * 1024,
+            upload_min_rate_window: Duration::from_secs(30),
+            multipart_field_timeout: Duration::from_secs(30),
             write_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             shutdown_drain_delay: Duration::ZERO,
@@ -150,6 +161,9 @@ pub struct Overrides {
     pub header_read_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub upload_min_rate: Option<SizeValue>,
+    pub upload_min_rate_window: Option<String>,
+    pub multipart_field_timeout: Option<String>,
     pub write_idle_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub shutdown_drain_delay: Option<String>,
@@ -200,6 +214,9 @@ impl Overrides {
             header_read_timeout: env("VAULTFS_HEADER_READ_TIMEOUT"),
             body_idle_timeout: env("VAULTFS_BODY_IDLE_TIMEOUT"),
             body_timeout: env("VAULTFS_BODY_TIMEOUT"),
+            upload_min_rate: env("VAULTFS_UPLOAD_MIN_RATE").map(SizeValue::Text),
+            upload_min_rate_window: env("VAULTFS_UPLOAD_MIN_RATE_WINDOW"),
+            multipart_field_timeout: env("VAULTFS_MULTIPART_FIELD_TIMEOUT"),
             write_idle_timeout: env("VAULTFS_WRITE_IDLE_TIMEOUT"),
             shutdown_grace: env("VAULTFS_SHUTDOWN_GRACE"),
             shutdown_drain_delay: env("VAULTFS_SHUTDOWN_DRAIN_DELAY"),
@@ -348,10 +365,26 @@ impl Overrides {
         if let Some(v) = &self.max_queued_uploads {
             config.max_queued_uploads = count("max_queued_uploads", v, 0)?;
         }
+        if let Some(v) = &self.upload_min_rate {
+            let text = v.as_text();
+            config.upload_min_rate = parse_size(&text).map_err(|r| {
+                invalid("upload_min_rate", &text, format!("{r} (bytes per second)"))
+            })?;
+        }
         if let Some(v) = &self.max_connections {
             config.max_connections = count("max_connections", v, 1)?;
         }
-        let durations: [(&'static str, &Option<String>, &mut Duration); 8] = [
+        let durations: [(&'static str, &Option<String>, &mut Duration); 10] = [
+            (
+                "upload_min_rate_window",
+                &self.upload_min_rate_window,
+                &mut config.upload_min_rate_window,
+            ),
+            (
+                "multipart_field_timeout",
+                &self.multipart_field_timeout,
+                &mut config.multipart_field_timeout,
+            ),
             (
                 "header_read_timeout",
                 &self.header_read_timeout,

@@ -12,6 +12,7 @@ use crate::paths::PathError;
 use crate::services::lock_manager::LockError;
 use crate::services::metadata::MetadataError;
 use crate::services::storage::StorageError;
+use crate::services::upload::UploadError;
 use crate::services::ServiceError;
 
 #[derive(Debug)]
@@ -157,6 +158,33 @@ impl From<LockError> for AppError {
     }
 }
 
+impl From<UploadError> for AppError {
+    fn from(e: UploadError) -> Self {
+        let message = e.to_string();
+        match e {
+            UploadError::Idle(_) | UploadError::TooSlow { .. } | UploadError::PartWait(_) => {
+                AppError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message)
+            }
+            UploadError::TooLarge { .. } => {
+                AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+            UploadError::ChecksumMismatch { .. } => {
+                AppError::bad_request("checksum_mismatch", message)
+            }
+            UploadError::Read(detail) => {
+                tracing::debug!(error = %detail, "request body could not be read");
+                AppError::bad_request("body_read_failed", message)
+            }
+            UploadError::Multipart(_)
+            | UploadError::PartHeaderTooLarge(_)
+            | UploadError::NoFilePart => AppError::bad_request("invalid_multipart", message),
+            UploadError::TooManyParts(_) | UploadError::TooManyFiles(_) => {
+                AppError::bad_request("too_many_parts", message)
+            }
+        }
+    }
+}
+
 impl From<ServiceError> for AppError {
     fn from(e: ServiceError) -> Self {
         match e {
@@ -170,6 +198,7 @@ impl From<ServiceError> for AppError {
             ServiceError::Contended => {
                 AppError::unavailable("contended", "the file kept changing; retry")
             }
+            ServiceError::Upload(e) => e.into(),
             ServiceError::Overloaded => AppError {
                 retry_after: Some(2),
                 ..AppError::new(

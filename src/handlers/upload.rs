@@ -1,11 +1,13 @@
-//! `POST /api/v1/files/upload`: raw or multipart, streamed, verified, committed whole.
+//! `POST /api/v1/files/upload`: raw or multipart. This layer parses (headers, multipart
+//! framing) and calls the upload pipeline (`services::upload`), which streams, verifies and
+//! commits; no storage or lock call is made here.
 
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use futures_util::StreamExt;
+use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -15,7 +17,7 @@ use crate::error::AppError;
 use crate::paths::VPath;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::Precondition;
-use crate::services::storage::BlobWriter;
+use crate::services::upload::{UploadError, UploadOptions};
 
 /// Most file parts accepted in one multipart upload.
 pub const MAX_MULTIPART_FILES: usize = 1000;
@@ -46,18 +48,13 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, AppError> {
     let headers = request.headers();
-    let limit = state.files.max_upload_size();
-    if let Some(len) = header_str(headers, "content-length")? {
-        let len: u64 = len.trim().parse().map_err(|_| {
+    let size_hint = match header_str(headers, "content-length")? {
+        Some(len) => Some(len.trim().parse::<u64>().map_err(|_| {
             AppError::bad_request("invalid_header", "Content-Length is not a number")
-        })?;
-        if len > limit {
-            return Err(crate::services::storage::StorageError::TooLarge { limit }.into());
-        }
-    }
+        })?),
+        None => None,
+    };
     let precondition = write_precondition(headers)?;
-    // Admission before a byte of the body is read; the permit lives until the response.
-    let _permit = state.files.admit_upload().await?;
     let content_type = header_str(headers, "content-type")?
         .unwrap_or(DEFAULT_CONTENT_TYPE)
         .to_string();
@@ -71,45 +68,28 @@ pub async fn upload(
                 "checksum headers apply to raw uploads; multipart parts are checked individually by their hash in the response",
             ));
         }
-        return upload_multipart(state, ctx, q.path, precondition, request).await;
+        let base = q.path.as_deref().map(VPath::parse).transpose()?;
+        let multipart = Multipart {
+            content_type: &content_type,
+            base: base.as_ref(),
+            precondition,
+            size_hint,
+        };
+        return upload_multipart(&state, &ctx, multipart, request.into_body()).await;
     }
 
     let path = VPath::parse(q.path.as_deref().ok_or_else(|| {
         AppError::bad_request("invalid_path", "query parameter `path` is required")
     })?)?;
-    let expected = expected_digest(headers)?;
-    ctx.check(path.as_str())?;
-    state.files.precheck(&path, &precondition).await?;
-
-    let mut writer = state.files.begin_upload().await?;
-    let mut body = request.into_body().into_data_stream();
-    let idle = state.config.body_idle_timeout;
-    let bytes_in = metrics::counter!("vaultfs_upload_bytes_total");
-    while let Some(chunk) = tokio::time::timeout(idle, body.next())
-        .await
-        .map_err(|_| body_idle_error(idle))?
-    {
-        let chunk = chunk.map_err(body_error)?;
-        bytes_in.increment(chunk.len() as u64);
-        writer.write(chunk).await?;
-    }
-    let staged = writer.finish(state.files.storage()).await?;
-    if let Some(expected) = expected {
-        if staged.sha256_bytes().as_deref() != Some(expected.as_slice()) {
-            return Err(AppError::bad_request(
-                "checksum_mismatch",
-                format!(
-                    "the body's SHA-256 is {}, not the {} the request declared",
-                    staged.blob.sha256,
-                    hex::encode(&expected)
-                ),
-            ));
-        }
-    }
-    let outcome = state
-        .files
-        .commit_upload(&path, staged, content_type, precondition, &ctx)
-        .await?;
+    let options = UploadOptions {
+        content_type,
+        precondition,
+        expected_sha256: expected_digest(headers)?,
+        size_hint,
+        digest_sink: None,
+    };
+    let body = request.into_body().into_data_stream().map_err(read_error);
+    let outcome = state.files.upload(&ctx, &path, body, options).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -118,127 +98,77 @@ pub async fn upload(
     Ok((status, Json(outcome.meta)).into_response())
 }
 
-async fn upload_multipart(
-    state: AppState,
-    ctx: RequestCtx,
-    base: Option<String>,
+/// What the headers of a multipart upload said.
+struct Multipart<'a> {
+    content_type: &'a str,
+    /// `?path=`: the directory the parts' file names are joined to.
+    base: Option<&'a VPath>,
     precondition: Precondition,
-    request: Request,
+    size_hint: Option<u64>,
+}
+
+/// Parses the parts (multer, held to the guard's bounds) and hands each file part's bytes to
+/// the upload pipeline; the files commit together once the body has been read to its end.
+async fn upload_multipart(
+    state: &AppState,
+    ctx: &RequestCtx,
+    request: Multipart<'_>,
+    body: axum::body::Body,
 ) -> Result<Response, AppError> {
-    let base = base.as_deref().map(VPath::parse).transpose()?;
-    // The parser buffers part headers without limit: bound them (and the part count) first.
-    let verdict = multipart_guard::Verdict::default();
-    let content_type = header_str(request.headers(), "content-type")?.unwrap_or("");
-    let request = match multipart_guard::boundary(content_type) {
-        Some(boundary) => {
-            let (parts, body) = request.into_parts();
-            let guarded = multipart_guard::guard_body(body, &boundary, verdict.clone());
-            Request::from_parts(parts, axum::body::Body::from_stream(guarded))
+    let boundary = multipart_guard::boundary(request.content_type)?;
+    let mut batch = state.files.begin_batch(request.size_hint).await?;
+    let budget = multipart_guard::Budget::default();
+    let body = batch.body(body.into_data_stream().map_err(read_error));
+    let mut parser = multipart_guard::parser(body, boundary, budget.clone());
+    let mut parts = 0;
+    while let Some(field) = batch
+        .next_part(parser.next_field())
+        .await?
+        .map_err(multipart_guard::multer_error)?
+    {
+        budget.progress();
+        parts += 1;
+        if parts > multipart_guard::MAX_PARTS {
+            return Err(UploadError::TooManyParts(multipart_guard::MAX_PARTS).into());
         }
-        None => request, // refused by the parser below
-    };
-    let mut multipart = Multipart::from_request(request, &state)
-        .await
-        .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
-    let multipart_error = |e| match verdict.get() {
-        multipart_guard::Verdict::HEADER_TOO_LARGE => AppError::bad_request(
-            "invalid_multipart",
-            format!(
-                "a part's headers exceed {} bytes",
-                multipart_guard::MAX_PART_HEADER_BYTES
-            ),
-        ),
-        multipart_guard::Verdict::TOO_MANY_PARTS => AppError::bad_request(
-            "too_many_parts",
-            format!(
-                "at most {} parts per multipart upload",
-                multipart_guard::MAX_PARTS
-            ),
-        ),
-        _ => multipart_error(e),
-    };
-    let mut stored = Vec::new();
-    let mut all_created = true;
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let Some(file_name) = field.file_name().map(str::to_string) else {
-            continue; // a plain form field, not a file
+            // A plain form field, not a file.
+            multipart_guard::skip_part(field, budget.clone()).await?;
+            continue;
         };
-        if stored.len() == MAX_MULTIPART_FILES {
-            return Err(AppError::bad_request(
-                "too_many_parts",
-                format!("at most {MAX_MULTIPART_FILES} files per multipart upload"),
-            ));
+        if batch.len() == MAX_MULTIPART_FILES {
+            return Err(UploadError::TooManyFiles(MAX_MULTIPART_FILES).into());
         }
-        let path = match &base {
+        let path = match request.base {
             Some(base) => base.join(&file_name)?,
             None => VPath::parse(&file_name)?,
         };
-        let content_type = field
-            .content_type()
-            .unwrap_or(DEFAULT_CONTENT_TYPE)
-            .to_string();
-        ctx.check(path.as_str())?;
-        state.files.precheck(&path, &precondition).await?;
-        let mut writer: BlobWriter = state.files.begin_upload().await?;
-        let idle = state.config.body_idle_timeout;
-        let bytes_in = metrics::counter!("vaultfs_upload_bytes_total");
-        while let Some(chunk) = tokio::time::timeout(idle, field.chunk())
-            .await
-            .map_err(|_| body_idle_error(idle))?
-            .map_err(multipart_error)?
-        {
-            bytes_in.increment(chunk.len() as u64);
-            writer.write(chunk).await?;
-        }
-        let staged = writer.finish(state.files.storage()).await?;
-        let outcome = state
-            .files
-            .commit_upload(&path, staged, content_type, precondition.clone(), &ctx)
-            .await?;
-        all_created &= outcome.created;
-        stored.push(outcome.meta);
+        let options = UploadOptions {
+            content_type: field
+                .content_type()
+                .map_or(DEFAULT_CONTENT_TYPE, |m| m.as_ref())
+                .to_string(),
+            precondition: request.precondition.clone(),
+            ..UploadOptions::default()
+        };
+        let part = multipart_guard::part_stream(field, budget.clone());
+        batch.stage(ctx, &path, part, options).await?;
     }
-    if stored.is_empty() {
-        return Err(AppError::bad_request(
-            "invalid_multipart",
-            "the multipart body has no file part (a part with a filename)",
-        ));
+    if batch.is_empty() {
+        return Err(UploadError::NoFilePart.into());
     }
-    let status = if all_created {
+    let outcomes = batch.commit(ctx).await?;
+    let status = if outcomes.iter().all(|o| o.created) {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
+    let stored: Vec<_> = outcomes.into_iter().map(|o| o.meta).collect();
     Ok((status, Json(json!({"files": stored}))).into_response())
 }
 
-/// The client stopped sending mid-body: 408, and the writer's drop removes the temp file.
-fn body_idle_error(idle: std::time::Duration) -> AppError {
-    metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
-    AppError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
-        format!(
-            "no body bytes arrived for {} s; the upload was discarded",
-            idle.as_secs_f64()
-        ),
-    )
-}
-
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return AppError::new(status, "too_large", e.body_text());
-    }
-    AppError::bad_request("invalid_multipart", e.body_text())
-}
-
-fn body_error(e: axum::Error) -> AppError {
-    tracing::debug!(error = %e, "request body could not be read");
-    AppError::bad_request(
-        "body_read_failed",
-        "the request body could not be read to its end",
-    )
+fn read_error(e: axum::Error) -> UploadError {
+    UploadError::Read(e.to_string())
 }
 
 /// The SHA-256 the client declared, from `Content-Digest` (RFC 9530) or `X-Checksum-Sha256`.

@@ -17,6 +17,7 @@ use super::metadata::{
 };
 use super::notification::Notifier;
 use super::storage::{BlobStore, BlobWriter, StagedBlob};
+use super::upload::BodyLimits;
 use super::ServiceError;
 use crate::faults::Point;
 use crate::paths::VPath;
@@ -150,6 +151,7 @@ pub struct FileService {
     notifier: Notifier,
     max_upload_size: u64,
     uploads: Arc<UploadGate>,
+    body_limits: BodyLimits,
 }
 
 impl std::fmt::Debug for FileService {
@@ -177,10 +179,23 @@ impl FileService {
             notifier,
             max_upload_size,
             uploads: Arc::new(uploads),
+            body_limits: BodyLimits::default(),
         }
     }
 
+    /// The deadlines upload bodies are held to (defaults: the configuration's defaults).
+    pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
+        self.body_limits = limits;
+        self
+    }
+
+    pub fn body_limits(&self) -> BodyLimits {
+        self.body_limits
+    }
+
     /// Waits for an upload slot (bounded), or answers [`ServiceError::Overloaded`].
+    /// Front ends write through [`FileService::upload`] or [`FileService::begin_batch`],
+    /// which admit themselves; this is for callers composing the steps by hand (tests).
     pub async fn admit_upload(&self) -> Result<UploadPermit, ServiceError> {
         self.uploads.admit().await
     }

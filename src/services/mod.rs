@@ -9,6 +9,7 @@
 //! - [`auth`]: tokens, scopes, prefixes and share links.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
+//! - [`upload`]: the one write entry point every front end streams a file through.
 
 pub mod auth;
 pub mod files;
@@ -17,6 +18,7 @@ pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
 pub mod storage;
+pub mod upload;
 
 use lock_manager::LockError;
 use metadata::MetadataError;
@@ -41,4 +43,6 @@ pub enum ServiceError {
     /// No upload slot within the queue deadline, or the queue is full.
     #[error("too many uploads in progress")]
     Overloaded,
+    #[error(transparent)]
+    Upload(#[from] upload::UploadError),
 }

@@ -1,0 +1,512 @@
+//! The one write entry point: every front end (raw and multipart uploads today; S3, tus,
+//! commits and the web UI later) writes a file through [`FileService::upload`], or, for a
+//! request carrying several files, through an [`UploadBatch`].
+//!
+//! The pipeline owns the rules of a write, in this order:
+//! 1. the size limit against the declared length (`size_hint`), before anything else;
+//! 2. admission: an [`UploadGate`] permit, held until the request's files are committed;
+//! 3. the body deadlines ([`BodyLimits`]): an idle timeout and a minimum rate over a window
+//!    (Apache `mod_reqtimeout` `MinRate`), plus, for multipart, a wait deadline per part;
+//! 4. the principal's prefix and the precondition's precheck (before a byte is streamed);
+//! 5. streaming into a staging file, hashed in flight (plus an optional extra digest);
+//! 6. verification of the client's declared SHA-256;
+//! 7. the commit under the lock set (blob rename + metadata transaction) and its event.
+//!
+//! Every error path cleans up: a staging file removes itself when its writer or staged blob
+//! drops, and the permit frees its slot on drop.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use super::files::{FileService, RequestCtx};
+use super::metadata::{FileMeta, Precondition};
+use super::storage::StagedBlob;
+use super::ServiceError;
+use crate::paths::VPath;
+
+/// Chunks larger than this feed the extra digest on the blocking pool.
+const INLINE_DIGEST_LIMIT: usize = 64 * 1024;
+
+/// Why an upload body was refused while it streamed in. `crate::error` maps each to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No byte arrived for the idle timeout.
+    #[error("no body bytes arrived for {} s; the upload was discarded", .0.as_secs_f64())]
+    Idle(Duration),
+    /// Fewer than `min_rate` bytes/s arrived over a window of waiting.
+    #[error("the body arrived slower than {min_rate} bytes/s over {} s; the upload was discarded", .window.as_secs_f64())]
+    TooSlow { min_rate: u64, window: Duration },
+    /// The next multipart part's headers did not arrive in time.
+    #[error("no multipart part arrived within {} s; the upload was discarded", .0.as_secs_f64())]
+    PartWait(Duration),
+    /// The whole request is larger than the upload limit.
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The body's SHA-256 is not the one the client declared.
+    #[error("the body's SHA-256 is {actual}, not the {expected} the request declared")]
+    ChecksumMismatch { actual: String, expected: String },
+    /// The body could not be read to its end (connection reset, bad chunked encoding).
+    #[error("the request body could not be read to its end")]
+    Read(String),
+    /// The multipart framing is invalid.
+    #[error("invalid multipart body: {0}")]
+    Multipart(String),
+    /// A part's header block (or the preamble before the first part) is too long.
+    #[error("a part's headers exceed {0} bytes")]
+    PartHeaderTooLarge(usize),
+    /// More parts of any kind than allowed.
+    #[error("at most {0} parts per multipart upload")]
+    TooManyParts(usize),
+    /// More file parts than allowed.
+    #[error("at most {0} files per multipart upload")]
+    TooManyFiles(usize),
+    /// A multipart body with no file in it.
+    #[error("the multipart body has no file part (a part with a filename)")]
+    NoFilePart,
+}
+
+impl UploadError {
+    /// Whether this is a body deadline (answered 408 `body_timeout`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            UploadError::Idle(_) | UploadError::TooSlow { .. } | UploadError::PartWait(_)
+        )
+    }
+}
+
+impl From<std::io::Error> for UploadError {
+    fn from(e: std::io::Error) -> Self {
+        UploadError::Read(e.to_string())
+    }
+}
+
+/// The deadlines every upload body is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Longest wait for the next chunk.
+    pub idle: Duration,
+    /// Bytes per second, averaged over `window` of waiting for the client; 0: no minimum.
+    pub min_rate: u64,
+    pub window: Duration,
+    /// Longest wait for the next multipart part's headers.
+    pub part_wait: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self::from_config(&crate::config::Config::default())
+    }
+}
+
+impl BodyLimits {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        BodyLimits {
+            idle: config.body_idle_timeout,
+            min_rate: config.upload_min_rate,
+            window: config.upload_min_rate_window,
+            part_wait: config.multipart_field_timeout,
+        }
+    }
+}
+
+/// A digest computed over the body in flight, next to the SHA-256 that addresses the blob
+/// (an S3 front end's MD5 ETag, for example).
+pub trait DigestSink: Send + 'static {
+    fn update(&mut self, data: &[u8]);
+    fn finalize(self: Box<Self>) -> Vec<u8>;
+}
+
+/// How one file is to be written.
+#[derive(Default)]
+pub struct UploadOptions {
+    /// Stored with the file and served back.
+    pub content_type: String,
+    /// Checked before streaming (precheck) and again in the commit transaction.
+    pub precondition: Precondition,
+    /// The SHA-256 the client declared; a mismatch discards the upload.
+    pub expected_sha256: Option<Vec<u8>>,
+    /// The declared length (`Content-Length`); over the limit is refused before admission.
+    pub size_hint: Option<u64>,
+    /// An extra digest over the same bytes, returned in [`UploadOutcome::extra_digest`].
+    pub digest_sink: Option<Box<dyn DigestSink>>,
+}
+
+impl std::fmt::Debug for UploadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadOptions")
+            .field("content_type", &self.content_type)
+            .field("precondition", &self.precondition)
+            .field(
+                "expected_sha256",
+                &self.expected_sha256.as_ref().map(hex::encode),
+            )
+            .field("size_hint", &self.size_hint)
+            .field("digest_sink", &self.digest_sink.is_some())
+            .finish()
+    }
+}
+
+/// A committed file.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    pub meta: FileMeta,
+    /// A new path (201), not a new version of an existing one (200).
+    pub created: bool,
+    /// [`UploadOptions::digest_sink`]'s result, if one was given.
+    pub extra_digest: Option<Vec<u8>>,
+}
+
+/// A fully received, verified file in staging, not yet visible.
+#[derive(Debug)]
+struct StagedUpload {
+    path: VPath,
+    staged: StagedBlob,
+    content_type: String,
+    precondition: Precondition,
+    extra_digest: Option<Vec<u8>>,
+}
+
+impl FileService {
+    /// Writes one file from `body`: admission, limits, deadlines, staging, verification,
+    /// commit and event. Nothing of it stays behind on any error.
+    pub async fn upload<S, E>(
+        &self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        body: S,
+        options: UploadOptions,
+    ) -> Result<UploadOutcome, ServiceError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<UploadError>,
+    {
+        self.check_size_hint(options.size_hint)?;
+        let _permit = self.admit_upload().await?;
+        let body = Deadlines::new(body, self.body_limits(), None);
+        let staged = self.stage(ctx, path, body, options).await?;
+        self.commit_staged(ctx, staged).await
+    }
+
+    /// Starts a request that carries several files (multipart): one permit for all of them.
+    /// `size_hint` is the whole request's declared length.
+    pub async fn begin_batch(&self, size_hint: Option<u64>) -> Result<UploadBatch, ServiceError> {
+        self.check_size_hint(size_hint)?;
+        let permit = self.admit_upload().await?;
+        Ok(UploadBatch {
+            service: self.clone(),
+            _permit: permit,
+            staged: Vec::new(),
+        })
+    }
+
+    fn check_size_hint(&self, size_hint: Option<u64>) -> Result<(), UploadError> {
+        let limit = self.max_upload_size();
+        match size_hint {
+            Some(len) if len > limit => Err(UploadError::TooLarge { limit }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks, streams and verifies one file into staging.
+    async fn stage<S, E>(
+        &self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        body: S,
+        options: UploadOptions,
+    ) -> Result<StagedUpload, ServiceError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<UploadError>,
+    {
+        let UploadOptions {
+            content_type,
+            precondition,
+            expected_sha256,
+            size_hint: _,
+            mut digest_sink,
+        } = options;
+        ctx.check(path.as_str())?;
+        self.precheck(path, &precondition).await?;
+        let mut writer = self.begin_upload().await?;
+        let bytes_in = metrics::counter!("vaultfs_upload_bytes_total");
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Into::into)?;
+            bytes_in.increment(chunk.len() as u64);
+            match digest_sink.take() {
+                None => writer.write(chunk).await?,
+                Some(sink) if chunk.len() <= INLINE_DIGEST_LIMIT => {
+                    let mut sink = sink;
+                    sink.update(&chunk);
+                    digest_sink = Some(sink);
+                    writer.write(chunk).await?;
+                }
+                Some(mut sink) => {
+                    let to_digest = chunk.clone();
+                    let digesting = crate::blocking::run(move || {
+                        sink.update(&to_digest);
+                        Ok(sink)
+                    });
+                    let (digested, written) = tokio::join!(digesting, writer.write(chunk));
+                    digest_sink = Some(digested.map_err(UploadError::from)?);
+                    written?;
+                }
+            }
+        }
+        let staged = writer.finish(self.storage()).await?;
+        if let Some(expected) = expected_sha256 {
+            if staged.sha256_bytes().as_deref() != Some(expected.as_slice()) {
+                return Err(UploadError::ChecksumMismatch {
+                    actual: staged.blob.sha256.clone(),
+                    expected: hex::encode(&expected),
+                }
+                .into());
+            }
+        }
+        Ok(StagedUpload {
+            path: path.clone(),
+            staged,
+            content_type,
+            precondition,
+            extra_digest: digest_sink.map(DigestSink::finalize),
+        })
+    }
+
+    async fn commit_staged(
+        &self,
+        ctx: &RequestCtx,
+        upload: StagedUpload,
+    ) -> Result<UploadOutcome, ServiceError> {
+        let outcome = self
+            .commit_upload(
+                &upload.path,
+                upload.staged,
+                upload.content_type,
+                upload.precondition,
+                ctx,
+            )
+            .await?;
+        Ok(UploadOutcome {
+            meta: outcome.meta,
+            created: outcome.created,
+            extra_digest: upload.extra_digest,
+        })
+    }
+}
+
+/// Several files of one request: each is staged (streamed and verified) as it arrives, and
+/// all are committed by one [`UploadBatch::commit`] once the request is complete, so a
+/// request refused midway (limit, deadline, bad part) commits nothing.
+#[derive(Debug)]
+pub struct UploadBatch {
+    service: FileService,
+    _permit: super::files::UploadPermit,
+    staged: Vec<StagedUpload>,
+}
+
+impl UploadBatch {
+    /// The whole request body with the deadlines and the size limit of the whole request
+    /// applied: what a multipart parser reads from.
+    pub fn body<S, E>(&self, body: S) -> impl Stream<Item = Result<Bytes, UploadError>> + Send
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<UploadError>,
+    {
+        Deadlines::new(
+            body,
+            self.service.body_limits(),
+            Some(self.service.max_upload_size()),
+        )
+    }
+
+    /// Waits for the next part with the per-part deadline.
+    pub async fn next_part<F: Future>(&self, next: F) -> Result<F::Output, UploadError> {
+        let wait = self.service.body_limits().part_wait;
+        tokio::time::timeout(wait, next).await.map_err(|_| {
+            metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
+            UploadError::PartWait(wait)
+        })
+    }
+
+    /// Files staged so far.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Streams one file of the request into staging (prefix check, precheck, hashing,
+    /// verification). The part's bytes come from [`UploadBatch::body`], which holds the
+    /// deadlines, so none are added here.
+    pub async fn stage<S, E>(
+        &mut self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        part: S,
+        options: UploadOptions,
+    ) -> Result<(), ServiceError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<UploadError>,
+    {
+        let staged = self.service.stage(ctx, path, part, options).await?;
+        self.staged.push(staged);
+        Ok(())
+    }
+
+    /// Commits every staged file, in order.
+    ///
+    /// Today each file commits in its own transaction: a commit refused for the second file
+    /// (its precondition failed under the lock) leaves the first committed. This is the one
+    /// place to switch to the metadata store's atomic `put_many`.
+    pub async fn commit(self, ctx: &RequestCtx) -> Result<Vec<UploadOutcome>, ServiceError> {
+        let mut outcomes = Vec::with_capacity(self.staged.len());
+        for upload in self.staged {
+            outcomes.push(self.service.commit_staged(ctx, upload).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A body held to [`BodyLimits`] (and optionally to a total size). The rate counts only time
+/// spent waiting for the client: a server busy writing to disk does not make a client slow.
+struct Deadlines<S> {
+    inner: Pin<Box<S>>,
+    limits: BodyLimits,
+    size_limit: Option<u64>,
+    received: u64,
+    /// Armed while the inner stream is pending.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Start of the current wait (the idle deadline runs from it).
+    idle_since: Option<Instant>,
+    /// Start of the part of the current wait not yet added to `window_waited`.
+    rate_since: Option<Instant>,
+    /// Waiting time and bytes of the current rate window.
+    window_waited: Duration,
+    window_bytes: u64,
+    done: bool,
+}
+
+impl<S> Deadlines<S> {
+    fn new(inner: S, limits: BodyLimits, size_limit: Option<u64>) -> Self {
+        Deadlines {
+            inner: Box::pin(inner),
+            limits,
+            size_limit,
+            received: 0,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            idle_since: None,
+            rate_since: None,
+            window_waited: Duration::ZERO,
+            window_bytes: 0,
+            done: false,
+        }
+    }
+
+    fn rate_checked(&self) -> bool {
+        self.limits.min_rate > 0 && !self.limits.window.is_zero()
+    }
+
+    /// Closes the rate window once it is full: an error if too few bytes came in it.
+    fn close_window(&mut self) -> Result<(), UploadError> {
+        if !self.rate_checked() || self.window_waited < self.limits.window {
+            return Ok(());
+        }
+        let needed = (self.limits.min_rate as f64 * self.limits.window.as_secs_f64()) as u64;
+        if self.window_bytes < needed {
+            return Err(UploadError::TooSlow {
+                min_rate: self.limits.min_rate,
+                window: self.limits.window,
+            });
+        }
+        self.window_waited = Duration::ZERO;
+        self.window_bytes = 0;
+        Ok(())
+    }
+
+    fn fail(&mut self, e: UploadError) -> Poll<Option<Result<Bytes, UploadError>>> {
+        if e.is_timeout() {
+            metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
+        }
+        self.done = true;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl<S, E> Stream for Deadlines<S>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<UploadError>,
+{
+    type Item = Result<Bytes, UploadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.idle_since = None;
+                if let Some(since) = this.rate_since.take() {
+                    this.window_waited += since.elapsed();
+                }
+                this.window_bytes += chunk.len() as u64;
+                this.received += chunk.len() as u64;
+                if let Some(limit) = this.size_limit.filter(|l| this.received > *l) {
+                    return this.fail(UploadError::TooLarge { limit });
+                }
+                if let Err(e) = this.close_window() {
+                    return this.fail(e);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(e.into()),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let now = Instant::now();
+                let idle_since = *this.idle_since.get_or_insert(now);
+                let mut rate_since = *this.rate_since.get_or_insert(now);
+                loop {
+                    let idle_deadline = idle_since + this.limits.idle;
+                    let deadline = if this.rate_checked() {
+                        let left = this.limits.window.saturating_sub(this.window_waited);
+                        idle_deadline.min(rate_since + left)
+                    } else {
+                        idle_deadline
+                    };
+                    if this.timer.deadline() != deadline {
+                        this.timer.as_mut().reset(deadline);
+                    }
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let now = Instant::now();
+                    if now >= idle_deadline {
+                        return this.fail(UploadError::Idle(this.limits.idle));
+                    }
+                    // The rate window filled while waiting: judge it, then wait on in a new one.
+                    this.window_waited += now.duration_since(rate_since);
+                    rate_since = now;
+                    this.rate_since = Some(now);
+                    if let Err(e) = this.close_window() {
+                        return this.fail(e);
+                    }
+                }
+            }
+        }
+    }
+}
