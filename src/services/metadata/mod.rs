@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::storage::BlobRef;
 
-pub mod instrumented;
+pub(crate) mod instrumented;
 pub(crate) mod rules;
 #[macro_use]
 mod sql;
