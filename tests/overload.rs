@@ -69,71 +69,11 @@ async fn uploads_beyond_the_limit_get_503_and_health_stays_fast() {
     s.stop().await;
 }
 
-/// A server with a probe listener (`probe_listen`), both on port 0; the handle resolves when
-/// the server has stopped.
-struct ProbedServer {
-    addr: std::net::SocketAddr,
-    probes: std::net::SocketAddr,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), vaultfs::app::ServerError>>,
-}
-
-impl ProbedServer {
-    async fn start(config: Config) -> ProbedServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let probe_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let probes = probe_listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(vaultfs::server::run_with_probes(
-            listener,
-            Some(probe_listener),
-            config,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let server = ProbedServer {
-            addr,
-            probes,
-            client,
-            stop: Some(tx),
-            handle,
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                server.probe("/healthz").await == Some(200)
-            })
-            .await,
-            "the probe listener answers"
-        );
-        server
-    }
-
-    /// The status of `GET path` on the probe listener (None: no answer).
-    async fn probe(&self, path: &str) -> Option<u16> {
-        let url = format!("http://{}{path}", self.probes);
-        match self.client.get(url).send().await {
-            Ok(r) => Some(r.status().as_u16()),
-            Err(_) => None,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), self.handle)
-            .await
-            .expect("server stopped")
-            .expect("server task")
-            .expect("server result");
+/// The status of `GET path` on the probe listener at `probes` (None: no answer).
+async fn probe(client: &reqwest::Client, probes: std::net::SocketAddr, path: &str) -> Option<u16> {
+    match client.get(format!("http://{probes}{path}")).send().await {
+        Ok(r) => Some(r.status().as_u16()),
+        Err(_) => None,
     }
 }
 
@@ -169,7 +109,7 @@ async fn stalled_json_bodies_are_cut_off_while_probes_stay_answerable() {
         body_timeout: Duration::from_secs(3),
         ..Config::for_data_dir(dir.path())
     };
-    let s = ProbedServer::start(config).await;
+    let (s, probes) = TestServer::start_with_probes(config).await;
 
     let mut held = Vec::new();
     for _ in 0..100 {
@@ -190,8 +130,8 @@ async fn stalled_json_bodies_are_cut_off_while_probes_stay_answerable() {
     );
     // ...while the probe listener answers both probes, again and again.
     for _ in 0..5 {
-        assert_eq!(s.probe("/healthz").await, Some(200));
-        assert_eq!(s.probe("/readyz").await, Some(200));
+        assert_eq!(probe(&s.client, probes, "/healthz").await, Some(200));
+        assert_eq!(probe(&s.client, probes, "/readyz").await, Some(200));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -215,18 +155,17 @@ async fn stalled_json_bodies_are_cut_off_while_probes_stay_answerable() {
     }
 
     // The slots are free again: the probes answer on the API listener too.
-    let api = format!("http://{}", s.addr);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            matches!(s.client.get(format!("{api}/healthz")).send().await, Ok(r) if r.status() == 200)
+            matches!(s.client.get(s.url("/healthz")).send().await, Ok(r) if r.status() == 200)
         })
         .await
     );
-    assert_eq!(s.probe("/readyz").await, Some(200));
+    assert_eq!(probe(&s.client, probes, "/readyz").await, Some(200));
     // The probe listener serves nothing but the probes.
     let r = s
         .client
-        .get(format!("http://{}/api/v1/list", s.probes))
+        .get(format!("http://{probes}/api/v1/list"))
         .send()
         .await
         .unwrap();
