@@ -96,7 +96,8 @@ async fn answer_then_close(stream: &mut tokio::net::TcpStream, within: Duration)
 const STALLED_SHARE: &[u8] = b"POST /api/v1/share HTTP/1.1\r\nHost: localhost\r\n\
 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
 
-/// Issue 15 item 4: 100 connections that send `POST /api/v1/share` with `Content-Length: 1000`
+/// Issue 15 item 4 (the test starts the server healthy through the probe listener, so no
+/// other connection holds an API slot): 100 connections that send `POST /api/v1/share` with `Content-Length: 1000`
 /// and then nothing fill `max_connections=100`. The body deadline cuts every one of them off
 /// with 408 `body_timeout` and closes it; while they hold the API listener (where new
 /// connections get 503), the probe listener answers `/healthz` and `/readyz`; afterwards the

@@ -51,6 +51,7 @@ impl TestServer {
     ) -> TestServer {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let probe_addr = probes.as_ref().map(|p| p.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
         let handle = tokio::spawn(vaultfs::server::run_with_probes(
@@ -74,7 +75,13 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         };
-        server.wait_healthy().await;
+        // With a probe listener, health is asked there: no kept-alive client connection
+        // then takes one of the API listener's `max_connections`.
+        let health = match probe_addr {
+            Some(p) => format!("http://{p}/healthz"),
+            None => server.url("/healthz"),
+        };
+        server.wait_healthy(&health).await;
         server
     }
 
@@ -100,9 +107,9 @@ impl TestServer {
         (tx, tokio::spawn(req.send()))
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&self, url: &str) {
         for _ in 0..200 {
-            if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
+            if let Ok(r) = self.client.get(url).send().await {
                 if r.status() == 200 {
                     return;
                 }
