@@ -84,10 +84,18 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
     );
     let bootstrap = vaultfs::services::auth::Auth::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The probes have a listener of their own (issue 15: never behind the connection cap).
+    let probe_listen: std::net::SocketAddr = env_of(container, "VAULTFS_PROBE_LISTEN")
+        .expect("the probes have their own listener")
+        .parse()
+        .unwrap();
+    assert_ne!(probe_listen.port(), listen.port());
+    let probe_port = i64::from(probe_listen.port());
     let mut config = Config::for_data_dir(dir.path());
     config.listen = listen;
+    config.probe_listen = Some(probe_listen);
     config.bootstrap_token = Some(bootstrap.clone());
-    let s = TestServer::start_with(config).await;
+    let (s, probe_addr) = TestServer::start_with_probes(config).await;
     let mut probed = Vec::new();
     for (probe, expect_path) in [
         ("livenessProbe", "/healthz"),
@@ -101,10 +109,18 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
         assert_eq!(path, expect_path, "{probe}");
         assert_eq!(
             resolve_port(container, &get["port"]),
-            default_port,
-            "{probe}"
+            probe_port,
+            "{probe} goes to the probe listener"
         );
-        // The kubelet sends no token.
+        // The kubelet sends no token; the probe answers on the probe listener, and on the
+        // API listener too.
+        let r = s
+            .client
+            .get(format!("http://{probe_addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe} {path} on the probe listener");
         let (status, body) = s.get_json(path).await;
         assert_eq!(status, 200, "{probe} {path}: {body}");
         probed.push(path);
@@ -249,6 +265,10 @@ async fn the_replica_manifest_runs_stateless_replicas_on_shared_backends() {
         .parse()
         .unwrap();
     assert_eq!(i64::from(listen.port()), default_port);
+    let probe_listen: std::net::SocketAddr = env_of(container, "VAULTFS_PROBE_LISTEN")
+        .expect("the probes have their own listener")
+        .parse()
+        .unwrap();
     for (probe, path) in [
         ("livenessProbe", "/healthz"),
         ("readinessProbe", "/readyz"),
@@ -257,7 +277,7 @@ async fn the_replica_manifest_runs_stateless_replicas_on_shared_backends() {
         assert_eq!(container[probe]["httpGet"]["path"].as_str(), Some(path));
         assert_eq!(
             resolve_port(container, &container[probe]["httpGet"]["port"]),
-            default_port
+            i64::from(probe_listen.port())
         );
     }
     // The data dir only stages uploads: an emptyDir, not a claim per replica.
@@ -301,4 +321,5 @@ async fn the_replica_manifest_runs_stateless_replicas_on_shared_backends() {
         Some("s3://bucket?region=eu-west-1")
     );
     assert_eq!(c.data_dir, std::path::PathBuf::from(data_dir));
+    assert_eq!(c.probe_listen, Some(probe_listen));
 }

@@ -246,7 +246,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The probe listener's router (`--probe-listen`): only the open routes, `/healthz` and
 /// `/readyz`, with the same handlers, rules and layers as on the API listener.
-pub fn probe_router(state: AppState) -> Router {
+pub(crate) fn probe_router(state: AppState) -> Router {
     let probes = routes()
         .into_iter()
         .filter(|(_, _, access, _, _)| *access == Access::Open)

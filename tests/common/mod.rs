@@ -33,13 +33,35 @@ impl TestServer {
 
     /// On a given address (a restart on the same port, for reconnecting clients).
     pub async fn start_on(config: Config, addr: &str) -> TestServer {
+        Self::start_listening(config, addr, None).await
+    }
+
+    /// With a probe listener (`probe_listen`) on 127.0.0.1:0 too; returns its address.
+    pub async fn start_with_probes(config: Config) -> (TestServer, SocketAddr) {
+        let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let probe_addr = probes.local_addr().unwrap();
+        let server = Self::start_listening(config, "127.0.0.1:0", Some(probes)).await;
+        (server, probe_addr)
+    }
+
+    async fn start_listening(
+        config: Config,
+        addr: &str,
+        probes: Option<tokio::net::TcpListener>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let probe_addr = probes.as_ref().map(|p| p.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
-        let handle = tokio::spawn(vaultfs::server::run(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(vaultfs::server::run_with_probes(
+            listener,
+            probes,
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(120))
@@ -53,7 +75,13 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         };
-        server.wait_healthy().await;
+        // With a probe listener, health is asked there: no kept-alive client connection
+        // then takes one of the API listener's `max_connections`.
+        let health = match probe_addr {
+            Some(p) => format!("http://{p}/healthz"),
+            None => server.url("/healthz"),
+        };
+        server.wait_healthy(&health).await;
         server
     }
 
@@ -79,9 +107,9 @@ impl TestServer {
         (tx, tokio::spawn(req.send()))
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&self, url: &str) {
         for _ in 0..200 {
-            if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
+            if let Ok(r) = self.client.get(url).send().await {
                 if r.status() == 200 {
                     return;
                 }
