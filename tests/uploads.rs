@@ -15,8 +15,10 @@ use vaultfs::config::Config;
 /// The RSS tests measure this process (the server runs in it): one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+async fn rss_kib() -> u64 {
+    let status = tokio::fs::read_to_string("/proc/self/status")
+        .await
+        .unwrap();
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -294,7 +296,7 @@ async fn attack(
     );
     let sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let (mut read, mut write) = sock.into_split();
-    let before = rss_kib();
+    let before = rss_kib().await;
     let prefix = prefix.to_vec();
     let sender = tokio::spawn(async move {
         write.write_all(head.as_bytes()).await.unwrap();
@@ -311,11 +313,11 @@ async fn attack(
                 break;
             }
             sent += n as u64;
-            if sent % (4 << 20) == 0 {
-                peak = peak.max(rss_kib().saturating_sub(before));
+            if sent.is_multiple_of(4 << 20) {
+                peak = peak.max(rss_kib().await.saturating_sub(before));
             }
         }
-        (sent, peak.max(rss_kib().saturating_sub(before)))
+        (sent, peak.max(rss_kib().await.saturating_sub(before)))
     });
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
