@@ -510,3 +510,177 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::services::files::UploadGate;
+    use crate::services::lock_manager::LockManager;
+    use crate::services::metadata_sqlite::SqliteMetadata;
+    use crate::services::notification::{Notifier, Retention};
+    use crate::services::storage::BlobStore;
+    use sha2::Digest;
+    use std::sync::Arc;
+
+    async fn service(dir: &std::path::Path, limits: BodyLimits) -> FileService {
+        let meta: Arc<dyn crate::services::metadata::MetadataStore> = Arc::new(
+            SqliteMetadata::open(dir, Duration::from_secs(10), 2)
+                .await
+                .unwrap(),
+        );
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let retention = Retention {
+            max_age: Duration::from_secs(3600),
+            max_events: 1_000_000,
+            prune_every: Duration::from_secs(3600),
+        };
+        let notifier = Notifier::start(Arc::clone(&meta), retention, shutdown)
+            .await
+            .unwrap();
+        FileService::new(
+            BlobStore::open(dir).await.unwrap(),
+            meta,
+            LockManager::new(Duration::from_secs(5)),
+            notifier,
+            1 << 20,
+            UploadGate::new(1, 0, Duration::from_millis(10)),
+        )
+        .with_body_limits(limits)
+    }
+
+    /// An extra digest: SHA-256 again, so the result can be compared with the blob's.
+    struct Sha(sha2::Sha256);
+
+    impl DigestSink for Sha {
+        fn update(&mut self, data: &[u8]) {
+            self.0.update(data);
+        }
+        fn finalize(self: Box<Self>) -> Vec<u8> {
+            self.0.finalize().to_vec()
+        }
+    }
+
+    fn body(chunks: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, UploadError>> + Send {
+        futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))))
+    }
+
+    async fn temp_files(dir: &std::path::Path) -> usize {
+        let mut n = 0;
+        if let Ok(mut rd) = tokio::fs::read_dir(dir.join("tmp")).await {
+            while let Ok(Some(_)) = rd.next_entry().await {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_commits_verifies_digests_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = service(dir.path(), BodyLimits::default()).await;
+        let ctx = RequestCtx::internal("t");
+        let path = VPath::parse("a/b.bin").unwrap();
+        // Small and large chunks: the extra digest runs inline and on the blocking pool.
+        let chunks = vec![vec![1u8; 10], vec![2u8; 200_000], vec![3u8; 5]];
+        let all = chunks.concat();
+        let options = UploadOptions {
+            content_type: "x/y".into(),
+            expected_sha256: Some(sha2::Sha256::digest(&all).to_vec()),
+            digest_sink: Some(Box::new(Sha(sha2::Sha256::new()))),
+            ..UploadOptions::default()
+        };
+        let out = files
+            .upload(&ctx, &path, body(chunks), options)
+            .await
+            .unwrap();
+        assert!(out.created);
+        assert_eq!(out.meta.sha256, hex::encode(sha2::Sha256::digest(&all)));
+        assert_eq!(
+            out.extra_digest.unwrap(),
+            sha2::Sha256::digest(&all).to_vec()
+        );
+
+        // A wrong declared digest: refused, nothing committed, no temp file, slot free.
+        let options = UploadOptions {
+            expected_sha256: Some(vec![0; 32]),
+            ..UploadOptions::default()
+        };
+        let other = VPath::parse("a/c.bin").unwrap();
+        let e = files
+            .upload(&ctx, &other, body(vec![b"x".to_vec()]), options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServiceError::Upload(UploadError::ChecksumMismatch { .. })
+            ),
+            "{e:?}"
+        );
+        assert!(files.meta_by_path(&other, &ctx).await.is_err());
+        // Over the limit, declared or streamed.
+        let e = files
+            .upload(
+                &ctx,
+                &other,
+                body(vec![]),
+                UploadOptions {
+                    size_hint: Some(2 << 20),
+                    ..UploadOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ServiceError::Upload(UploadError::TooLarge { .. })),
+            "{e:?}"
+        );
+        let e = files
+            .upload(
+                &ctx,
+                &other,
+                body(vec![vec![0; 1 << 20], vec![0]]),
+                UploadOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::Storage(_)), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(temp_files(dir.path()).await, 0);
+        assert_eq!(files.upload_gate_stats().free_slots, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_body_is_cut_off_by_the_minimum_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = BodyLimits {
+            idle: Duration::from_secs(10),
+            min_rate: 1000,
+            window: Duration::from_millis(600),
+            part_wait: Duration::from_secs(10),
+        };
+        let files = service(dir.path(), limits).await;
+        let ctx = RequestCtx::internal("t");
+        let path = VPath::parse("slow").unwrap();
+        // A byte every 200 ms: 5 bytes/s, under the 1000 bytes/s asked for.
+        let slow = futures_util::stream::unfold(0, |n| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (n < 100).then(|| (Ok::<_, UploadError>(Bytes::from_static(b"z")), n + 1))
+        });
+        let started = std::time::Instant::now();
+        let e = files
+            .upload(&ctx, &path, slow, UploadOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ServiceError::Upload(UploadError::TooSlow { .. })),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(temp_files(dir.path()).await, 0);
+        assert_eq!(files.upload_gate_stats().free_slots, 1);
+    }
+}
