@@ -281,6 +281,80 @@ async fn the_whole_multipart_request_is_held_to_the_upload_limit() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_commits_all_its_files_or_none() {
+    let (_dir, s) = TestServer::start().await;
+    let (_, before) = s.get_json("/api/v1/events?since=0&limit=1000&wait=0").await;
+    let seq_before = before["next_since"].as_u64().unwrap_or(0);
+    // Both parts pass the precheck (neither path exists yet), but under the lock the second
+    // put of `twice/a` finds the first: `If-None-Match: *` fails, and the whole request with
+    // it. Committed per part, `first/ok` and the first `twice/a` would stay behind.
+    let part = |name: &str, body: &[u8]| {
+        reqwest::multipart::Part::bytes(body.to_vec()).file_name(name.to_string())
+    };
+    let form = reqwest::multipart::Form::new()
+        .part("f", part("first/ok", b"one"))
+        .part("f", part("twice/a", b"two"))
+        .part("f", part("twice/a", b"three"));
+    let r = s
+        .client
+        .post(s.url("/api/v1/files/upload"))
+        .header("if-none-match", "*")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    for path in ["first/ok", "twice/a"] {
+        assert_eq!(
+            s.get_bytes(&format!("/api/v1/fs/{path}")).await.0,
+            404,
+            "{path}"
+        );
+    }
+    let (_, after) = s.get_json("/api/v1/events?since=0&limit=1000&wait=0").await;
+    assert_eq!(
+        after["next_since"].as_u64().unwrap_or(0),
+        seq_before,
+        "{after}"
+    );
+
+    // The same request without the precondition commits all three, with consecutive seqs.
+    let form = reqwest::multipart::Form::new()
+        .part("f", part("first/ok", b"one"))
+        .part("f", part("twice/a", b"two"))
+        .part("f", part("twice/a", b"three"));
+    let r = s
+        .client
+        .post(s.url("/api/v1/files/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.get_bytes("/api/v1/fs/twice/a").await.1, b"three");
+    let (_, events) = s
+        .get_json(&format!(
+            "/api/v1/events?since={seq_before}&limit=1000&wait=0"
+        ))
+        .await;
+    let seqs: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 3, "{events}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.temp_count().await == 0
+        })
+        .await
+    );
+    s.stop().await;
+}
+
 /// Sends `prefix` and then up to `total` bytes of `filler` as one request with that
 /// Content-Length, sampling this process's RSS; returns the answer, the bytes sent and the
 /// largest RSS growth seen (KiB).

@@ -61,6 +61,15 @@ impl RequestCtx {
     }
 }
 
+/// A fully received, verified upload waiting for its commit.
+#[derive(Debug)]
+pub struct StagedFile {
+    pub path: VPath,
+    pub staged: StagedBlob,
+    pub content_type: String,
+    pub precondition: Precondition,
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
     pub entries: Vec<FileMeta>,
@@ -265,53 +274,99 @@ impl FileService {
         precondition: Precondition,
         ctx: &RequestCtx,
     ) -> Result<PutOutcome, ServiceError> {
-        ctx.check(path.as_str())?;
-        let blob = staged.blob.clone();
-        let request = LockRequest::new()
-            .write_path(path)
-            .blob_shared(&blob.sha256);
+        let item = StagedFile {
+            path: path.clone(),
+            staged,
+            content_type,
+            precondition,
+        };
+        let mut outcomes = self.commit_many(vec![item], ctx).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| MetadataError::Backend("a put answered no outcome".into()).into())
+    }
+
+    /// Makes several fully received uploads visible together: one lock set (every path and
+    /// every blob, taken at once in canonical order), one metadata transaction. Either all of
+    /// them become visible, with consecutive events, or none does.
+    pub async fn commit_many(
+        &self,
+        files: Vec<StagedFile>,
+        ctx: &RequestCtx,
+    ) -> Result<Vec<PutOutcome>, ServiceError> {
+        let mut request = LockRequest::new();
+        let mut shas: Vec<String> = Vec::with_capacity(files.len());
+        for file in &files {
+            ctx.check(file.path.as_str())?;
+            request = request
+                .write_path(&file.path)
+                .blob_shared(&file.staged.blob.sha256);
+            shas.push(file.staged.blob.sha256.clone());
+        }
+        shas.sort();
+        shas.dedup();
         let result = {
             let _guard = self.locks.acquire(request, ctx.owner("upload")).await?;
-            // Other replicas' collection of this content waits until the reference commits.
-            let _fence = self.meta.fence_blob(&blob.sha256, false).await?;
-            match crate::metrics::timed("blob", "commit", self.storage.commit(staged)).await {
-                Err(e) => {
-                    // The blob may have reached its place before the error: collect it once
-                    // the lock set is released (it has no reference).
-                    self.spawn_collect(blob.sha256.clone());
-                    return Err(e.into());
-                }
-                Ok(blob) => match crate::faults::check(Point::BeforeMetadataCommit) {
-                    Err(e) => Err(MetadataError::Backend(e.to_string())),
-                    Ok(()) => {
-                        self.meta
-                            .put(PutRequest {
-                                path: path.as_str().to_string(),
-                                blob,
-                                content_type,
-                                precondition,
-                            })
-                            .await
+            // Other replicas' collection of this content waits until the references commit.
+            // Fences are taken in sorted order, like the lock set.
+            let mut fences = Vec::with_capacity(shas.len());
+            for sha in &shas {
+                fences.push(self.meta.fence_blob(sha, false).await?);
+            }
+            let mut puts = Vec::with_capacity(files.len());
+            let mut failed = None;
+            for file in files {
+                match crate::metrics::timed("blob", "commit", self.storage.commit(file.staged))
+                    .await
+                {
+                    Ok(blob) => puts.push(PutRequest {
+                        path: file.path.as_str().to_string(),
+                        blob,
+                        content_type: file.content_type,
+                        precondition: file.precondition,
+                    }),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
                     }
+                }
+            }
+            if let Some(e) = failed {
+                // Some blobs may have reached their place before the error: collect them
+                // once the lock set is released (they have no new reference).
+                drop(fences);
+                for sha in shas {
+                    self.spawn_collect(sha);
+                }
+                return Err(e.into());
+            }
+            match crate::faults::check(Point::BeforeMetadataCommit) {
+                Err(e) => Err(MetadataError::Backend(e.to_string())),
+                Ok(()) if puts.len() == 1 => match puts.pop() {
+                    Some(put) => self.meta.put(put).await.map(|o| vec![o]),
+                    None => Ok(Vec::new()),
                 },
+                Ok(()) => self.meta.put_many(puts).await,
             }
         };
         match result {
-            Ok(outcome) => {
-                // Committed: visible and durable, with its event in the log. A failure from
-                // here on is not acknowledged, and the next poke delivers the event.
+            Ok(outcomes) => {
+                // Committed: visible and durable, with the events in the log. A failure from
+                // here on is not acknowledged, and the next poke delivers the events.
                 crate::faults::check(Point::AfterMetadataCommit)
                     .and_then(|()| crate::faults::check(Point::BeforeEventPublish))
                     .map_err(|e| ServiceError::from(MetadataError::Backend(e.to_string())))?;
                 self.notifier.poke();
-                if let Some(released) = &outcome.released {
+                for released in outcomes.iter().filter_map(|o| o.released.as_ref()) {
                     self.spawn_collect(released.clone());
                 }
-                Ok(outcome)
+                Ok(outcomes)
             }
             Err(e) => {
-                // The blob may now be on disk with no reference: collect it.
-                self.spawn_collect(blob.sha256);
+                // The blobs may now be on disk with no reference: collect them.
+                for sha in shas {
+                    self.spawn_collect(sha);
+                }
                 Err(e.into())
             }
         }

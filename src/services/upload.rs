@@ -364,17 +364,31 @@ impl UploadBatch {
         Ok(())
     }
 
-    /// Commits every staged file, in order.
-    ///
-    /// Today each file commits in its own transaction: a commit refused for the second file
-    /// (its precondition failed under the lock) leaves the first committed. This is the one
-    /// place to switch to the metadata store's atomic `put_many`.
+    /// Commits every staged file together: one lock set and one metadata transaction, so
+    /// either every file of the request becomes visible (with consecutive events) or none
+    /// does (a precondition that fails under the lock for any of them refuses them all).
     pub async fn commit(self, ctx: &RequestCtx) -> Result<Vec<UploadOutcome>, ServiceError> {
-        let mut outcomes = Vec::with_capacity(self.staged.len());
+        let mut files = Vec::with_capacity(self.staged.len());
+        let mut digests = Vec::with_capacity(self.staged.len());
         for upload in self.staged {
-            outcomes.push(self.service.commit_staged(ctx, upload).await?);
+            digests.push(upload.extra_digest);
+            files.push(super::files::StagedFile {
+                path: upload.path,
+                staged: upload.staged,
+                content_type: upload.content_type,
+                precondition: upload.precondition,
+            });
         }
-        Ok(outcomes)
+        let outcomes = self.service.commit_many(files, ctx).await?;
+        Ok(outcomes
+            .into_iter()
+            .zip(digests)
+            .map(|(outcome, extra_digest)| UploadOutcome {
+                meta: outcome.meta,
+                created: outcome.created,
+                extra_digest,
+            })
+            .collect())
     }
 }
 
