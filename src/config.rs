@@ -65,6 +65,12 @@ pub struct Config {
     /// `s3://bucket[/prefix]?endpoint=...&region=...`: blobs in S3-compatible object storage.
     /// None: the data directory.
     pub blob_store: Option<String>,
+    /// The server secret every signing key derives from (64 hex digits or base64 of 32+
+    /// bytes). Environment only (`VAULTFS_SECRET_KEY`), like the bootstrap token.
+    pub secret_key: Option<String>,
+    /// A file holding the server secret (it must exist). Neither set: `<data_dir>/secret.key`,
+    /// made at first start.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -94,6 +100,8 @@ impl Default for Config {
             bootstrap_token: None,
             metadata_url: None,
             blob_store: None,
+            secret_key: None,
+            secret_key_file: None,
         }
     }
 }
@@ -150,6 +158,9 @@ pub struct Overrides {
     pub bootstrap_token: Option<String>,
     pub metadata_url: Option<String>,
     pub blob_store: Option<String>,
+    #[serde(skip)]
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -197,6 +208,8 @@ impl Overrides {
             bootstrap_token: env("VAULTFS_BOOTSTRAP_TOKEN").filter(|t| !t.trim().is_empty()),
             metadata_url: env("VAULTFS_METADATA_URL"),
             blob_store: env("VAULTFS_BLOB_STORE"),
+            secret_key: env("VAULTFS_SECRET_KEY").filter(|t| !t.trim().is_empty()),
+            secret_key_file: env("VAULTFS_SECRET_KEY_FILE"),
         }
     }
 
@@ -242,6 +255,15 @@ impl Overrides {
         }
         if let Some(v) = &self.bootstrap_token {
             config.bootstrap_token = Some(v.clone());
+        }
+        if let Some(v) = &self.secret_key {
+            config.secret_key = Some(v.clone());
+        }
+        if let Some(v) = &self.secret_key_file {
+            if v.trim().is_empty() {
+                return Err(invalid("secret_key_file", v, "must not be empty".into()));
+            }
+            config.secret_key_file = Some(PathBuf::from(v));
         }
         if let Some(v) = self.insecure_no_auth {
             config.insecure_no_auth = v;

@@ -151,6 +151,11 @@ struct ServeArgs {
     /// Browser origins allowed to call the API, comma-separated [env VAULTFS_ALLOWED_ORIGINS]
     #[arg(long)]
     allowed_origins: Option<String>,
+    /// File holding the server secret share links are signed with [default:
+    /// DATA_DIR/secret.key, made at first start; or env VAULTFS_SECRET_KEY; env
+    /// VAULTFS_SECRET_KEY_FILE]
+    #[arg(long)]
+    secret_key_file: Option<String>,
     /// Metadata in PostgreSQL: postgres://user:pass@host:port/db [env VAULTFS_METADATA_URL]
     #[arg(long)]
     metadata_url: Option<String>,
@@ -456,6 +461,7 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         shutdown_grace: args.shutdown_grace.clone(),
         insecure_no_auth: args.insecure_no_auth.then_some(true),
         allowed_origins: args.allowed_origins.clone(),
+        secret_key_file: args.secret_key_file.clone(),
         metadata_url: args.metadata_url.clone(),
         blob_store: args.blob_store.clone(),
         ..Overrides::default()

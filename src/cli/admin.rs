@@ -89,7 +89,9 @@ async fn backend(args: &TokenArgs) -> Result<Backend, String> {
             .await
             .map_err(|e| format!("{}: {e}", args.data_dir.display()))?,
     );
-    let auth = Auth::open(Arc::clone(&meta))
+    // Tokens need no key; this process signs nothing.
+    let secret = crate::services::secret::ServerSecret::ephemeral().map_err(|e| e.to_string())?;
+    let auth = Auth::open(Arc::clone(&meta), secret)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Backend::Local(auth, meta))

@@ -10,6 +10,13 @@
 //!
 //! Once any token has ever existed, every request except the probes must carry a valid one;
 //! revoking the last token does not reopen the server.
+//!
+//! Long-lived requests (sync sessions, long-polls) wait on [`Auth::until_invalid`], which
+//! resolves when their token is revoked (at once on this replica, within a reload elsewhere)
+//! or expires.
+//!
+//! Keys are derived from the server secret ([`super::secret`]) with [`Auth::derive_key`];
+//! share links sign with the `share-link-v1` key over (path, signing time, expiry, issuer).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,6 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::metadata::{now_ms, MetadataError, MetadataStore, TokenRecord};
+use super::secret::ServerSecret;
 use crate::paths::VPath;
 
 /// How often each replica reloads the token table.
@@ -31,8 +39,17 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 const MISS_RELOAD_GAP: Duration = Duration::from_millis(250);
 /// Longest validity of a share link.
 pub const MAX_SHARE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest validity of a token with an expiry (none: it never expires).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// A share link signed this far in the future (clock skew between replicas) still works.
+const SHARE_CLOCK_SKEW_S: i64 = 300;
+/// The purpose label of the share-link key.
+const SHARE_KEY_PURPOSE: &str = "share-link-v1";
+/// Bytes a bootstrap token's secret must decode to (what `vaultfs token generate` makes).
+const TOKEN_SECRET_BYTES: usize = 32;
+/// Longest single wait of [`Auth::until_invalid`] before it looks again.
+const LONGEST_VALIDITY_WAIT: Duration = Duration::from_secs(3600);
 const TOKEN_PREFIX: &str = "vfs_";
-const SHARE_KEY: &str = "share-signing-key-v1";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
@@ -44,6 +61,8 @@ pub enum AuthError {
     Metadata(#[from] MetadataError),
     #[error("no randomness available: {0}")]
     Random(String),
+    #[error("server secret: {0}")]
+    Secret(String),
 }
 
 /// What a token may do.
@@ -262,9 +281,14 @@ struct Snapshot {
 #[derive(Clone)]
 pub struct Auth {
     meta: Arc<dyn MetadataStore>,
+    /// Guards the current token table (swapped whole by each reload).
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// Guards the time of the last reload triggered by an unknown token id.
     last_miss_reload: Arc<std::sync::Mutex<Option<Instant>>>,
-    share_key: Arc<Vec<u8>>,
+    secret: Arc<ServerSecret>,
+    share_key: Arc<[u8; 32]>,
+    /// Bumped by every reload that changed the token table: long-lived requests re-check.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -299,22 +323,49 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
 }
 
 impl Auth {
-    /// Loads the token table and the share-signing key (made on first use, shared by all
-    /// replicas through the metadata store).
-    pub async fn open(meta: Arc<dyn MetadataStore>) -> Result<Self, AuthError> {
-        let fresh = random_bytes(32)?;
-        let share_key = meta.server_secret(SHARE_KEY, &fresh).await?;
+    /// Loads the token table; keys derive from `secret` (every replica must be given the
+    /// same one).
+    pub async fn open(
+        meta: Arc<dyn MetadataStore>,
+        secret: ServerSecret,
+    ) -> Result<Self, AuthError> {
+        let share_key = secret.derive(SHARE_KEY_PURPOSE);
         let auth = Auth {
             meta,
             snapshot: Arc::default(),
             last_miss_reload: Arc::default(),
+            secret: Arc::new(secret),
             share_key: Arc::new(share_key),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         auth.reload().await?;
         Ok(auth)
     }
 
-    /// Reloads the token table now.
+    /// [`Auth::open`] with the server secret the configuration names
+    /// ([`ServerSecret::load`]).
+    pub async fn open_configured(
+        meta: Arc<dyn MetadataStore>,
+        config: &crate::config::Config,
+    ) -> Result<Self, AuthError> {
+        let secret = ServerSecret::load(
+            config.secret_key.as_deref(),
+            config.secret_key_file.as_deref(),
+            &config.data_dir,
+        )
+        .await
+        .map_err(|e| AuthError::Secret(e.to_string()))?;
+        Self::open(meta, secret).await
+    }
+
+    /// A key for `purpose` (a label such as `share-link-v1` or `s3-secret-v1:<token id>`):
+    /// HMAC-SHA256 of the server secret over the label. Same secret, same key, on every
+    /// replica; another secret (a rotation) changes every key.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        self.secret.derive(purpose)
+    }
+
+    /// Reloads the token table now; long-lived requests re-check their token when it changed.
     pub async fn reload(&self) -> Result<(), AuthError> {
         let tokens = self.meta.tokens().await?;
         let snapshot = Snapshot {
@@ -496,36 +547,49 @@ impl Auth {
         Ok(())
     }
 
-    fn share_mac(&self, path: &str, expires: i64, by: &str) -> Option<Hmac<Sha256>> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.share_key).ok()?;
-        // Length-prefixed fields: no two (path, expires, by) triples sign the same bytes.
-        for field in [path, &expires.to_string(), by] {
+    fn share_mac(&self, path: &str, issued: i64, expires: i64, by: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.share_key.as_slice()).ok()?;
+        // Length-prefixed fields: no two (path, issued, expires, by) sign the same bytes.
+        for field in [path, &issued.to_string(), &expires.to_string(), by] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field.as_bytes());
         }
         Some(mac)
     }
 
-    /// Signs a link to `path` valid until `expires` (seconds since the epoch) for the
-    /// principal that asked; the link dies with the principal's token.
-    pub fn sign_share(&self, path: &str, expires: i64, by: &Principal) -> Option<String> {
+    /// Signs a link to `path`, signed at `issued` and valid until `expires` (seconds since
+    /// the epoch), for the principal that asked; the link dies with the principal's token.
+    pub fn sign_share(
+        &self,
+        path: &str,
+        issued: i64,
+        expires: i64,
+        by: &Principal,
+    ) -> Option<String> {
         let by = by.token_id.as_deref().unwrap_or("");
-        let mac = self.share_mac(path, expires, by)?;
+        let mac = self.share_mac(path, issued, expires, by)?;
         Some(hex::encode(mac.finalize().into_bytes()))
     }
 
-    /// Checks a share link's signature (constant time), expiry and issuing token.
-    pub fn verify_share(&self, path: &str, expires: i64, by: &str, sig: &str) -> bool {
+    /// Checks a share link's signature (constant time), lifetime (at most
+    /// [`MAX_SHARE_TTL`] after its signing time, which may not lie in the future), expiry
+    /// and issuing token.
+    pub fn verify_share(&self, path: &str, issued: i64, expires: i64, by: &str, sig: &str) -> bool {
         let Ok(sig) = hex::decode(sig) else {
             return false;
         };
-        let Some(mac) = self.share_mac(path, expires, by) else {
+        let Some(mac) = self.share_mac(path, issued, expires, by) else {
             return false;
         };
         if mac.verify_slice(&sig).is_err() {
             return false;
         }
-        if now_ms() / 1000 >= expires {
+        let now_s = now_ms() / 1000;
+        let longest = i64::try_from(MAX_SHARE_TTL.as_secs()).unwrap_or(i64::MAX);
+        if now_s >= expires
+            || issued > now_s.saturating_add(SHARE_CLOCK_SKEW_S)
+            || expires.saturating_sub(issued) > longest
+        {
             return false;
         }
         if by.is_empty() {

@@ -299,6 +299,7 @@ impl SqliteMetadata {
         readers: u32,
     ) -> Result<Self, MetadataError> {
         let db_path = data_dir.join("meta.db");
+        super::secret::private_database(&db_path).await?;
         let base = SqliteConnectOptions::from_str("sqlite://")
             .map_err(map_err)?
             .filename(&db_path)

@@ -5,6 +5,7 @@
 //! - [`metadata`] / [`metadata_sqlite`]: files, blob references and the event log.
 //! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`auth`]: tokens, scopes, prefixes and share links.
+//! - [`secret`]: the server secret keys derive from, and the data directory's private files.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod metadata;
 pub mod metadata_postgres;
 pub mod metadata_sqlite;
 pub mod notification;
+pub mod secret;
 pub mod storage;
 
 use lock_manager::LockError;

@@ -1,0 +1,347 @@
+//! Issue 15, the gaps found when VaultFS was attacked from outside: each test replays an
+//! attack against a real server and expects the safe answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{enc, Frame, TestServer};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use vaultfs::config::Config;
+
+/// Makes a token with the CLI, on the data directory of a running server.
+async fn cli_token(dir: &std::path::Path, scopes: &str) -> String {
+    let out = cli(
+        &["token", "create", "--scope", scopes, "--data-dir"],
+        Some(dir),
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn cli(
+    args: &[&str],
+    dir: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.arg(d);
+    }
+    cmd.env("RUST_LOG", "off")
+        .env_remove("VAULTFS_TOKEN")
+        .env_remove("VAULTFS_URL")
+        .env_remove("VAULTFS_SECRET_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.unwrap()
+}
+
+/// Waits until the server has seen its first token (it reloads every second).
+async fn closed(s: &TestServer) {
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            s.get_json("/api/v1/list").await.0 == 401
+        })
+        .await
+    );
+}
+
+/// An admin API call to make a token.
+async fn api_token(s: &TestServer, admin: &str, body: Value) -> (u16, Value) {
+    let r = s
+        .client
+        .post(s.url("/api/v1/admin/tokens"))
+        .bearer_auth(admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A start that must be refused: the error, or a failure after 30 s of serving.
+async fn refused(config: Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = vaultfs::server::run(listener, config, std::future::pending());
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => panic!("the server stopped without an error"),
+        Err(_) => panic!("the server started (and served for 30 s) instead of refusing"),
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A share-link signature the way an attacker holding `key` would make it: HMAC-SHA256 over
+/// the length-prefixed fields.
+fn forge(key: &[u8], fields: &[&str]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for f in fields {
+        mac.update(&(f.len() as u64).to_be_bytes());
+        mac.update(f.as_bytes());
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The share-link key derived from a server secret, as `Auth::derive_key` documents it.
+fn derived(secret: &[u8], purpose: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    // stat, not open: opening meta.db in this process would cancel the server's POSIX locks.
+    #[allow(clippy::disallowed_methods)]
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    m.permissions().mode() & 0o777
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 2: a copy of the database can mint share links.
+
+/// The attack: copy meta.db (and its WAL), take every secret found in it, and sign a link
+/// valid for a year, in both the old and the current link format. None may work; and the
+/// files are private to the server's user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_copy_cannot_mint_share_links() {
+    use sqlx::{Connection, Row};
+    let (dir, s) = TestServer::start().await;
+    let reader = cli_token(dir.path(), "read,write").await;
+    closed(&s).await;
+    let r = s
+        .client
+        .post(s.url("/api/v1/files/upload?path=rel/app.bin"))
+        .bearer_auth(&reader)
+        .body("release")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // A legitimate link works (the server's key is in use).
+    let r = s
+        .client
+        .post(s.url("/api/v1/share"))
+        .bearer_auth(&reader)
+        .json(&json!({"path": "rel/app.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let link = r.json::<Value>().await.unwrap()["link"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(plain.get(s.url(&link)).send().await.unwrap().status(), 200);
+
+    // The copy, made by another process (see security.rs on POSIX locks).
+    let copy = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("cp")
+        .arg(dir.path().join("meta.db"))
+        .arg(dir.path().join("meta.db-wal"))
+        .arg(copy.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let url = format!("sqlite://{}", copy.path().join("meta.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let mut secrets: Vec<Vec<u8>> = sqlx::query("SELECT value FROM server_secrets")
+        .fetch_all(&mut db)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.get::<Vec<u8>, _>(0))
+        .collect();
+    // Whatever else a copy holds: every blob-like value of every table.
+    for table in ["tokens"] {
+        let rows = sqlx::query(&format!("SELECT secret_hash FROM {table}"))
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        for r in rows {
+            let h: String = r.get(0);
+            secrets.push(hex::decode(h).unwrap());
+        }
+    }
+    db.close().await.unwrap();
+    assert!(!secrets.is_empty());
+    let by = &reader[4..16];
+    let issued = now_s();
+    let expires = (issued + 365 * 86_400).to_string();
+    let issued = issued.to_string();
+    let path = "rel/app.bin";
+    for key in &secrets {
+        for k in [key.clone(), derived(key, "share-link-v1")] {
+            let old = forge(&k, &[path, &expires, by]);
+            let new = forge(&k, &[path, &issued, &expires, by]);
+            for q in [
+                format!("expires={expires}&by={by}&sig={old}"),
+                format!("expires={expires}&issued={issued}&by={by}&sig={new}"),
+            ] {
+                let r = plain
+                    .get(s.url(&format!("/api/v1/shared/{path}?{q}")))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 403, "a link forged from the database copy: {q}");
+            }
+        }
+    }
+    // Nobody else on the machine can read the database or the key.
+    assert_eq!(mode(dir.path()), 0o700, "data directory");
+    for f in ["meta.db", "meta.db-wal", "meta.db-shm"] {
+        assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+    }
+    s.stop().await;
+}
+
+fn secret_config(dir: &std::path::Path, secret: &str) -> Config {
+    let mut c = Config::for_data_dir(dir);
+    c.secret_key = Some(secret.to_string());
+    c
+}
+
+/// With the real server secret in hand, a link signed for longer than 7 days is refused, as
+/// is one signed in the future; rotating the secret kills every link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_links_live_at_most_seven_days_after_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_hex = hex::encode(
+        (0u8..32)
+            .map(|i| i.wrapping_mul(37) ^ 0xa5)
+            .collect::<Vec<_>>(),
+    );
+    let s = TestServer::start_with(secret_config(dir.path(), &secret_hex)).await;
+    let reader = cli_token(dir.path(), "read,write").await;
+    closed(&s).await;
+    let r = s
+        .client
+        .post(s.url("/api/v1/files/upload?path=a.bin"))
+        .bearer_auth(&reader)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = derived(&hex::decode(&secret_hex).unwrap(), "share-link-v1");
+    let by = &reader[4..16];
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let link = |issued: i64, expires: i64| {
+        let (i, e) = (issued.to_string(), expires.to_string());
+        let sig = forge(&key, &["a.bin", &i, &e, by]);
+        format!("/api/v1/shared/a.bin?expires={e}&issued={i}&by={by}&sig={sig}")
+    };
+    let now = now_s();
+    let day = 86_400;
+    // The signer is right: a link within the limits works.
+    let good = link(now, now + 3600);
+    assert_eq!(plain.get(s.url(&good)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        plain
+            .get(s.url(&link(now - 6 * day, now + day - 60)))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (issued, expires, what) in [
+        (now, now + 365 * day, "a year"),
+        (now, now + 7 * day + 60, "7 days and a minute"),
+        (
+            now - 7 * day,
+            now + 3600,
+            "signed 7 days ago, valid another hour",
+        ),
+        (now + day, now + 2 * day, "signed tomorrow"),
+    ] {
+        let r = plain
+            .get(s.url(&link(issued, expires)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{what}");
+    }
+    s.stop().await;
+    // The same secret after a restart: links survive. Another secret: every link is dead.
+    let s = TestServer::start_with(secret_config(dir.path(), &secret_hex)).await;
+    assert_eq!(plain.get(s.url(&good)).send().await.unwrap().status(), 200);
+    s.stop().await;
+    let rotated = hex::encode(b"another secret of 32 bytes......");
+    let s = TestServer::start_with(secret_config(dir.path(), &rotated)).await;
+    assert_eq!(plain.get(s.url(&good)).send().await.unwrap().status(), 403);
+    s.stop().await;
+}
+
+/// Without `VAULTFS_SECRET_KEY` the secret is a key file in the data directory, made at
+/// first start, private, and kept across restarts; a weak or unreadable secret stops the
+/// start with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_secret_is_a_private_key_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    s.put("a.bin", b"x").await;
+    let key_file = dir.path().join("secret.key");
+    assert_eq!(mode(&key_file), 0o600);
+    let text = tokio::fs::read_to_string(&key_file).await.unwrap();
+    assert_eq!(
+        hex::decode(text.trim()).unwrap().len(),
+        32,
+        "32 random bytes"
+    );
+    let r = s
+        .client
+        .post(s.url("/api/v1/share"))
+        .json(&json!({"path": "a.bin"}))
+        .send()
+        .await
+        .unwrap();
+    let link = r.json::<Value>().await.unwrap()["link"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.stop().await;
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    assert_eq!(
+        s.get_bytes(&link).await.0,
+        200,
+        "same key file after a restart"
+    );
+    assert_eq!(
+        tokio::fs::read_to_string(&key_file).await.unwrap(),
+        text,
+        "not replaced"
+    );
+    s.stop().await;
+    // A configured key file that is not there is not made up: replicas must share one.
+    let mut c = Config::for_data_dir(dir.path());
+    c.secret_key_file = Some(dir.path().join("missing.key"));
+    let err = refused(c).await;
+    assert!(err.contains("missing.key"), "{err}");
+    // A weak secret is refused.
+    for weak in ["hunter2", &"ab".repeat(16)] {
+        let err = refused(secret_config(dir.path(), weak)).await;
+        assert!(err.contains("VAULTFS_SECRET_KEY"), "{err}");
+    }
+}
