@@ -345,3 +345,137 @@ async fn the_server_secret_is_a_private_key_file_or_the_environment() {
         assert!(err.contains("VAULTFS_SECRET_KEY"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 3: a revoked or expired token keeps its live sync WebSocket.
+
+async fn ws_with(s: &TestServer, token: &str) -> common::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/api/v1/sync", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws
+}
+
+/// The close code a session ends with, within `within` (events are skipped).
+async fn close_code(ws: &mut common::Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        loop {
+            match common::next_frame(ws).await {
+                Frame::Json(_) => continue,
+                Frame::Closed(c) => return c,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the session is still open after {within:?}"))
+}
+
+fn long_poll(
+    s: &TestServer,
+    token: &str,
+) -> tokio::task::JoinHandle<(u16, Value, std::time::Instant)> {
+    let req = s
+        .client
+        .get(s.url("/api/v1/events?wait=40&prefix=nothing-here/"))
+        .bearer_auth(token);
+    tokio::spawn(async move {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json().await.unwrap_or(Value::Null),
+            std::time::Instant::now(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_closes_its_sync_socket_and_long_poll() {
+    let (dir, s) = TestServer::start().await;
+    let admin = cli_token(dir.path(), "admin").await;
+    closed(&s).await;
+    let (status, made) = api_token(&s, &admin, json!({"scopes": "read"})).await;
+    assert_eq!(status, 201);
+    let reader = made["token"].as_str().unwrap().to_string();
+    let mut ws = ws_with(&s, &reader).await;
+    assert_eq!(common::next_json(&mut ws).await["kind"], "hello");
+    let mut bystander = ws_with(&s, &admin).await;
+    assert_eq!(common::next_json(&mut bystander).await["kind"], "hello");
+    let poll = long_poll(&s, &reader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Revoked through this server's API: at once.
+    let revoked_at = std::time::Instant::now();
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/admin/tokens/{}", &reader[4..16])))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4401)
+    );
+    let (status, body, answered) = poll.await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_token");
+    assert!(answered.duration_since(revoked_at) < Duration::from_secs(5));
+    // Others keep their feed.
+    let r = s
+        .client
+        .post(s.url("/api/v1/files/upload?path=b/x"))
+        .bearer_auth(&admin)
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(common::next_json(&mut bystander).await["path"], "b/x");
+
+    // Revoked by another process (the CLI on the data directory): within the reload
+    // interval (1 s; 10 s allowed on a loaded machine).
+    let (_, made) = api_token(&s, &admin, json!({"scopes": "read"})).await;
+    let reader2 = made["token"].as_str().unwrap().to_string();
+    let mut ws2 = ws_with(&s, &reader2).await;
+    assert_eq!(common::next_json(&mut ws2).await["kind"], "hello");
+    let out = cli(
+        &["token", "revoke", &reader2[4..16], "--data-dir"],
+        Some(dir.path()),
+        &[],
+    )
+    .await;
+    assert!(out.status.success());
+    assert_eq!(
+        close_code(&mut ws2, Duration::from_secs(10)).await,
+        Some(4401)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_closes_its_sync_socket_and_long_poll() {
+    let (dir, s) = TestServer::start().await;
+    let admin = cli_token(dir.path(), "admin").await;
+    closed(&s).await;
+    let (status, made) = api_token(&s, &admin, json!({"scopes": "read", "expires_in": "3s"})).await;
+    assert_eq!(status, 201, "{made}");
+    let reader = made["token"].as_str().unwrap().to_string();
+    let mut ws = ws_with(&s, &reader).await;
+    assert_eq!(common::next_json(&mut ws).await["kind"], "hello");
+    let poll = long_poll(&s, &reader);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(10)).await,
+        Some(4401)
+    );
+    let (status, body, _) = poll.await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(12));
+    s.stop().await;
+}

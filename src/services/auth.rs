@@ -372,10 +372,60 @@ impl Auth {
             required: !tokens.is_empty(),
             by_id: tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
         };
-        if let Ok(mut slot) = self.snapshot.write() {
-            *slot = Arc::new(snapshot);
+        let changed = match self.snapshot.write() {
+            Ok(mut slot) => {
+                let changed = slot.required != snapshot.required || slot.by_id != snapshot.by_id;
+                *slot = Arc::new(snapshot);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
+    }
+
+    /// Until when `principal` stays valid: `Err(())` when it no longer is, `Ok(None)` when no
+    /// expiry is known, else the expiry (ms since the epoch).
+    fn validity(&self, principal: &Principal) -> Result<Option<i64>, ()> {
+        let snapshot = self.current();
+        let Some(id) = principal.token_id.as_deref() else {
+            // The open server's principal: valid while the server stays open. (A share
+            // link's `nobody` never waits here.)
+            return if snapshot.required { Err(()) } else { Ok(None) };
+        };
+        match snapshot.by_id.get(id) {
+            Some(r) if is_active(r, now_ms()) => Ok(r.expires_at),
+            _ => Err(()),
+        }
+    }
+
+    /// Resolves once `principal`'s token is revoked, expires or disappears (or, for the open
+    /// server's principal, once tokens exist): at once for a change made through this
+    /// process, within [`RELOAD_EVERY`] for one made elsewhere.
+    pub async fn until_invalid(&self, principal: &Principal) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let expires_at = match self.validity(principal) {
+                Err(()) => return,
+                Ok(e) => e,
+            };
+            let wait = expires_at.map_or(LONGEST_VALIDITY_WAIT, |e| {
+                let ms = u64::try_from(e.saturating_sub(now_ms())).unwrap_or(0);
+                Duration::from_millis(ms.saturating_add(1)).min(LONGEST_VALIDITY_WAIT)
+            });
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The sender lives as long as `self`: cannot happen; re-check by time.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Reloads every [`RELOAD_EVERY`] until `shutdown` turns true.
