@@ -479,3 +479,161 @@ async fn an_expiring_token_closes_its_sync_socket_and_long_poll() {
     assert!(started.elapsed() < Duration::from_secs(12));
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 7: uploaded HTML runs on the API's origin.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_served_so_that_browsers_do_not_run_it() {
+    let (_dir, s) = TestServer::start().await;
+    let cases = [
+        ("page.html", "text/html; charset=utf-8", true),
+        ("img.svg", "image/svg+xml", true),
+        ("feed.xml", "application/xml", true),
+        ("x.xhtml", "application/xhtml+xml", true),
+        ("app.js", "text/javascript", true),
+        ("app2.js", "application/javascript", true),
+        ("odd", "TEXT/HTML", true),
+        ("doc.pdf", "application/pdf", true),
+        ("blob", "application/octet-stream", true),
+        ("notes.txt", "text/plain", false),
+        ("pic.png", "image/png", false),
+    ];
+    let body = b"<html><script>fetch('/api/v1/list')</script></html>";
+    let mut ids = Vec::new();
+    for (path, ct, _) in cases {
+        let r = s
+            .client
+            .post(s.url(&format!("/api/v1/files/upload?path=web/{}", enc(path))))
+            .header("content-type", ct)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let check = |r: &reqwest::Response, active: bool, inline: bool, what: &str| {
+        let h = r.headers();
+        assert_eq!(
+            h.get("x-content-type-options").map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}"
+        );
+        let csp = h
+            .get("content-security-policy")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(
+            csp.split(';').any(|d| d.trim() == "sandbox"),
+            "{what}: {csp:?}"
+        );
+        let cd = h
+            .get("content-disposition")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if active || !inline {
+            assert!(cd.starts_with("attachment"), "{what}: {cd:?}");
+        } else {
+            assert!(cd.starts_with("inline"), "{what}: {cd:?}");
+        }
+    };
+    for ((path, _, active), id) in cases.iter().zip(&ids) {
+        for inline in [false, true] {
+            let q = if inline { "?inline=1" } else { "" };
+            let by_id = s
+                .client
+                .get(s.url(&format!("/api/v1/files/{id}{q}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(by_id.status(), 200);
+            check(&by_id, *active, inline, &format!("{path} by id{q}"));
+            let by_path = s
+                .client
+                .get(s.url(&format!("/api/v1/fs/web/{}{q}", enc(path))))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(by_path.status(), 200);
+            check(&by_path, *active, inline, &format!("{path} by path{q}"));
+            let head = s
+                .client
+                .head(s.url(&format!("/api/v1/fs/web/{}{q}", enc(path))))
+                .send()
+                .await
+                .unwrap();
+            check(&head, *active, inline, &format!("{path} HEAD{q}"));
+        }
+        // Share links.
+        let r = s
+            .client
+            .post(s.url("/api/v1/share"))
+            .json(&json!({"path": format!("web/{path}")}))
+            .send()
+            .await
+            .unwrap();
+        let link = r.json::<Value>().await.unwrap()["link"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let shared = s.client.get(s.url(&link)).send().await.unwrap();
+        assert_eq!(shared.status(), 200);
+        check(&shared, *active, false, &format!("{path} shared"));
+        let shared = s
+            .client
+            .get(s.url(&format!("{link}&inline=1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shared.status(), 200);
+        check(&shared, *active, true, &format!("{path} shared inline"));
+    }
+    // Ranges and conditional requests still work, with the same headers.
+    let url = s.url(&format!("/api/v1/files/{}", ids[0]));
+    let r = s
+        .client
+        .get(&url)
+        .header("range", "bytes=0-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    check(&r, true, false, "range");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"<html>");
+    let r = s
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    check(&r, true, false, "304");
+    let r = s
+        .client
+        .get(&url)
+        .header("range", "bytes=6-")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[6..]);
+    // The file name travels with the attachment, safely quoted.
+    let r = s
+        .client
+        .get(s.url("/api/v1/fs/web/page.html"))
+        .send()
+        .await
+        .unwrap();
+    let cd = r.headers()["content-disposition"].to_str().unwrap();
+    assert!(cd.contains("filename=\"page.html\""), "{cd}");
+    s.stop().await;
+}

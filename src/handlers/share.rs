@@ -115,7 +115,8 @@ pub async fn download(
     };
     let meta = state.files.meta_by_path(&path, &ctx).await?;
     let head = request.method() == Method::HEAD;
-    content::serve(&state, meta, request.headers(), head)
+    let inline = content::inline_requested(request.uri().query());
+    content::serve(&state, meta, request.headers(), head, inline)
         .await
         .map(IntoResponse::into_response)
 }
