@@ -71,6 +71,9 @@ pub struct Config {
     /// A file holding the server secret (it must exist). Neither set: `<data_dir>/secret.key`,
     /// made at first start.
     pub secret_key_file: Option<PathBuf>,
+    /// Host names (no port) a loopback listener answers besides loopback names: the
+    /// DNS-rebinding check lets them through.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             blob_store: None,
             secret_key: None,
             secret_key_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct Overrides {
     #[serde(skip)]
     pub secret_key: Option<String>,
     pub secret_key_file: Option<String>,
+    /// Comma-separated.
+    pub allowed_hosts: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -210,6 +216,7 @@ impl Overrides {
             blob_store: env("VAULTFS_BLOB_STORE"),
             secret_key: env("VAULTFS_SECRET_KEY").filter(|t| !t.trim().is_empty()),
             secret_key_file: env("VAULTFS_SECRET_KEY_FILE"),
+            allowed_hosts: env("VAULTFS_ALLOWED_HOSTS"),
         }
     }
 
@@ -264,6 +271,23 @@ impl Overrides {
                 return Err(invalid("secret_key_file", v, "must not be empty".into()));
             }
             config.secret_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = &self.allowed_hosts {
+            let mut hosts = Vec::new();
+            for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                let valid = h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+                if !valid {
+                    return Err(invalid(
+                        "allowed_hosts",
+                        h,
+                        "expected host names like vaultfs.lan (no scheme, no port)".into(),
+                    ));
+                }
+                hosts.push(h.to_ascii_lowercase());
+            }
+            config.allowed_hosts = hosts;
         }
         if let Some(v) = self.insecure_no_auth {
             config.insecure_no_auth = v;

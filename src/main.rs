@@ -151,6 +151,10 @@ struct ServeArgs {
     /// Browser origins allowed to call the API, comma-separated [env VAULTFS_ALLOWED_ORIGINS]
     #[arg(long)]
     allowed_origins: Option<String>,
+    /// Host names a loopback listener answers besides localhost, comma-separated (the
+    /// DNS-rebinding check) [env VAULTFS_ALLOWED_HOSTS]
+    #[arg(long)]
+    allowed_hosts: Option<String>,
     /// File holding the server secret share links are signed with [default:
     /// DATA_DIR/secret.key, made at first start; or env VAULTFS_SECRET_KEY; env
     /// VAULTFS_SECRET_KEY_FILE]
@@ -461,6 +465,7 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         shutdown_grace: args.shutdown_grace.clone(),
         insecure_no_auth: args.insecure_no_auth.then_some(true),
         allowed_origins: args.allowed_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
         secret_key_file: args.secret_key_file.clone(),
         metadata_url: args.metadata_url.clone(),
         blob_store: args.blob_store.clone(),

@@ -637,3 +637,84 @@ async fn content_is_served_so_that_browsers_do_not_run_it() {
     assert!(cd.contains("filename=\"page.html\""), "{cd}");
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 8: --insecure-no-auth on a loopback address switches off the DNS-rebinding check.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_no_auth_on_loopback_keeps_the_dns_rebinding_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::for_data_dir(dir.path());
+    c.insecure_no_auth = true;
+    let s = TestServer::start_with(c).await;
+    let get = |host: &'static str, token: Option<String>| {
+        let mut req = s.client.get(s.url("/api/v1/list")).header("host", host);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("localhost:8080", None).await, 200);
+    assert_eq!(get("evil.example:8080", None).await, 403, "rebound name");
+    s.stop().await;
+
+    // With tokens on loopback, too; `allowed_hosts` lets a chosen name through.
+    let mut c = Config::for_data_dir(dir.path());
+    c.allowed_hosts = vec!["vaultfs.lan".into()];
+    let s = TestServer::start_with(c).await;
+    let admin = cli_token(dir.path(), "admin").await;
+    closed(&s).await;
+    let get = |host: &'static str, token: Option<String>| {
+        let mut req = s.client.get(s.url("/api/v1/list")).header("host", host);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("evil.example", Some(admin.clone())).await, 403);
+    assert_eq!(get("vaultfs.lan:8080", Some(admin.clone())).await, 200);
+    assert_eq!(get("127.0.0.1:8080", Some(admin.clone())).await, 200);
+    s.stop().await;
+}
+
+/// The binary warns at every start in this mode, on loopback too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_no_auth_warns_at_every_start() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-no-auth",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push(line.clone());
+                if line.contains("VaultFS listening") {
+                    return seen
+                        .iter()
+                        .any(|l| l.contains("WARN") && l.contains("--insecure-no-auth"));
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(found, "no warning at start: {seen:#?}");
+        child.kill().await.unwrap();
+        let _ = child.wait().await;
+    }
+}
