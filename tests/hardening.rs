@@ -718,3 +718,41 @@ async fn insecure_no_auth_warns_at_every_start() {
         let _ = child.wait().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 10: weak bootstrap tokens are accepted.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_bootstrap_tokens_are_refused() {
+    for weak in [
+        "vfs_000000000000_aaaaaaaaaaaaaaaaaaaa".to_string(),
+        format!("vfs_0123456789ab_{}", "a".repeat(43)),
+        format!("vfs_0123456789ab_{}", "abcd".repeat(11)),
+        // 31 random-looking bytes.
+        format!(
+            "vfs_0123456789ab_{}",
+            &vaultfs::services::auth::Auth::generate().unwrap()[17..58]
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::for_data_dir(dir.path());
+        c.bootstrap_token = Some(weak.clone());
+        let msg = refused(c).await;
+        assert!(msg.contains("vaultfs token generate"), "{weak}: {msg}");
+    }
+    // A generated one works.
+    let dir = tempfile::tempdir().unwrap();
+    let good = vaultfs::services::auth::Auth::generate().unwrap();
+    let mut c = Config::for_data_dir(dir.path());
+    c.bootstrap_token = Some(good.clone());
+    let s = TestServer::start_with(c).await;
+    let r = s
+        .client
+        .get(s.url("/api/v1/list"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}

@@ -310,6 +310,16 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// True when a token's secret carries the strength of a generated one: base64url of at
+/// least 32 bytes, not an obvious pattern.
+fn strong_secret(secret: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(secret) else {
+        return false;
+    };
+    let mut seen = std::collections::HashSet::new();
+    bytes.len() >= TOKEN_SECRET_BYTES && secret.bytes().filter(|b| seen.insert(*b)).count() >= 16
+}
+
 /// Parses `vfs_<id>_<secret>`; `None` for anything else.
 fn split_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
@@ -550,12 +560,14 @@ impl Auth {
     /// its id is already known, revoked or not: a revocation sticks across restarts. Returns
     /// whether it was added.
     pub async fn bootstrap(&self, token: &str) -> Result<bool, AuthError> {
-        let (id, secret) = split_token(token.trim()).ok_or_else(|| {
-            AuthError::Invalid(
-                "VAULTFS_BOOTSTRAP_TOKEN is not a token (make one with `vaultfs token generate`)"
-                    .into(),
-            )
-        })?;
+        let (id, secret) = split_token(token.trim())
+            .filter(|(_, secret)| strong_secret(secret))
+            .ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "VAULTFS_BOOTSTRAP_TOKEN is not a token of full strength ({TOKEN_SECRET_BYTES} \
+                     random bytes); make one with `vaultfs token generate`"
+                ))
+            })?;
         if self.current().by_id.contains_key(id) {
             return Ok(false);
         }
