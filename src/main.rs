@@ -97,6 +97,10 @@ struct FsckArgs {
     /// Bearer token for --server (needs the admin scope) [env: VAULTFS_TOKEN]
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(long, env = "VAULTFS_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -116,6 +120,10 @@ struct WatchArgs {
     /// Bearer token (once the server requires one)
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(long, env = "VAULTFS_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,8 +180,32 @@ struct ServeArgs {
     log_format: String,
 }
 
+impl Command {
+    /// Reads `--token-file` (or VAULTFS_TOKEN_FILE) into the command's token.
+    fn load_token_file(&mut self) -> Result<(), String> {
+        let (token, file) = match self {
+            Command::Upload(a) => return a.common.load_token_file(),
+            Command::Download(a) => return a.common.load_token_file(),
+            Command::Ls(a) => return a.common.load_token_file(),
+            Command::Stat(a) => return a.common.load_token_file(),
+            Command::Rm(a) => return a.common.load_token_file(),
+            Command::Mv(a) | Command::Cp(a) => return a.common.load_token_file(),
+            Command::Share(a) => return a.common.load_token_file(),
+            Command::Token(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Fsck(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Watch(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Serve(_) | Command::Loadtest(_) => return Ok(()),
+        };
+        cli::load_token_file(token, file)
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.command.load_token_file() {
+        eprintln!("vaultfs: {e}");
+        return ExitCode::from(2);
+    }
     init_tracing(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
     match cli.command {
         Command::Serve(args) => serve(args),

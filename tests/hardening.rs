@@ -756,3 +756,134 @@ async fn weak_bootstrap_tokens_are_refused() {
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 11: the smaller items.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiries_labels_and_prefixes_are_checked() {
+    let (dir, s) = TestServer::start().await;
+    let admin = cli_token(dir.path(), "admin").await;
+    closed(&s).await;
+    for (body, what) in [
+        (
+            json!({"scopes": "read", "expires_in": "99999999999d"}),
+            "overflowing expiry",
+        ),
+        (
+            json!({"scopes": "read", "expires_in": "999999999999999999999d"}),
+            "unparsable expiry",
+        ),
+        (
+            json!({"scopes": "read", "expires_in": "3651d"}),
+            "over ten years",
+        ),
+        (
+            json!({"scopes": "read", "label": "build\u{202E}gpj.exe"}),
+            "bidi override in label",
+        ),
+        (
+            json!({"scopes": "read", "label": "a\u{2066}b"}),
+            "bidi isolate in label",
+        ),
+        (
+            json!({"scopes": "read", "label": "a\nb"}),
+            "newline in label",
+        ),
+        (json!({"scopes": "read", "prefix": "/"}), "prefix /"),
+        (json!({"scopes": "read", "prefix": "//"}), "prefix //"),
+    ] {
+        let (status, reply) = api_token(&s, &admin, body).await;
+        assert_eq!(status, 400, "{what}: {reply}");
+        assert_eq!(reply["error"]["code"], "invalid_request", "{what}");
+    }
+    let (status, reply) =
+        api_token(&s, &admin, json!({"scopes": "read", "expires_in": "3650d"})).await;
+    assert_eq!(status, 201, "{reply}");
+    let year: i32 = reply["expires_at"].as_str().unwrap()[..4].parse().unwrap();
+    assert!(year >= 2035, "{reply}");
+    // The CLI on the data directory refuses the same.
+    for args in [
+        vec![
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--expires",
+            "99999999999d",
+        ],
+        vec!["token", "create", "--scope", "read", "--prefix", "/"],
+        vec![
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--label",
+            "x\u{202E}y",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.push("--data-dir");
+        let out = cli(&args, Some(dir.path()), &[]).await;
+        assert!(!out.status.success(), "{args:?}");
+    }
+    let listing = cli(
+        &["token", "list", "--json", "--data-dir"],
+        Some(dir.path()),
+        &[],
+    )
+    .await;
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(!listing.contains("1970"), "{listing}");
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    s.stop().await;
+}
+
+/// `--token` shows in the process list; `--token-file` and `VAULTFS_TOKEN` do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tokens_come_from_a_file_or_the_environment() {
+    let (dir, s) = TestServer::start().await;
+    let admin = cli_token(dir.path(), "admin").await;
+    closed(&s).await;
+    let files = tempfile::tempdir().unwrap();
+    let token_file = files.path().join("token");
+    tokio::fs::write(&token_file, format!("{admin}\n"))
+        .await
+        .unwrap();
+    let tf = token_file.to_str().unwrap().to_string();
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&cli(&["ls", "--server", &s.base, "--token-file", &tf], None, &[]).await);
+    ok(&cli(
+        &["ls", "--server", &s.base],
+        None,
+        &[("VAULTFS_TOKEN", &admin)],
+    )
+    .await);
+    ok(&cli(
+        &["ls", "--server", &s.base],
+        None,
+        &[("VAULTFS_TOKEN_FILE", &tf)],
+    )
+    .await);
+    ok(&cli(
+        &["token", "list", "--server", &s.base, "--token-file", &tf],
+        None,
+        &[],
+    )
+    .await);
+    let out = cli(
+        &["ls", "--server", &s.base, "--token-file", "/nonexistent/x"],
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x"));
+    s.stop().await;
+}

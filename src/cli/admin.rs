@@ -35,6 +35,15 @@ pub struct TokenArgs {
     /// Admin token for --server [env: VAULTFS_TOKEN]
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(
+        long,
+        env = "VAULTFS_TOKEN_FILE",
+        conflicts_with = "token",
+        global = true
+    )]
+    pub token_file: Option<PathBuf>,
     /// Print JSON
     #[arg(long, global = true)]
     pub json: bool,

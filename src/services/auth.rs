@@ -221,9 +221,15 @@ pub enum Narrowed {
 
 /// A token's prefix: empty, or a valid path ending in `/`.
 pub fn normalize_prefix(raw: &str) -> Result<String, AuthError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
     let trimmed = raw.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Ok(String::new());
+        // `/` or `//` would read as "no prefix": everything.
+        return Err(AuthError::Invalid(format!(
+            "invalid prefix {raw:?}: leave it out (or empty) for a token without a prefix"
+        )));
     }
     let path = VPath::parse(trimmed)
         .map_err(|e| AuthError::Invalid(format!("invalid prefix {raw:?}: {e}")))?;
@@ -520,14 +526,23 @@ impl Auth {
     ) -> Result<CreatedToken, AuthError> {
         let scopes = Scopes::parse(scopes)?;
         let prefix = normalize_prefix(prefix)?;
-        if label.len() > 200 || label.chars().any(char::is_control) {
+        if label.len() > 200 || label.chars().any(crate::paths::forbidden_char) {
             return Err(AuthError::Invalid(
-                "the label must be at most 200 characters, without control characters".into(),
+                "the label must be at most 200 characters, without control, \
+                 bidirectional-override or replacement characters"
+                    .into(),
             ));
+        }
+        if expires_in.is_some_and(|d| d > MAX_TOKEN_TTL) {
+            return Err(AuthError::Invalid(format!(
+                "expires_in is at most {}d; leave it out for a token that never expires",
+                MAX_TOKEN_TTL.as_secs() / 86_400
+            )));
         }
         let id = hex::encode(random_bytes(6)?);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(32)?);
         let now = now_ms();
+        // Bounded above: no overflow.
         let expires_at = expires_in
             .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
         let record = TokenRecord {
@@ -695,6 +710,7 @@ mod tests {
         assert_eq!(normalize_prefix("").ok(), Some(String::new()));
         assert!(normalize_prefix("../x").is_err());
         assert!(normalize_prefix("/abs").is_err());
+        assert!(normalize_prefix("/").is_err() && normalize_prefix("//").is_err());
         let p = Principal {
             token_id: None,
             scopes: Scopes::ALL,
