@@ -108,6 +108,7 @@ impl AppState {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| data_dir_error(format!("cannot create: {e}")))?;
+        crate::services::secret::private_data_dir(dir).await;
         let lock_file = tokio::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -197,7 +198,7 @@ impl AppState {
             }
             metrics::gauge!("vaultfs_startup_check_running").set(0.0);
         });
-        let auth = Auth::open(Arc::clone(files.metadata())).await?;
+        let auth = Auth::open_configured(Arc::clone(files.metadata()), &config).await?;
         if let Some(token) = &config.bootstrap_token {
             if auth.bootstrap(token).await? {
                 tracing::info!("installed the bootstrap admin token (VAULTFS_BOOTSTRAP_TOKEN)");

@@ -81,6 +81,15 @@ pub struct Config {
     /// `s3://bucket[/prefix]?endpoint=...&region=...`: blobs in S3-compatible object storage.
     /// None: the data directory.
     pub blob_store: Option<String>,
+    /// The server secret every signing key derives from (64 hex digits or base64 of 32+
+    /// bytes). Environment only (`VAULTFS_SECRET_KEY`), like the bootstrap token.
+    pub secret_key: Option<String>,
+    /// A file holding the server secret (it must exist). Neither set: `<data_dir>/secret.key`,
+    /// made at first start.
+    pub secret_key_file: Option<PathBuf>,
+    /// Host names (no port) a loopback listener answers besides loopback names: the
+    /// DNS-rebinding check lets them through.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -115,6 +124,9 @@ impl Default for Config {
             bootstrap_token: None,
             metadata_url: None,
             blob_store: None,
+            secret_key: None,
+            secret_key_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -176,6 +188,11 @@ pub struct Overrides {
     pub bootstrap_token: Option<String>,
     pub metadata_url: Option<String>,
     pub blob_store: Option<String>,
+    #[serde(skip)]
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<String>,
+    /// Comma-separated.
+    pub allowed_hosts: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -228,6 +245,9 @@ impl Overrides {
             bootstrap_token: env("VAULTFS_BOOTSTRAP_TOKEN").filter(|t| !t.trim().is_empty()),
             metadata_url: env("VAULTFS_METADATA_URL"),
             blob_store: env("VAULTFS_BLOB_STORE"),
+            secret_key: env("VAULTFS_SECRET_KEY").filter(|t| !t.trim().is_empty()),
+            secret_key_file: env("VAULTFS_SECRET_KEY_FILE"),
+            allowed_hosts: env("VAULTFS_ALLOWED_HOSTS"),
         }
     }
 
@@ -281,6 +301,32 @@ impl Overrides {
         }
         if let Some(v) = &self.bootstrap_token {
             config.bootstrap_token = Some(v.clone());
+        }
+        if let Some(v) = &self.secret_key {
+            config.secret_key = Some(v.clone());
+        }
+        if let Some(v) = &self.secret_key_file {
+            if v.trim().is_empty() {
+                return Err(invalid("secret_key_file", v, "must not be empty".into()));
+            }
+            config.secret_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = &self.allowed_hosts {
+            let mut hosts = Vec::new();
+            for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                let valid = h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+                if !valid {
+                    return Err(invalid(
+                        "allowed_hosts",
+                        h,
+                        "expected host names like vaultfs.lan (no scheme, no port)".into(),
+                    ));
+                }
+                hosts.push(h.to_ascii_lowercase());
+            }
+            config.allowed_hosts = hosts;
         }
         if let Some(v) = self.insecure_no_auth {
             config.insecure_no_auth = v;
@@ -482,12 +528,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| "expected a duration such as 10s or 500ms".to_string())?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "duration too large".to_string())
+    };
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86_400)?,
         other => return Err(format!("unknown duration unit {other:?}")),
     };
     if d.is_zero() {
@@ -607,5 +658,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(
+            parse_duration("999999999999999999d").is_err(),
+            "overflow is refused"
+        );
     }
 }

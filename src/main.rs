@@ -84,6 +84,15 @@ struct ServeArgs {
     /// do everything [env VAULTFS_INSECURE_NO_AUTH]
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Host names a loopback listener answers besides localhost, comma-separated (the
+    /// DNS-rebinding check) [env VAULTFS_ALLOWED_HOSTS]
+    #[arg(long)]
+    allowed_hosts: Option<String>,
+    /// File holding the server secret share links are signed with [default:
+    /// DATA_DIR/secret.key, made at first start; or env VAULTFS_SECRET_KEY; env
+    /// VAULTFS_SECRET_KEY_FILE]
+    #[arg(long)]
+    secret_key_file: Option<String>,
     /// Browser origins allowed to call the API, comma-separated [env VAULTFS_ALLOWED_ORIGINS]
     #[arg(long)]
     allowed_origins: Option<String>,
@@ -99,8 +108,32 @@ struct ServeArgs {
     log_format: String,
 }
 
+impl Command {
+    /// Reads `--token-file` (or VAULTFS_TOKEN_FILE) into the command's token.
+    fn load_token_file(&mut self) -> Result<(), String> {
+        let (token, file) = match self {
+            Command::Upload(a) => return a.common.load_token_file(),
+            Command::Download(a) => return a.common.load_token_file(),
+            Command::Ls(a) => return a.common.load_token_file(),
+            Command::Stat(a) => return a.common.load_token_file(),
+            Command::Rm(a) => return a.common.load_token_file(),
+            Command::Mv(a) | Command::Cp(a) => return a.common.load_token_file(),
+            Command::Share(a) => return a.common.load_token_file(),
+            Command::Token(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Fsck(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Watch(a) => (&mut a.token, a.token_file.as_deref()),
+            Command::Serve(_) | Command::Loadtest(_) => return Ok(()),
+        };
+        cli::load_token_file(token, file)
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.command.load_token_file() {
+        eprintln!("vaultfs: {e}");
+        return ExitCode::from(2);
+    }
     init_tracing(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
     match cli.command {
         Command::Serve(args) => serve(args),
@@ -212,6 +245,8 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         max_connections: args.max_connections.clone().map(SizeValue::Text),
         shutdown_grace: args.shutdown_grace.clone(),
         insecure_no_auth: args.insecure_no_auth.then_some(true),
+        allowed_hosts: args.allowed_hosts.clone(),
+        secret_key_file: args.secret_key_file.clone(),
         allowed_origins: args.allowed_origins.clone(),
         metadata_url: args.metadata_url.clone(),
         blob_store: args.blob_store.clone(),

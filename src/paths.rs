@@ -200,7 +200,9 @@ fn check_segment(seg: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-fn forbidden_char(c: char) -> bool {
+/// Control, bidirectional-override, BOM, separator and replacement characters (also refused
+/// in token labels).
+pub(crate) fn forbidden_char(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{FFFD}'                  // replacement char: the client sent invalid UTF-8

@@ -275,6 +275,7 @@ pub async fn run_with_probes(
     let state = AppState::open(config).await?;
     // The configured address counts too: it is what the operator asked to expose.
     let exposed = !addr.ip().is_loopback() || !state.config.listen.ip().is_loopback();
+    crate::handlers::authz::warn_if_insecure(&state.config, exposed, state.auth.required());
     if !state.auth.required() && exposed {
         if !state.config.insecure_no_auth {
             state.close().await;

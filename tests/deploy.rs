@@ -82,6 +82,18 @@ async fn manifests_point_at_real_endpoints_and_the_default_port() {
         secret_ref["name"].as_str().unwrap(),
         secret_ref["key"].as_str().unwrap(),
     );
+    // The share-link secret too comes from a Secret, not from the manifest.
+    let key = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("VAULTFS_SECRET_KEY"))
+        .expect("the server secret comes from a Secret");
+    assert!(key["value"].is_badvalue());
+    assert_eq!(
+        key["valueFrom"]["secretKeyRef"]["name"].as_str(),
+        Some(secret.0)
+    );
     let bootstrap = vaultfs::services::auth::Auth::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The probes have a listener of their own (issue 15: never behind the connection cap).
@@ -257,9 +269,15 @@ async fn the_replica_manifest_runs_stateless_replicas_on_shared_backends() {
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "VAULTFS_BOOTSTRAP_TOKEN",
+        "VAULTFS_SECRET_KEY",
     ] {
         secret_of(name);
     }
+    // One secret for every replica: share links signed by one verify on all.
+    assert_eq!(
+        secret_of("VAULTFS_SECRET_KEY").0,
+        secret_of("VAULTFS_BOOTSTRAP_TOKEN").0
+    );
     let listen: std::net::SocketAddr = env_of(container, "VAULTFS_LISTEN")
         .unwrap()
         .parse()

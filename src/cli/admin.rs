@@ -36,6 +36,15 @@ pub struct TokenArgs {
     /// Admin token for --server [env: VAULTFS_TOKEN]
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(
+        long,
+        env = "VAULTFS_TOKEN_FILE",
+        conflicts_with = "token",
+        global = true
+    )]
+    pub token_file: Option<PathBuf>,
     /// Print JSON
     #[arg(long, global = true)]
     pub json: bool,
@@ -90,7 +99,9 @@ async fn backend(args: &TokenArgs) -> Result<Backend, String> {
             .await
             .map_err(|e| format!("{}: {e}", args.data_dir.display()))?,
     );
-    let auth = Auth::open(Arc::clone(&meta))
+    // Tokens need no key; this process signs nothing.
+    let secret = crate::services::secret::ServerSecret::ephemeral().map_err(|e| e.to_string())?;
+    let auth = Auth::open(Arc::clone(&meta), secret)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Backend::Local(auth, meta))

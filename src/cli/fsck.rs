@@ -21,6 +21,10 @@ pub struct FsckArgs {
     /// Bearer token for --server (needs the admin scope) [env: VAULTFS_TOKEN]
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(long, env = "VAULTFS_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,

@@ -33,9 +33,14 @@ pub struct CommonArgs {
     /// Server URL
     #[arg(long, env = "VAULTFS_URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// Bearer token (once the server requires one)
+    /// Bearer token (once the server requires one). On a shared machine prefer
+    /// VAULTFS_TOKEN or --token-file: a flag shows in the process list
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(long, env = "VAULTFS_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Retries of a failed request (connection errors, 429, 502-504, lock_timeout)
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
@@ -47,7 +52,33 @@ pub struct CommonArgs {
     pub quiet: bool,
 }
 
+/// Reads `--token-file` into `token` (trimmed; an empty or unreadable file is a usage error
+/// naming the file). Called before the runtime starts.
+pub fn load_token_file(
+    token: &mut Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    // Before the runtime exists: a blocking read is right here.
+    #[allow(clippy::disallowed_methods)]
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    *token = Some(t.to_string());
+    Ok(())
+}
+
 impl CommonArgs {
+    /// See [`load_token_file`].
+    pub fn load_token_file(&mut self) -> Result<(), String> {
+        load_token_file(&mut self.token, self.token_file.as_deref())
+    }
+
     pub fn client(&self) -> Result<Client, ClientError> {
         Client::with_options(
             &self.server,

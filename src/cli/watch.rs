@@ -17,6 +17,10 @@ pub struct WatchArgs {
     /// Bearer token (once the server requires one)
     #[arg(long, env = "VAULTFS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file instead (keeps it out of the process list)
+    /// [env: VAULTFS_TOKEN_FILE]
+    #[arg(long, env = "VAULTFS_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// `vaultfs watch`: runs until Ctrl-C, a closed standard output or a refused subscription.

@@ -72,7 +72,7 @@ fn auth_error(e: crate::services::auth::AuthError) -> crate::error::AppError {
             "no such active token",
         ),
         AuthError::Metadata(m) => m.into(),
-        AuthError::Random(_) => crate::error::AppError::from(
+        AuthError::Random(_) | AuthError::Secret(_) => crate::error::AppError::from(
             crate::services::metadata::MetadataError::Backend(e.to_string()),
         ),
     }

@@ -1,12 +1,13 @@
 //! The authorization layer: every matched route passes here first.
 //!
-//! It finds the route's rule ([`crate::server::rule_for`]; none means 403, fail-closed),
+//! It finds the route's rule ([`crate::handlers::routes::rule_for`]; none means 403, fail-closed),
 //! authenticates the bearer token (or, for the sync feed only, an `access_token` query
 //! parameter, for browsers, which cannot set headers on a WebSocket), checks the scope and
 //! leaves the [`Principal`] in the request for the services, which check every path against
 //! its prefix. On an open server (no token exists), requests without a token act with full
-//! access, but browsers' cross-origin requests and foreign `Host` names (DNS rebinding) are
-//! refused, so a web page cannot reach a laptop's open VaultFS.
+//! access, but browsers' cross-origin requests are refused. On a loopback listener, in every
+//! auth mode (open, `--insecure-no-auth`, tokens), a foreign `Host` name (DNS rebinding) is
+//! refused unless `allowed_hosts` names it, so a web page cannot reach a laptop's VaultFS.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap};
@@ -72,6 +73,7 @@ fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
         Some(Access::Scope(scope)) => scope,
     };
     check_origin(state, request.headers())?;
+    check_host(state, request.headers())?;
     match credential(request, route)? {
         Some(token) => Ok(Step::Authenticate {
             token: token.to_string(),
@@ -81,17 +83,14 @@ fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
             "unauthorized",
             "this server requires a token: Authorization: Bearer <token>",
         )),
-        None => {
-            check_open_host(state, request.headers())?;
-            Ok(Step::Done(Principal::open()))
-        }
+        None => Ok(Step::Done(Principal::open())),
     }
 }
 
 fn no_rule(route: &str) -> AppError {
     tracing::error!(
         route,
-        "route has no authorization rule; refusing (see server::routes)"
+        "route has no authorization rule; refusing (see handlers::routes::routes)"
     );
     AppError::forbidden("this route has no authorization rule")
 }
@@ -162,22 +161,62 @@ fn origin_refused() -> AppError {
     AppError::forbidden("requests from this Origin are not allowed (see allowed_origins)")
 }
 
-/// On an open loopback server, the `Host` must be a loopback name: a page on another site
-/// that re-points its own name at 127.0.0.1 (DNS rebinding) sends its own name.
-fn check_open_host(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    if state.config.insecure_no_auth {
-        return Ok(()); // the operator opened a non-loopback address on purpose
+/// On a loopback listener, the `Host` must be a loopback name or one of `allowed_hosts`: a
+/// page on another site that re-points its own name at 127.0.0.1 (DNS rebinding) sends its
+/// own name. Whatever the auth mode: `--insecure-no-auth` does not turn this off. A listener
+/// on another address is reached under names the operator chose; no check there.
+fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    if !state.config.listen.ip().is_loopback() {
+        return Ok(());
     }
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(host) = headers.get(header::HOST) else {
         return Ok(()); // HTTP/1.0 without Host: not a browser
     };
-    if is_loopback_host(host) {
+    let allowed = host.to_str().is_ok_and(|h| {
+        is_loopback_host(h)
+            || state
+                .config
+                .allowed_hosts
+                .iter()
+                .any(|a| host_name(h) == *a)
+    });
+    if allowed {
         Ok(())
     } else {
         Err(AppError::forbidden(
-            "this open (token-less) server answers loopback host names only",
+            "this loopback server answers loopback host names only (see allowed_hosts)",
         ))
     }
+}
+
+/// The name part of a `Host` value, lowercase, without the port.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name.to_string()
+        }
+        _ => host,
+    }
+}
+
+/// Logs at every start what `--insecure-no-auth` means here. `exposed`: the listener or the
+/// configured address is not loopback; `required`: tokens exist.
+pub fn warn_if_insecure(config: &crate::config::Config, exposed: bool, required: bool) {
+    if !config.insecure_no_auth {
+        return;
+    }
+    if required {
+        tracing::warn!(
+            "--insecure-no-auth is set but tokens exist: it has no effect, every \
+            request needs a token; remove the flag"
+        );
+    } else if !exposed {
+        tracing::warn!(listen = %config.listen, "AUTHENTICATION IS DISABLED \
+            (--insecure-no-auth): every local user and program can read, write and delete \
+            every file; browsers are still refused foreign Host names and origins");
+    }
+    // Exposed and open: `server::run` logs its own warning.
 }
 
 /// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.

@@ -36,7 +36,8 @@ pub async fn get_content(
     check_id(&id)?;
     let meta = state.files.meta_by_id(&id, &ctx).await?;
     let head = request.method() == Method::HEAD;
-    content::serve(&state, meta, request.headers(), head).await
+    let inline = content::inline_requested(request.uri().query());
+    content::serve(&state, meta, request.headers(), head, inline).await
 }
 
 /// `GET|HEAD /api/v1/fs/{*path}`.
@@ -49,7 +50,8 @@ pub async fn get_by_path(
     let path = VPath::parse(&path)?;
     let meta = state.files.meta_by_path(&path, &ctx).await?;
     let head = request.method() == Method::HEAD;
-    content::serve(&state, meta, request.headers(), head).await
+    let inline = content::inline_requested(request.uri().query());
+    content::serve(&state, meta, request.headers(), head, inline).await
 }
 
 /// `GET /api/v1/files/{id}/meta`.

@@ -1,9 +1,11 @@
 //! Presigned share links: `POST /api/v1/share` makes one, `GET /api/v1/shared/{path}` serves
 //! it without a token.
 //!
-//! A link names a path and an expiry and is signed (HMAC-SHA256) with a key every replica
-//! shares through the metadata store. It stays valid only while the token that made it is
-//! active, so revoking that token revokes its links. It serves whatever is at the path when
+//! A link names a path, its signing time and its expiry, and is signed (HMAC-SHA256) with a
+//! key derived from the server secret (`Auth::derive_key("share-link-v1")`), which every
+//! replica is given; nothing that signs is in the metadata store. A link lives at most 7 days
+//! after its signing time. It stays valid only while the token that made it is active, so
+//! revoking that token revokes its links. It serves whatever is at the path when
 //! used (a new version of an artifact replaces the old under the same link).
 
 use axum::extract::{Request, State};
@@ -57,14 +59,15 @@ pub async fn create(
         ));
     }
     state.files.meta_by_path(&path, &ctx).await?;
-    let expires = now_ms() / 1000 + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let issued = now_ms() / 1000;
+    let expires = issued + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let sig = state
         .auth
-        .sign_share(path.as_str(), expires, &ctx.principal)
+        .sign_share(path.as_str(), issued, expires, &ctx.principal)
         .ok_or_else(|| AppError::bad_request("invalid_request", "cannot sign"))?;
     let by = ctx.principal.token_id.clone().unwrap_or_default();
     let link = format!(
-        "/api/v1/shared/{}?expires={expires}&by={by}&sig={sig}",
+        "/api/v1/shared/{}?expires={expires}&issued={issued}&by={by}&sig={sig}",
         encode_path(path.as_str())
     );
     Ok((
@@ -80,12 +83,14 @@ pub async fn create(
 #[derive(Debug, Deserialize)]
 pub struct SharedQuery {
     expires: i64,
+    /// Signing time; links made before it was signed carry none (and are invalid).
+    issued: Option<i64>,
     #[serde(default)]
     by: String,
     sig: String,
 }
 
-/// `GET|HEAD /api/v1/shared/{path}?expires=&by=&sig=`.
+/// `GET|HEAD /api/v1/shared/{path}?expires=&issued=&by=&sig=[&inline=1]`.
 pub async fn download(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<String>,
@@ -93,10 +98,12 @@ pub async fn download(
     request: Request,
 ) -> Result<Response, AppError> {
     let path = VPath::parse(&path)?;
-    if !state
-        .auth
-        .verify_share(path.as_str(), q.expires, &q.by, &q.sig)
-    {
+    let valid = q.issued.is_some_and(|issued| {
+        state
+            .auth
+            .verify_share(path.as_str(), issued, q.expires, &q.by, &q.sig)
+    });
+    if !valid {
         // One answer for a bad signature, an expired link and a revoked issuer.
         return Err(AppError::forbidden(
             "the share link is invalid, expired or revoked",
@@ -108,7 +115,8 @@ pub async fn download(
     };
     let meta = state.files.meta_by_path(&path, &ctx).await?;
     let head = request.method() == Method::HEAD;
-    content::serve(&state, meta, request.headers(), head)
+    let inline = content::inline_requested(request.uri().query());
+    content::serve(&state, meta, request.headers(), head, inline)
         .await
         .map(IntoResponse::into_response)
 }

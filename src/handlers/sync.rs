@@ -9,6 +9,12 @@
 //! - 1011: an internal error (the event log could not be read).
 //! - 4000: `resync_required`: the cursor is outside the retained log; re-list, then resume from
 //!   the `latest_seq` of the preceding frame.
+//! - 4401: `token_invalid`: the session's token was revoked or expired (or, on a server that
+//!   was open, the first token arrived). Reconnecting needs a valid token.
+//!
+//! A session re-checks its token at every change of the token table (at once for a
+//! revocation through this process, within the reload interval for one made elsewhere) and
+//! at the token's expiry; a long-poll waiting then answers 401 `invalid_token`.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,8 @@ pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(45);
 pub const CLOSE_RESYNC: u16 = 4000;
+/// The session's token is no longer valid (revoked, expired).
+pub const CLOSE_TOKEN_INVALID: u16 = 4401;
 /// Client data messages tolerated per window (the feed takes none; pings are separate).
 pub const MAX_CLIENT_MESSAGES: u32 = 100;
 pub const CLIENT_MESSAGE_WINDOW: Duration = Duration::from_secs(10);
@@ -64,7 +72,7 @@ pub async fn sync(
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| session(state, socket, q.since, filter)))
+        .on_upgrade(move |socket| session(state, socket, q.since, filter, ctx.principal)))
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -94,7 +102,16 @@ fn feed_filter(prefix: &str, ctx: &RequestCtx) -> Result<Filter, AppError> {
     })
 }
 
-async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, filter: Filter) {
+async fn session(
+    state: AppState,
+    mut socket: WebSocket,
+    since: Option<i64>,
+    filter: Filter,
+    principal: crate::services::auth::Principal,
+) {
+    let auth = state.auth.clone();
+    let revoked = auth.until_invalid(&principal);
+    tokio::pin!(revoked);
     let notifier = state.files.notifier().clone();
     let (mut sub, latest) = match notifier.subscribe(since, filter).await {
         Ok(ok) => ok,
@@ -187,6 +204,10 @@ async fn session(state: AppState, mut socket: WebSocket, since: Option<i64>, fil
                 let _ = send(&mut socket, close(1001, "server shutting down")).await;
                 return;
             }
+            () = &mut revoked => {
+                let _ = send(&mut socket, close(CLOSE_TOKEN_INVALID, "token_invalid")).await;
+                return;
+            }
         }
     }
 }
@@ -225,12 +246,17 @@ pub async fn events(
     let filter = feed_filter(&q.prefix, &ctx)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_EVENTS_LIMIT);
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    match state
-        .files
-        .notifier()
-        .poll(q.since, &filter, limit, wait)
-        .await
-    {
+    let poll = state.files.notifier().poll(q.since, &filter, limit, wait);
+    let polled = tokio::select! {
+        polled = poll => polled,
+        () = state.auth.until_invalid(&ctx.principal) => {
+            return Err(AppError::unauthorized(
+                "invalid_token",
+                "the token was revoked or expired while waiting",
+            ));
+        }
+    };
+    match polled {
         Ok((events, next_since)) => {
             Ok(Json(json!({"events": events, "next_since": next_since})).into_response())
         }

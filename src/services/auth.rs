@@ -10,6 +10,13 @@
 //!
 //! Once any token has ever existed, every request except the probes must carry a valid one;
 //! revoking the last token does not reopen the server.
+//!
+//! Long-lived requests (sync sessions, long-polls) wait on [`Auth::until_invalid`], which
+//! resolves when their token is revoked (at once on this replica, within a reload elsewhere)
+//! or expires.
+//!
+//! Keys are derived from the server secret ([`super::secret`]) with [`Auth::derive_key`];
+//! share links sign with the `share-link-v1` key over (path, signing time, expiry, issuer).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,6 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::metadata::{now_ms, MetadataError, MetadataStore, TokenRecord};
+use super::secret::ServerSecret;
 use crate::paths::VPath;
 
 /// How often each replica reloads the token table.
@@ -31,8 +39,17 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 const MISS_RELOAD_GAP: Duration = Duration::from_millis(250);
 /// Longest validity of a share link.
 pub const MAX_SHARE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest validity of a token with an expiry (none: it never expires).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// A share link signed this far in the future (clock skew between replicas) still works.
+const SHARE_CLOCK_SKEW_S: i64 = 300;
+/// The purpose label of the share-link key.
+const SHARE_KEY_PURPOSE: &str = "share-link-v1";
+/// Bytes a bootstrap token's secret must decode to (what `vaultfs token generate` makes).
+const TOKEN_SECRET_BYTES: usize = 32;
+/// Longest single wait of [`Auth::until_invalid`] before it looks again.
+const LONGEST_VALIDITY_WAIT: Duration = Duration::from_secs(3600);
 const TOKEN_PREFIX: &str = "vfs_";
-const SHARE_KEY: &str = "share-signing-key-v1";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
@@ -44,6 +61,8 @@ pub enum AuthError {
     Metadata(#[from] MetadataError),
     #[error("no randomness available: {0}")]
     Random(String),
+    #[error("server secret: {0}")]
+    Secret(String),
 }
 
 /// What a token may do.
@@ -202,9 +221,15 @@ pub enum Narrowed {
 
 /// A token's prefix: empty, or a valid path ending in `/`.
 pub fn normalize_prefix(raw: &str) -> Result<String, AuthError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
     let trimmed = raw.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Ok(String::new());
+        // `/` or `//` would read as "no prefix": everything.
+        return Err(AuthError::Invalid(format!(
+            "invalid prefix {raw:?}: leave it out (or empty) for a token without a prefix"
+        )));
     }
     let path = VPath::parse(trimmed)
         .map_err(|e| AuthError::Invalid(format!("invalid prefix {raw:?}: {e}")))?;
@@ -262,9 +287,14 @@ struct Snapshot {
 #[derive(Clone)]
 pub struct Auth {
     meta: Arc<dyn MetadataStore>,
+    /// Guards the current token table (swapped whole by each reload).
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// Guards the time of the last reload triggered by an unknown token id.
     last_miss_reload: Arc<std::sync::Mutex<Option<Instant>>>,
-    share_key: Arc<Vec<u8>>,
+    secret: Arc<ServerSecret>,
+    share_key: Arc<[u8; 32]>,
+    /// Bumped by every reload that changed the token table: long-lived requests re-check.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -286,6 +316,16 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// True when a token's secret carries the strength of a generated one: base64url of at
+/// least 32 bytes, not an obvious pattern.
+fn strong_secret(secret: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(secret) else {
+        return false;
+    };
+    let mut seen = std::collections::HashSet::new();
+    bytes.len() >= TOKEN_SECRET_BYTES && secret.bytes().filter(|b| seen.insert(*b)).count() >= 16
+}
+
 /// Parses `vfs_<id>_<secret>`; `None` for anything else.
 fn split_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
@@ -299,32 +339,109 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
 }
 
 impl Auth {
-    /// Loads the token table and the share-signing key (made on first use, shared by all
-    /// replicas through the metadata store).
-    pub async fn open(meta: Arc<dyn MetadataStore>) -> Result<Self, AuthError> {
-        let fresh = random_bytes(32)?;
-        let share_key = meta.server_secret(SHARE_KEY, &fresh).await?;
+    /// Loads the token table; keys derive from `secret` (every replica must be given the
+    /// same one).
+    pub async fn open(
+        meta: Arc<dyn MetadataStore>,
+        secret: ServerSecret,
+    ) -> Result<Self, AuthError> {
+        let share_key = secret.derive(SHARE_KEY_PURPOSE);
         let auth = Auth {
             meta,
             snapshot: Arc::default(),
             last_miss_reload: Arc::default(),
+            secret: Arc::new(secret),
             share_key: Arc::new(share_key),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         auth.reload().await?;
         Ok(auth)
     }
 
-    /// Reloads the token table now.
+    /// [`Auth::open`] with the server secret the configuration names
+    /// ([`ServerSecret::load`]).
+    pub async fn open_configured(
+        meta: Arc<dyn MetadataStore>,
+        config: &crate::config::Config,
+    ) -> Result<Self, AuthError> {
+        let secret = ServerSecret::load(
+            config.secret_key.as_deref(),
+            config.secret_key_file.as_deref(),
+            &config.data_dir,
+        )
+        .await
+        .map_err(|e| AuthError::Secret(e.to_string()))?;
+        Self::open(meta, secret).await
+    }
+
+    /// A key for `purpose` (a label such as `share-link-v1` or `s3-secret-v1:<token id>`):
+    /// HMAC-SHA256 of the server secret over the label. Same secret, same key, on every
+    /// replica; another secret (a rotation) changes every key.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        self.secret.derive(purpose)
+    }
+
+    /// Reloads the token table now; long-lived requests re-check their token when it changed.
     pub async fn reload(&self) -> Result<(), AuthError> {
         let tokens = self.meta.tokens().await?;
         let snapshot = Snapshot {
             required: !tokens.is_empty(),
             by_id: tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
         };
-        if let Ok(mut slot) = self.snapshot.write() {
-            *slot = Arc::new(snapshot);
+        let changed = match self.snapshot.write() {
+            Ok(mut slot) => {
+                let changed = slot.required != snapshot.required || slot.by_id != snapshot.by_id;
+                *slot = Arc::new(snapshot);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
+    }
+
+    /// Until when `principal` stays valid: `Err(())` when it no longer is, `Ok(None)` when no
+    /// expiry is known, else the expiry (ms since the epoch).
+    fn validity(&self, principal: &Principal) -> Result<Option<i64>, ()> {
+        let snapshot = self.current();
+        let Some(id) = principal.token_id.as_deref() else {
+            // The open server's principal: valid while the server stays open. (A share
+            // link's `nobody` never waits here.)
+            return if snapshot.required { Err(()) } else { Ok(None) };
+        };
+        match snapshot.by_id.get(id) {
+            Some(r) if is_active(r, now_ms()) => Ok(r.expires_at),
+            _ => Err(()),
+        }
+    }
+
+    /// Resolves once `principal`'s token is revoked, expires or disappears (or, for the open
+    /// server's principal, once tokens exist): at once for a change made through this
+    /// process, within [`RELOAD_EVERY`] for one made elsewhere.
+    pub async fn until_invalid(&self, principal: &Principal) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let expires_at = match self.validity(principal) {
+                Err(()) => return,
+                Ok(e) => e,
+            };
+            let wait = expires_at.map_or(LONGEST_VALIDITY_WAIT, |e| {
+                let ms = u64::try_from(e.saturating_sub(now_ms())).unwrap_or(0);
+                Duration::from_millis(ms.saturating_add(1)).min(LONGEST_VALIDITY_WAIT)
+            });
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The sender lives as long as `self`: cannot happen; re-check by time.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Reloads every [`RELOAD_EVERY`] until `shutdown` turns true.
@@ -409,14 +526,23 @@ impl Auth {
     ) -> Result<CreatedToken, AuthError> {
         let scopes = Scopes::parse(scopes)?;
         let prefix = normalize_prefix(prefix)?;
-        if label.len() > 200 || label.chars().any(char::is_control) {
+        if label.len() > 200 || label.chars().any(crate::paths::forbidden_char) {
             return Err(AuthError::Invalid(
-                "the label must be at most 200 characters, without control characters".into(),
+                "the label must be at most 200 characters, without control, \
+                 bidirectional-override or replacement characters"
+                    .into(),
             ));
+        }
+        if expires_in.is_some_and(|d| d > MAX_TOKEN_TTL) {
+            return Err(AuthError::Invalid(format!(
+                "expires_in is at most {}d; leave it out for a token that never expires",
+                MAX_TOKEN_TTL.as_secs() / 86_400
+            )));
         }
         let id = hex::encode(random_bytes(6)?);
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(32)?);
         let now = now_ms();
+        // Bounded above: no overflow.
         let expires_at = expires_in
             .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
         let record = TokenRecord {
@@ -449,12 +575,14 @@ impl Auth {
     /// its id is already known, revoked or not: a revocation sticks across restarts. Returns
     /// whether it was added.
     pub async fn bootstrap(&self, token: &str) -> Result<bool, AuthError> {
-        let (id, secret) = split_token(token.trim()).ok_or_else(|| {
-            AuthError::Invalid(
-                "VAULTFS_BOOTSTRAP_TOKEN is not a token (make one with `vaultfs token generate`)"
-                    .into(),
-            )
-        })?;
+        let (id, secret) = split_token(token.trim())
+            .filter(|(_, secret)| strong_secret(secret))
+            .ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "VAULTFS_BOOTSTRAP_TOKEN is not a token of full strength ({TOKEN_SECRET_BYTES} \
+                     random bytes); make one with `vaultfs token generate`"
+                ))
+            })?;
         if self.current().by_id.contains_key(id) {
             return Ok(false);
         }
@@ -496,36 +624,49 @@ impl Auth {
         Ok(())
     }
 
-    fn share_mac(&self, path: &str, expires: i64, by: &str) -> Option<Hmac<Sha256>> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.share_key).ok()?;
-        // Length-prefixed fields: no two (path, expires, by) triples sign the same bytes.
-        for field in [path, &expires.to_string(), by] {
+    fn share_mac(&self, path: &str, issued: i64, expires: i64, by: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.share_key.as_slice()).ok()?;
+        // Length-prefixed fields: no two (path, issued, expires, by) sign the same bytes.
+        for field in [path, &issued.to_string(), &expires.to_string(), by] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field.as_bytes());
         }
         Some(mac)
     }
 
-    /// Signs a link to `path` valid until `expires` (seconds since the epoch) for the
-    /// principal that asked; the link dies with the principal's token.
-    pub fn sign_share(&self, path: &str, expires: i64, by: &Principal) -> Option<String> {
+    /// Signs a link to `path`, signed at `issued` and valid until `expires` (seconds since
+    /// the epoch), for the principal that asked; the link dies with the principal's token.
+    pub fn sign_share(
+        &self,
+        path: &str,
+        issued: i64,
+        expires: i64,
+        by: &Principal,
+    ) -> Option<String> {
         let by = by.token_id.as_deref().unwrap_or("");
-        let mac = self.share_mac(path, expires, by)?;
+        let mac = self.share_mac(path, issued, expires, by)?;
         Some(hex::encode(mac.finalize().into_bytes()))
     }
 
-    /// Checks a share link's signature (constant time), expiry and issuing token.
-    pub fn verify_share(&self, path: &str, expires: i64, by: &str, sig: &str) -> bool {
+    /// Checks a share link's signature (constant time), lifetime (at most
+    /// [`MAX_SHARE_TTL`] after its signing time, which may not lie in the future), expiry
+    /// and issuing token.
+    pub fn verify_share(&self, path: &str, issued: i64, expires: i64, by: &str, sig: &str) -> bool {
         let Ok(sig) = hex::decode(sig) else {
             return false;
         };
-        let Some(mac) = self.share_mac(path, expires, by) else {
+        let Some(mac) = self.share_mac(path, issued, expires, by) else {
             return false;
         };
         if mac.verify_slice(&sig).is_err() {
             return false;
         }
-        if now_ms() / 1000 >= expires {
+        let now_s = now_ms() / 1000;
+        let longest = i64::try_from(MAX_SHARE_TTL.as_secs()).unwrap_or(i64::MAX);
+        if now_s >= expires
+            || issued > now_s.saturating_add(SHARE_CLOCK_SKEW_S)
+            || expires.saturating_sub(issued) > longest
+        {
             return false;
         }
         if by.is_empty() {
@@ -569,6 +710,7 @@ mod tests {
         assert_eq!(normalize_prefix("").ok(), Some(String::new()));
         assert!(normalize_prefix("../x").is_err());
         assert!(normalize_prefix("/abs").is_err());
+        assert!(normalize_prefix("/").is_err() && normalize_prefix("//").is_err());
         let p = Principal {
             token_id: None,
             scopes: Scopes::ALL,

@@ -7,6 +7,7 @@
 //!   `metadata::postgres`), their migrations, and the timing wrapper.
 //! - [`notification`]: live fan-out of the event log to subscribers.
 //! - [`auth`]: tokens, scopes, prefixes and share links.
+//! - [`secret`]: the server secret keys derive from, and the data directory's private files.
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 //! - [`upload`]: the one write entry point every front end streams a file through.
@@ -17,6 +18,7 @@ pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
+pub mod secret;
 pub mod storage;
 pub mod upload;
 

@@ -105,6 +105,7 @@ impl SqliteMetadata {
         readers: u32,
     ) -> Result<Self, MetadataError> {
         let db_path = data_dir.join("meta.db");
+        crate::services::secret::private_database(&db_path).await?;
         let base = SqliteConnectOptions::from_str("sqlite://")
             .map_err(map_err)?
             .filename(&db_path)
