@@ -3,7 +3,7 @@
 //! against the trait only. Each backend runs the same `suite`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
