@@ -2,7 +2,7 @@
 //! requests, multipart, checksums, limits, dedupe and restart persistence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

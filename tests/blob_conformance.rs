@@ -2,7 +2,7 @@
 //! storage (when `VAULTFS_TEST_S3_URL` names one; `.ci/run` starts moto with `.ci/s3.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;

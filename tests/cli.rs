@@ -1,7 +1,7 @@
 //! The `vaultfs` client commands, driven as a real binary against a real server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Output, Stdio};

@@ -2,11 +2,11 @@
 //! it, and check the ledger of acknowledged uploads: none lost, none corrupt, nothing partial
 //! visible, no temp file left, the event log gapless across every restart.
 //!
-//! CI runs 6 iterations; `VAULTFS_CRASH_ITERATIONS=100 cargo test --test crash -- --nocapture`
+//! CI runs 6 iterations; `VAULTFS_CRASH_ITERATIONS=100 cargo test --test integration crash:: -- --nocapture`
 //! runs the full loop and prints the figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 // Reading two small files from the checkout; nothing else runs on this test's runtime.
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use vaultfs::config::{parse_duration, Config};

@@ -3,7 +3,7 @@
 //! without a restart. Needs root (a small tmpfs is mounted); skipped with a message otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

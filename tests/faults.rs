@@ -3,7 +3,7 @@
 //! file or stray blob; one after it leaves the file complete; the next upload succeeds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -12,6 +12,15 @@ use vaultfs::faults::{arm, Point};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_point_fails_cleanly_and_the_next_upload_succeeds() {
+    // Own process: an armed fault point fails every upload in the process.
+    if !common::isolated(
+        module_path!(),
+        "every_fault_point_fails_cleanly_and_the_next_upload_succeeds",
+    )
+    .await
+    {
+        return;
+    }
     let (_d, s) = TestServer::start().await;
     let points = [
         (Point::BeforeTempWrite, false),

@@ -3,7 +3,7 @@
 //! parser, answers), nothing is created, and no thread of the server panics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -121,6 +121,15 @@ fn is_refusal(status: u16, body: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_paths_on_every_route_that_takes_one() {
+    // Own process: the panic hook counts panics on every runtime thread of the process.
+    if !common::isolated(
+        module_path!(),
+        "hostile_paths_on_every_route_that_takes_one",
+    )
+    .await
+    {
+        return;
+    }
     count_panics();
     let (_dir, s) = TestServer::start().await;
     let legit = s.put("legit/file.txt", b"ok").await;
@@ -315,6 +324,10 @@ async fn hostile_paths_on_every_route_that_takes_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_prefixes_are_refused_or_harmless() {
+    // Own process: the panic hook counts panics on every runtime thread of the process.
+    if !common::isolated(module_path!(), "hostile_prefixes_are_refused_or_harmless").await {
+        return;
+    }
     count_panics();
     let (_dir, s) = TestServer::start().await;
     s.put("a/b", b"x").await;
@@ -345,6 +358,10 @@ async fn hostile_prefixes_are_refused_or_harmless() {
 /// Raw requests the HTTP parser or VaultFS must refuse with a 4xx, leaving nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_headers_and_bodies_get_4xx() {
+    // Own process: the panic hook counts panics on every runtime thread of the process.
+    if !common::isolated(module_path!(), "malformed_headers_and_bodies_get_4xx").await {
+        return;
+    }
     count_panics();
     let dir = tempfile::tempdir().unwrap();
     let config = vaultfs::config::Config {
@@ -531,6 +548,15 @@ async fn malformed_headers_and_bodies_get_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abusive_websocket_clients_are_closed_with_the_right_code() {
+    // Own process: the panic hook counts panics on every runtime thread of the process.
+    if !common::isolated(
+        module_path!(),
+        "abusive_websocket_clients_are_closed_with_the_right_code",
+    )
+    .await
+    {
+        return;
+    }
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};

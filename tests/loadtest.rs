@@ -2,7 +2,7 @@
 //! subscribers for a few seconds' worth of uploads, all verified.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Operations: probes, metrics, overload, slow clients, graceful shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -112,6 +112,15 @@ async fn scrape(s: &TestServer) -> Vec<Sample> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    // Own process: exact counter deltas of the process-wide metrics recorder.
+    if !common::isolated(
+        module_path!(),
+        "metrics_parse_as_prometheus_text_and_move_with_traffic",
+    )
+    .await
+    {
+        return;
+    }
     let (_d, s) = TestServer::start().await;
     let before = scrape(&s).await;
     let content = data(300_000, 9);

@@ -2,7 +2,7 @@
 //! with Retry-After; health stays fast; the slot frees when the holder goes away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Authentication and authorization, route by route, and the secure defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -562,13 +562,7 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
     .await;
     assert!(closed, "a token exists: requests need one");
     assert_eq!(s.get_json("/healthz").await.0, 200, "probes stay open");
-    let r = s
-        .client
-        .get(s.url("/api/v1/list"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("/api/v1/list", &admin).await;
     assert_eq!(r.status(), 200);
     let unauthorized = s.client.get(s.url("/api/v1/list")).send().await.unwrap();
     assert_eq!(
@@ -666,36 +660,12 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
 
     // An expired token is refused like a revoked one.
     let body = json!({"scopes": "read", "expires_in": "1s"});
-    let r = s
-        .client
-        .post(s.url("/api/v1/admin/tokens"))
-        .bearer_auth(&admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let short = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = s
-        .client
-        .get(s.url("/api/v1/list"))
-        .bearer_auth(&short)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, created) = s.post_json_as("/api/v1/admin/tokens", &admin, &body).await;
+    assert_eq!(status, 201);
+    let short = created["token"].as_str().unwrap().to_string();
+    assert_eq!(s.get_as("/api/v1/list", &short).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = s
-        .client
-        .get(s.url("/api/v1/list"))
-        .bearer_auth(&short)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(s.get_as("/api/v1/list", &short).await.status(), 401);
 
     // Bad requests to the admin API are 400s with a code.
     for body in [
@@ -707,15 +677,8 @@ async fn token_cli_lifecycle_and_revocation_take_effect() {
         json!({"scopes": 7}),
         json!({"scopes": "read", "extra": true}),
     ] {
-        let r = s
-            .client
-            .post(s.url("/api/v1/admin/tokens"))
-            .bearer_auth(&admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
+        let (status, _) = s.post_json_as("/api/v1/admin/tokens", &admin, &body).await;
+        assert_eq!(status, 400, "{body}");
     }
     s.stop().await;
 }
@@ -728,13 +691,8 @@ async fn share_links_work_without_a_token_until_they_expire_or_are_revoked() {
     let team = token(d, "read,write", "team-a/").await;
     let content = data(50_000, 7);
     let r = s
-        .client
-        .post(s.url("/api/v1/files/upload?path=team-a/app%20v1.bin"))
-        .bearer_auth(&team)
-        .body(content.clone())
-        .send()
-        .await
-        .unwrap();
+        .upload_as("team-a/app v1.bin", &team, content.clone())
+        .await;
     assert_eq!(r.status(), 201);
 
     let out = cli(&[
@@ -840,12 +798,8 @@ async fn share_links_work_without_a_token_until_they_expire_or_are_revoked() {
     assert_eq!(plain.get(&short).send().await.unwrap().status(), 403);
     // Revoking the issuing token kills its links.
     let r = s
-        .client
-        .delete(s.url(&format!("/api/v1/admin/tokens/{}", token_id(&team))))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+        .delete_as(&format!("/api/v1/admin/tokens/{}", token_id(&team)), &admin)
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(plain.get(&url).send().await.unwrap().status(), 403);
     s.stop().await;
@@ -1060,23 +1014,16 @@ async fn the_bootstrap_token_is_installed_once_and_revocation_sticks() {
     assert_eq!(listed["tokens"][0]["label"], "bootstrap");
     assert_eq!(listed["tokens"][0]["scopes"], "read,write,admin");
     let r = s
-        .client
-        .delete(s.url(&format!("/api/v1/admin/tokens/{}", token_id(&bootstrap))))
-        .bearer_auth(&bootstrap)
-        .send()
-        .await
-        .unwrap();
+        .delete_as(
+            &format!("/api/v1/admin/tokens/{}", token_id(&bootstrap)),
+            &bootstrap,
+        )
+        .await;
     assert_eq!(r.status(), 204);
     s.stop().await;
     // Restarted with the same environment: still revoked.
     let s = TestServer::start_with(config.clone()).await;
-    let r = s
-        .client
-        .get(s.url("/api/v1/list"))
-        .bearer_auth(&bootstrap)
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_as("/api/v1/list", &bootstrap).await;
     assert_eq!(r.status(), 401);
     s.stop().await;
     // A malformed one stops the start with a clear error.

@@ -2,7 +2,7 @@
 //! across disconnects and restarts, resync, long-poll, shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

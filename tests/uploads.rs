@@ -4,7 +4,7 @@
 //! the pipeline's futures being `Send`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -412,6 +412,15 @@ const ATTACK_BYTES: u64 = 256 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_part_header_behind_a_quoted_fake_boundary_is_refused_in_bounded_memory() {
+    // Own process: the RSS measured is this process's, and other tests would grow it.
+    if !common::isolated(
+        module_path!(),
+        "an_endless_part_header_behind_a_quoted_fake_boundary_is_refused_in_bounded_memory",
+    )
+    .await
+    {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let (_dir, s) = TestServer::start().await;
     let (answer, sent, peak_kib) = attack(
@@ -436,6 +445,15 @@ async fn an_endless_part_header_behind_a_quoted_fake_boundary_is_refused_in_boun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_part_header_after_a_delimiter_inside_file_data_is_refused_in_bounded_memory() {
+    // Own process: the RSS measured is this process's, and other tests would grow it.
+    if !common::isolated(
+        module_path!(),
+        "an_endless_part_header_after_a_delimiter_inside_file_data_is_refused_in_bounded_memory",
+    )
+    .await
+    {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let (_dir, s) = TestServer::start().await;
     let (answer, sent, peak_kib) = attack(

@@ -1,5 +1,5 @@
 //! Test harness: a real VaultFS server on 127.0.0.1:0 in a temporary data directory.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,6 +177,71 @@ impl TestServer {
             status,
             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// `method path` with a bearer token (none when `token` is `None`), an optional JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        json: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(body) = json {
+            req = req.json(body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// GET with a bearer token.
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    /// POST of a JSON body with a bearer token: the status and the JSON answer (`Null` when
+    /// the body is not JSON).
+    pub async fn post_json_as(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .request(reqwest::Method::POST, path, Some(token), Some(body))
+            .await;
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Raw upload of `body` to `path` with a bearer token.
+    pub async fn upload_as(
+        &self,
+        path: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/files/upload?path={}", enc(path))))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// DELETE with a bearer token.
+    pub async fn delete_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, path, Some(token), None)
+            .await
     }
 
     pub async fn blob_count(&self) -> usize {
@@ -367,4 +432,52 @@ pub async fn metric_line_appears(
         text.lines().any(|l| l == line)
     })
     .await
+}
+
+/// The application's router over `state`, for in-process requests with
+/// `tower::ServiceExt::oneshot` (no socket, no accept loop). The one place that names where
+/// the router lives.
+pub fn router(state: vaultfs::server::AppState) -> axum::Router {
+    vaultfs::handlers::routes::router(state)
+}
+
+/// Runs the calling test in a process of its own, for tests that touch process-wide state
+/// (an armed fault point, exact values of the global metrics recorder, a panic hook) which
+/// other tests of this binary would disturb or be disturbed by.
+///
+/// Call it first with `module_path!()` and the test function's name. In the test binary's
+/// own run it re-runs just that test in a child process, checks that exactly that one test
+/// passed there, and returns `false` (the caller returns). In the child it returns `true` (the
+/// caller runs the test's body).
+pub async fn isolated(module: &str, test: &str) -> bool {
+    const CHILD: &str = "VAULTFS_TEST_ISOLATED";
+    // libtest names tests by their path below the crate root.
+    let name = match module.split_once("::") {
+        Some((_crate, rest)) => format!("{rest}::{test}"),
+        None => test.to_string(),
+    };
+    if std::env::var(CHILD).as_deref() == Ok(name.as_str()) {
+        return true;
+    }
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &name)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // What the child printed, shown with this test's output; SKIPPED lines reach the terminal.
+    eprintln!("{stdout}{stderr}");
+    for line in stderr.lines().filter(|l| l.starts_with("SKIPPED")) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name}: the child process did not run exactly this test"
+    );
+    false
 }
