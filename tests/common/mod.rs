@@ -437,7 +437,7 @@ pub async fn metric_line_appears(
 /// The application's router over `state`, for in-process requests with
 /// `tower::ServiceExt::oneshot` (no socket, no accept loop). The one place that names where
 /// the router lives.
-pub fn router(state: vaultfs::server::AppState) -> axum::Router {
+pub fn router(state: vaultfs::app::AppState) -> axum::Router {
     vaultfs::handlers::routes::router(state)
 }
 
