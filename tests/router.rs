@@ -7,7 +7,7 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 use vaultfs::config::Config;
-use vaultfs::server::AppState;
+use vaultfs::app::AppState;
 
 use crate::common;
 
