@@ -6,8 +6,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
-use vaultfs::config::Config;
 use vaultfs::app::AppState;
+use vaultfs::config::Config;
 
 use crate::common;
 

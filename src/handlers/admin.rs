@@ -8,8 +8,7 @@ use crate::app::AppState;
 
 /// `GET /api/v1/admin/locks`: lock sets held or waited for, with holders and ages.
 pub async fn locks(State(state): State<AppState>) -> Json<Value> {
-    let locks = state.files.locks();
-    Json(json!({"locks": locks.holders(), "stats": locks.stats()}))
+    Json(json!({"locks": state.files.lock_holders(), "stats": state.files.lock_stats()}))
 }
 
 /// `GET /api/v1/admin/runtime`: the stall watchdog's readings.

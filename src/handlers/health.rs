@@ -48,7 +48,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => format!("error: {e}"),
         Err(_) => "timeout".to_string(),
     };
-    let blobs = tokio::time::timeout(READY_CHECK_TIMEOUT, state.files.storage().check()).await;
+    let blobs = tokio::time::timeout(READY_CHECK_TIMEOUT, state.files.check_blobs()).await;
     let blobs = match blobs {
         Ok(Ok(())) => "ok".to_string(),
         Ok(Err(e)) => format!("error: {e}"),

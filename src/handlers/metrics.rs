@@ -35,14 +35,13 @@ fn secs(ms: f64) -> f64 {
 
 /// Gauges and totals owned by the services, read now.
 fn sample_state(state: &AppState) {
-    let locks = state.files.locks().stats();
+    let locks = state.files.lock_stats();
     metrics::counter!("vaultfs_lock_acquisitions_total").absolute(locks.acquired);
     metrics::counter!("vaultfs_lock_contended_total").absolute(locks.contended);
     metrics::counter!("vaultfs_lock_timeouts_total").absolute(locks.timeouts);
     let held = state
         .files
-        .locks()
-        .holders()
+        .lock_holders()
         .iter()
         .filter(|h| h.state == crate::services::lock_manager::HolderState::Held)
         .count();

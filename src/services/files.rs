@@ -225,6 +225,21 @@ impl FileService {
         &self.storage
     }
 
+    /// The lock sets held or waited for now, with their holders and ages (introspection).
+    pub fn lock_holders(&self) -> Vec<super::lock_manager::HolderView> {
+        self.locks.holders()
+    }
+
+    /// The lock manager's counters (acquired, contended, timed out, sets held or waiting).
+    pub fn lock_stats(&self) -> super::lock_manager::LockStats {
+        self.locks.stats()
+    }
+
+    /// Whether the blob store answers (readiness).
+    pub async fn check_blobs(&self) -> Result<(), ServiceError> {
+        Ok(self.storage.check().await?)
+    }
+
     pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
         &self.meta
     }
