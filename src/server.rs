@@ -9,14 +9,14 @@ use std::collections::HashMap;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::handlers::{self, admin, files, health, list, share, sync, upload};
+use crate::handlers::{self, admin, files, fs, health, list, openapi, share, sync, upload};
 use crate::services::auth::{Auth, AuthError, Scope};
 use crate::services::files::FileService;
 use crate::services::lock_manager::LockManager;
@@ -330,6 +330,18 @@ fn routes() -> Vec<Route> {
             S(Read),
             get(files::get_by_path),
         ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::PUT,
+            S(Write),
+            put(fs::put)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(upload::close_after_error)),
+        ),
+        ("/api/v1/fs/{*path}", Method::DELETE, S(Write), delete(fs::delete)),
+        ("/api/v1/fs/{*path}", Method::POST, S(Write), post(fs::relocate)),
+        // The document is the committed docs/openapi.json: no data, needed before a token.
+        ("/api/v1/openapi.json", Method::GET, Open, get(openapi::spec)),
         ("/api/v1/stat", Method::GET, S(Read), get(files::stat)),
         ("/api/v1/list", Method::GET, S(Read), get(list::list)),
         ("/api/v1/sync", Method::GET, S(Read), get(sync::sync)),

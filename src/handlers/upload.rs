@@ -45,27 +45,12 @@ pub async fn upload(
     ApiQuery(q): ApiQuery<UploadQuery>,
     request: Request,
 ) -> Result<Response, AppError> {
-    let headers = request.headers();
-    let limit = state.files.max_upload_size();
-    if let Some(len) = header_str(headers, "content-length")? {
-        let len: u64 = len.trim().parse().map_err(|_| {
-            AppError::bad_request("invalid_header", "Content-Length is not a number")
-        })?;
-        if len > limit {
-            return Err(crate::services::storage::StorageError::TooLarge { limit }.into());
-        }
-    }
-    let precondition = write_precondition(headers)?;
-    // Admission before a byte of the body is read; the permit lives until the response.
-    let _permit = state.files.admit_upload().await?;
-    let content_type = header_str(headers, "content-type")?
-        .unwrap_or(DEFAULT_CONTENT_TYPE)
-        .to_string();
+    let (precondition, _permit, content_type) = admit(&state, request.headers()).await?;
     if content_type
         .to_ascii_lowercase()
         .starts_with("multipart/form-data")
     {
-        if expected_digest(headers)?.is_some() {
+        if expected_digest(request.headers())?.is_some() {
             return Err(AppError::bad_request(
                 "invalid_request",
                 "checksum headers apply to raw uploads; multipart parts are checked individually by their hash in the response",
@@ -77,9 +62,63 @@ pub async fn upload(
     let path = VPath::parse(q.path.as_deref().ok_or_else(|| {
         AppError::bad_request("invalid_path", "query parameter `path` is required")
     })?)?;
-    let expected = expected_digest(headers)?;
+    store_raw(&state, &ctx, &path, precondition, content_type, request).await
+}
+
+/// `PUT /api/v1/fs/{path}`: the raw upload with the path from the URL (any content type is
+/// stored as it is). Same limits, preconditions, checksums and answers as the upload.
+pub async fn upload_raw_at(
+    state: &AppState,
+    ctx: &RequestCtx,
+    path: &VPath,
+    request: Request,
+) -> Result<Response, AppError> {
+    let (precondition, _permit, content_type) = admit(state, request.headers()).await?;
+    store_raw(state, ctx, path, precondition, content_type, request).await
+}
+
+/// What every upload checks before reading a byte of the body: the declared length, the
+/// precondition and admission (the permit lives until the response).
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<
+    (
+        Precondition,
+        crate::services::files::UploadPermit,
+        String,
+    ),
+    AppError,
+> {
+    let limit = state.files.max_upload_size();
+    if let Some(len) = header_str(headers, "content-length")? {
+        let len: u64 = len.trim().parse().map_err(|_| {
+            AppError::bad_request("invalid_header", "Content-Length is not a number")
+        })?;
+        if len > limit {
+            return Err(crate::services::storage::StorageError::TooLarge { limit }.into());
+        }
+    }
+    let precondition = write_precondition(headers)?;
+    let permit = state.files.admit_upload().await?;
+    let content_type = header_str(headers, "content-type")?
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
+        .to_string();
+    Ok((precondition, permit, content_type))
+}
+
+/// Streams a raw body to `path`, verifies the declared digest and commits: 201 or 200.
+async fn store_raw(
+    state: &AppState,
+    ctx: &RequestCtx,
+    path: &VPath,
+    precondition: Precondition,
+    content_type: String,
+    request: Request,
+) -> Result<Response, AppError> {
+    let expected = expected_digest(request.headers())?;
     ctx.check(path.as_str())?;
-    state.files.precheck(&path, &precondition).await?;
+    state.files.precheck(path, &precondition).await?;
 
     let mut writer = state.files.begin_upload().await?;
     let mut body = request.into_body().into_data_stream();
@@ -108,7 +147,7 @@ pub async fn upload(
     }
     let outcome = state
         .files
-        .commit_upload(&path, staged, content_type, precondition, &ctx)
+        .commit_upload(path, staged, content_type, precondition, ctx)
         .await?;
     let status = if outcome.created {
         StatusCode::CREATED
