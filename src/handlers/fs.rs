@@ -1,4 +1,4 @@
-//! Writes addressed by path: `PUT`, `DELETE` and `POST ?move=|?copy=` on `/api/v1/fs/{path}`
+//! Writes addressed by path: `PUT`, `DELETE` and `POST ?op=move|copy&to=` on `/api/v1/fs/{path}`
 //! (`GET`/`HEAD` are in `files.rs`). They answer like the id routes and the upload.
 
 use axum::extract::{Request, State};
@@ -44,16 +44,24 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `move` or `copy`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelocateOp {
+    Move,
+    Copy,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct RelocateQuery {
-    #[serde(rename = "move")]
-    move_to: Option<String>,
-    copy: Option<String>,
+    op: RelocateOp,
+    to: String,
     #[serde(default)]
     overwrite: bool,
 }
 
-/// `POST /api/v1/fs/{path}?move=TO` (200) or `?copy=TO` (201), `&overwrite=true` to replace.
+/// `POST /api/v1/fs/{path}?op=move&to=TO` (200) or `?op=copy&to=TO` (201), `&overwrite=true`
+/// to replace a file at TO. Two required parameters, so the spec states the shape exactly.
 pub async fn relocate(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -61,20 +69,15 @@ pub async fn relocate(
     ApiQuery(q): ApiQuery<RelocateQuery>,
 ) -> Result<Response, AppError> {
     let path = VPath::parse(&path)?;
-    match (q.move_to, q.copy) {
-        (Some(to), None) => {
-            let to = VPath::parse(&to)?;
+    let to = VPath::parse(&q.to)?;
+    match q.op {
+        RelocateOp::Move => {
             let meta = state.files.move_at(&path, &to, q.overwrite, &ctx).await?;
             Ok(Json(meta).into_response())
         }
-        (None, Some(to)) => {
-            let to = VPath::parse(&to)?;
+        RelocateOp::Copy => {
             let meta = state.files.copy_at(&path, &to, q.overwrite, &ctx).await?;
             Ok((StatusCode::CREATED, Json(meta)).into_response())
         }
-        _ => Err(AppError::bad_request(
-            "invalid_query",
-            "exactly one of `move=TO` and `copy=TO` is required (PUT uploads)",
-        )),
     }
 }

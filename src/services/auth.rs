@@ -409,7 +409,7 @@ impl Auth {
     ) -> Result<CreatedToken, AuthError> {
         let scopes = Scopes::parse(scopes)?;
         let prefix = normalize_prefix(prefix)?;
-        if label.len() > 200 || label.chars().any(char::is_control) {
+        if label.chars().count() > 200 || label.chars().any(char::is_control) {
             return Err(AuthError::Invalid(
                 "the label must be at most 200 characters, without control characters".into(),
             ));
