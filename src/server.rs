@@ -338,10 +338,25 @@ fn routes() -> Vec<Route> {
                 .layer(DefaultBodyLimit::disable())
                 .layer(axum::middleware::map_response(upload::close_after_error)),
         ),
-        ("/api/v1/fs/{*path}", Method::DELETE, S(Write), delete(fs::delete)),
-        ("/api/v1/fs/{*path}", Method::POST, S(Write), post(fs::relocate)),
+        (
+            "/api/v1/fs/{*path}",
+            Method::DELETE,
+            S(Write),
+            delete(fs::delete),
+        ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::POST,
+            S(Write),
+            post(fs::relocate),
+        ),
         // The document is the committed docs/openapi.json: no data, needed before a token.
-        ("/api/v1/openapi.json", Method::GET, Open, get(openapi::spec)),
+        (
+            "/api/v1/openapi.json",
+            Method::GET,
+            Open,
+            get(openapi::spec),
+        ),
         ("/api/v1/stat", Method::GET, S(Read), get(files::stat)),
         ("/api/v1/list", Method::GET, S(Read), get(list::list)),
         ("/api/v1/sync", Method::GET, S(Read), get(sync::sync)),

@@ -3,6 +3,8 @@
 //! committed docs/openapi.json, the links the stateful fuzzer chains, the error codes; the
 //! path-addressed verbs; and the schemathesis run (`.ci/schemathesis.sh`) when installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Plain #[test]s reading the source tree and the committed spec: no runtime to block.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -79,7 +81,10 @@ fn every_route_is_documented_with_its_rule_and_nothing_else_is() {
     let spec = documented(&spec());
     let missing: Vec<_> = table.keys().filter(|k| !spec.contains_key(*k)).collect();
     let extra: Vec<_> = spec.keys().filter(|k| !table.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "routes missing from the spec: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from the spec: {missing:?}"
+    );
     assert!(extra.is_empty(), "spec entries without a route: {extra:?}");
     for (key, access) in &table {
         assert_eq!(&spec[key], access, "{key:?}: the spec's access rule");
@@ -135,7 +140,9 @@ fn operations_are_well_formed_and_links_chain_the_upload() {
                 let r = resolve(&spec, r);
                 if status.as_str() >= "400" {
                     let schema = &r["content"]["application/json"]["schema"];
-                    let named = schema["$ref"].as_str().or(schema["allOf"][0]["$ref"].as_str());
+                    let named = schema["$ref"]
+                        .as_str()
+                        .or(schema["allOf"][0]["$ref"].as_str());
                     assert!(
                         named.is_some_and(|n| n.ends_with("/Error")
                             || ["HealthFailure", "NotReady", "ResyncRequired"]
@@ -256,7 +263,10 @@ fn the_error_code_enum_is_every_code_the_server_answers() {
         .collect();
     let used = codes_in_source();
     let undocumented: Vec<_> = used.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "codes missing from the spec: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "codes missing from the spec: {undocumented:?}"
+    );
     // And every documented code is a literal somewhere in the server.
     let mut all_source = String::new();
     let mut stack = vec![std::path::PathBuf::from("src")];
@@ -299,7 +309,7 @@ async fn the_served_spec_is_the_committed_file_and_needs_no_token() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     let served = r.bytes().await.unwrap();
-    let committed = std::fs::read("docs/openapi.json").unwrap();
+    let committed = tokio::fs::read("docs/openapi.json").await.unwrap();
     assert!(
         served.as_ref() == committed.as_slice(),
         "the served spec differs from docs/openapi.json"
@@ -345,7 +355,10 @@ async fn path_addressed_put_delete_move_copy() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "checksum_mismatch");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "checksum_mismatch"
+    );
     assert_eq!(s.get_json("/api/v1/stat?path=releases/other").await.0, 404);
 
     // If-None-Match: * refuses to replace; If-Match with a stale tag too; the right one replaces.
@@ -355,17 +368,29 @@ async fn path_addressed_put_delete_move_copy() {
             .header(h.0, h.1)
             .body(b)
     };
-    let r = put(("if-none-match", "*".into()), b"v2".to_vec()).send().await.unwrap();
-    assert_eq!(r.status(), 412);
-    let r = put(("if-match", format!("\"{}\"", sha256_hex(b"nope"))), b"v2".to_vec())
+    let r = put(("if-none-match", "*".into()), b"v2".to_vec())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 412);
-    let r = put(("if-match", format!("\"{}\"", meta["sha256"].as_str().unwrap())), b"v2".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = put(
+        ("if-match", format!("\"{}\"", sha256_hex(b"nope"))),
+        b"v2".to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 412);
+    let r = put(
+        (
+            "if-match",
+            format!("\"{}\"", meta["sha256"].as_str().unwrap()),
+        ),
+        b"v2".to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let replaced: Value = r.json().await.unwrap();
     assert_eq!(replaced["id"], meta["id"]);
@@ -373,14 +398,24 @@ async fn path_addressed_put_delete_move_copy() {
     let (status, got) = s.get_bytes("/api/v1/fs/releases/app.tar.gz").await;
     assert_eq!((status, got), (200, b"v2".to_vec()));
     // A malformed If-Match is a client error, not a tag that matches nothing.
-    let r = put(("if-match", "not a tag".into()), b"v3".to_vec()).send().await.unwrap();
+    let r = put(("if-match", "not a tag".into()), b"v3".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_header");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_header"
+    );
 
     // Copy (201, new id) and move (200, same id) by path.
     let r = s
         .client
-        .post(format!("{}?op=copy&to={}", url("releases/app.tar.gz"), enc("backup/app")))
+        .post(format!(
+            "{}?op=copy&to={}",
+            url("releases/app.tar.gz"),
+            enc("backup/app")
+        ))
         .send()
         .await
         .unwrap();
@@ -389,7 +424,11 @@ async fn path_addressed_put_delete_move_copy() {
     assert_ne!(copy["id"], meta["id"]);
     let r = s
         .client
-        .post(format!("{}?op=move&to={}", url("releases/app.tar.gz"), enc("backup/app")))
+        .post(format!(
+            "{}?op=move&to={}",
+            url("releases/app.tar.gz"),
+            enc("backup/app")
+        ))
         .send()
         .await
         .unwrap();
@@ -424,7 +463,10 @@ async fn path_addressed_put_delete_move_copy() {
     assert_eq!(r.status(), 204);
     let r = s.client.delete(url("backup/app")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
     let r = s.client.delete(url("a/b%5Cc")).send().await.unwrap();
     assert_eq!(r.status(), 400);
     s.stop().await;

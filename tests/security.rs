@@ -124,11 +124,9 @@ fn sample(
             Some(json!({ "to": dest })),
             Vec::new(),
         ),
-        "/api/v1/fs/{*path}" if method == Method::PUT => (
-            format!("/api/v1/fs/{}", enc(file)),
-            None,
-            b"new".to_vec(),
-        ),
+        "/api/v1/fs/{*path}" if method == Method::PUT => {
+            (format!("/api/v1/fs/{}", enc(file)), None, b"new".to_vec())
+        }
         "/api/v1/fs/{*path}" if method == Method::POST => (
             format!("/api/v1/fs/{}?op=move&to={}", enc(file), enc(&dest)),
             None,

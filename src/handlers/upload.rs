@@ -82,14 +82,7 @@ pub async fn upload_raw_at(
 async fn admit(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<
-    (
-        Precondition,
-        crate::services::files::UploadPermit,
-        String,
-    ),
-    AppError,
-> {
+) -> Result<(Precondition, crate::services::files::UploadPermit, String), AppError> {
     let limit = state.files.max_upload_size();
     if let Some(len) = header_str(headers, "content-length")? {
         let len: u64 = len.trim().parse().map_err(|_| {
