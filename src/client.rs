@@ -253,8 +253,8 @@ impl Client {
         }
     }
 
-    /// Uploads `body` to `path`, declaring its SHA-256 when given. `len` sets Content-Length
-    /// for a streamed body (otherwise it is sent chunked).
+    /// Uploads `body` to `path` (`PUT /api/v1/fs/{path}`), declaring its SHA-256 when given.
+    /// `len` sets Content-Length for a streamed body (otherwise it is sent chunked).
     pub async fn upload(
         &self,
         path: &str,
@@ -265,7 +265,7 @@ impl Client {
     ) -> Result<FileMeta, ClientError> {
         let mut req = self
             .http
-            .post(self.url(&format!("/api/v1/files/upload?path={}", encode_path(path))))
+            .put(self.url(&format!("/api/v1/fs/{}", encode_path(path))))
             .body(body);
         if let Some(len) = len {
             req = req.header("content-length", len);

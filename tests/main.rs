@@ -22,6 +22,7 @@ mod hardening;
 mod hostile;
 mod loadtest;
 mod metadata_conformance;
+mod openapi;
 mod operations;
 mod overload;
 mod router;

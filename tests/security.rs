@@ -79,6 +79,10 @@ fn expected_rules() -> BTreeMap<(String, &'static str), Access> {
         ("POST", "/api/v1/files/{id}/move", S(Write)),
         ("POST", "/api/v1/files/{id}/copy", S(Write)),
         ("GET", "/api/v1/fs/{*path}", S(Read)),
+        ("PUT", "/api/v1/fs/{*path}", S(Write)),
+        ("DELETE", "/api/v1/fs/{*path}", S(Write)),
+        ("POST", "/api/v1/fs/{*path}", S(Write)),
+        ("GET", "/api/v1/openapi.json", Open),
         ("GET", "/api/v1/stat", S(Read)),
         ("GET", "/api/v1/list", S(Read)),
         ("GET", "/api/v1/sync", S(Read)),
@@ -118,6 +122,14 @@ fn sample(
         "/api/v1/files/{id}/move" | "/api/v1/files/{id}/copy" => (
             pattern.replace("{id}", id),
             Some(json!({ "to": dest })),
+            Vec::new(),
+        ),
+        "/api/v1/fs/{*path}" if method == Method::PUT => {
+            (format!("/api/v1/fs/{}", enc(file)), None, b"new".to_vec())
+        }
+        "/api/v1/fs/{*path}" if method == Method::POST => (
+            format!("/api/v1/fs/{}?op=move&to={}", enc(file), enc(&dest)),
+            None,
             Vec::new(),
         ),
         "/api/v1/fs/{*path}" => (format!("/api/v1/fs/{}", enc(file)), None, Vec::new()),

@@ -1,6 +1,6 @@
 //! Administrative introspection.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -26,7 +26,7 @@ pub struct FsckQuery {
 /// (409 `fsck_running` otherwise); the report has the offline check's shape.
 pub async fn fsck(
     State(state): State<AppState>,
-    Query(q): Query<FsckQuery>,
+    super::ApiQuery(q): super::ApiQuery<FsckQuery>,
 ) -> Result<Json<crate::services::fsck::FsckReport>, crate::error::AppError> {
     let Ok(_running) = state.fsck_slot.try_lock() else {
         return Err(crate::error::AppError::new(

@@ -21,10 +21,12 @@ pub mod authz;
 pub(crate) mod body;
 pub mod content;
 pub mod files;
+pub mod fs;
 pub mod health;
 pub mod list;
 pub mod metrics;
 pub mod multipart_guard;
+pub mod openapi;
 pub mod routes;
 pub mod share;
 pub mod sync;
@@ -174,22 +176,71 @@ pub fn parse_etags(value: &str) -> EtagMatch {
 }
 
 /// The precondition of a write, from `If-Match` / `If-None-Match: *`.
+///
+/// `If-Match` must be `*` or a list of entity tags (RFC 9110): anything else is a client
+/// error, not a tag that happens to match nothing. Both headers together are evaluated in
+/// the RFC's order (If-Match, then If-None-Match: *), which no file can pass: 412 when the
+/// precondition is checked.
 pub fn write_precondition(headers: &HeaderMap) -> Result<Precondition, AppError> {
-    let if_match = header_str(headers, "if-match")?;
-    let if_none_match = header_str(headers, "if-none-match")?;
+    let if_match = header_str(headers, "if-match")?
+        .map(|m| {
+            parse_if_match(m).ok_or_else(|| {
+                AppError::bad_request(
+                    "invalid_header",
+                    "If-Match must be `*` or a list of entity tags (\"...\")",
+                )
+            })
+        })
+        .transpose()?;
+    let if_none_match = match header_str(headers, "if-none-match")? {
+        None => None,
+        Some(n) if n.trim() == "*" => Some(Precondition::MustNotExist),
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "invalid_request",
+                "only `If-None-Match: *` is supported on writes",
+            ))
+        }
+    };
     match (if_match, if_none_match) {
-        (Some(_), Some(_)) => Err(AppError::bad_request(
-            "invalid_request",
-            "If-Match and If-None-Match cannot be combined",
-        )),
-        (Some(m), None) => Ok(Precondition::MustMatch(parse_etags(m))),
-        (None, Some(n)) if n.trim() == "*" => Ok(Precondition::MustNotExist),
-        (None, Some(_)) => Err(AppError::bad_request(
-            "invalid_request",
-            "only `If-None-Match: *` is supported on writes",
-        )),
+        // Evaluated with the other preconditions, after the request is otherwise valid: a
+        // tag list that names no version never holds, so the write answers 412.
+        (Some(_), Some(_)) => Ok(Precondition::MustMatch(EtagMatch::OneOf(Vec::new()))),
+        (Some(m), None) => Ok(Precondition::MustMatch(m)),
+        (None, Some(n)) => Ok(n),
         (None, None) => Ok(Precondition::None),
     }
+}
+
+/// `*`, or entity tags separated by commas: `"x"`, `W/"x"` (weak: never matches a write) or a
+/// bare `x` (clients that leave out the quotes). No empty members, no spaces inside a tag.
+fn parse_if_match(value: &str) -> Option<EtagMatch> {
+    let tagc = |b: u8| b == 0x21 || (0x23..=0x7e).contains(&b) && b != b',';
+    let value = value.trim_matches([' ', '\t']);
+    if value == "*" {
+        return Some(EtagMatch::Any);
+    }
+    let mut strong = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        let (weak, rest) = match member.strip_prefix("W/") {
+            Some(rest) if rest.starts_with('"') => (true, rest),
+            _ => (false, member),
+        };
+        let quoted = rest
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .filter(|inner| inner.bytes().all(tagc));
+        let tag = match quoted {
+            Some(inner) => inner,
+            None if !rest.is_empty() && rest.bytes().all(tagc) && !weak => rest,
+            None => return None,
+        };
+        if !weak {
+            strong.push(tag.to_string());
+        }
+    }
+    Some(EtagMatch::OneOf(strong))
 }
 
 /// A header as text; a header that is not visible ASCII is a client error.

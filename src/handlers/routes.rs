@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
-use super::{admin, authz, body, files, health, list, metrics, share, sync, upload};
+use super::{admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, upload};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::services::auth::Scope;
@@ -121,6 +121,37 @@ fn routes() -> Vec<Route> {
             S(Read),
             Bounded,
             get(files::get_by_path),
+        ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::PUT,
+            S(Write),
+            Streamed,
+            put(fs::put)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(upload::close_after_error)),
+        ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(fs::delete),
+        ),
+        (
+            "/api/v1/fs/{*path}",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(fs::relocate),
+        ),
+        // The document is the committed docs/openapi.json: no data, needed before a token.
+        (
+            "/api/v1/openapi.json",
+            Method::GET,
+            Open,
+            Bounded,
+            get(openapi::spec),
         ),
         (
             "/api/v1/stat",

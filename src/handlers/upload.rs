@@ -48,12 +48,7 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, AppError> {
     let headers = request.headers();
-    let size_hint = match header_str(headers, "content-length")? {
-        Some(len) => Some(len.trim().parse::<u64>().map_err(|_| {
-            AppError::bad_request("invalid_header", "Content-Length is not a number")
-        })?),
-        None => None,
-    };
+    let size_hint = content_length(headers)?;
     let precondition = write_precondition(headers)?;
     let content_type = header_str(headers, "content-type")?
         .unwrap_or(DEFAULT_CONTENT_TYPE)
@@ -81,21 +76,55 @@ pub async fn upload(
     let path = VPath::parse(q.path.as_deref().ok_or_else(|| {
         AppError::bad_request("invalid_path", "query parameter `path` is required")
     })?)?;
+    store_raw(&state, &ctx, &path, request).await
+}
+
+/// `PUT /api/v1/fs/{path}`: the raw upload with the path from the URL (any content type is
+/// stored as it is). Same limits, preconditions, checksums and answers as the upload.
+pub async fn upload_raw_at(
+    state: &AppState,
+    ctx: &RequestCtx,
+    path: &VPath,
+    request: Request,
+) -> Result<Response, AppError> {
+    store_raw(state, ctx, path, request).await
+}
+
+/// Streams a raw body to `path` through the upload pipeline: 201 created, 200 replaced.
+async fn store_raw(
+    state: &AppState,
+    ctx: &RequestCtx,
+    path: &VPath,
+    request: Request,
+) -> Result<Response, AppError> {
+    let headers = request.headers();
     let options = UploadOptions {
-        content_type,
-        precondition,
+        content_type: header_str(headers, "content-type")?
+            .unwrap_or(DEFAULT_CONTENT_TYPE)
+            .to_string(),
+        precondition: write_precondition(headers)?,
         expected_sha256: expected_digest(headers)?,
-        size_hint,
+        size_hint: content_length(headers)?,
         digest_sink: None,
     };
     let body = request.into_body().into_data_stream().map_err(read_error);
-    let outcome = state.files.upload(&ctx, &path, body, options).await?;
+    let outcome = state.files.upload(ctx, path, body, options).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(outcome.meta)).into_response())
+}
+
+/// The declared `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
+    match header_str(headers, "content-length")? {
+        Some(len) => Ok(Some(len.trim().parse::<u64>().map_err(|_| {
+            AppError::bad_request("invalid_header", "Content-Length is not a number")
+        })?)),
+        None => Ok(None),
+    }
 }
 
 /// What the headers of a multipart upload said.

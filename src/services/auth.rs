@@ -526,7 +526,7 @@ impl Auth {
     ) -> Result<CreatedToken, AuthError> {
         let scopes = Scopes::parse(scopes)?;
         let prefix = normalize_prefix(prefix)?;
-        if label.len() > 200 || label.chars().any(crate::paths::forbidden_char) {
+        if label.chars().count() > 200 || label.chars().any(crate::paths::forbidden_char) {
             return Err(AuthError::Invalid(
                 "the label must be at most 200 characters, without control, \
                  bidirectional-override or replacement characters"

@@ -22,6 +22,8 @@ use super::ServiceError;
 use crate::faults::Point;
 use crate::paths::VPath;
 
+mod by_path;
+
 /// How many times an id-addressed operation re-reads the path after a concurrent move.
 const PATH_RETRIES: usize = 8;
 /// Largest page of a listing.
