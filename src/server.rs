@@ -466,11 +466,12 @@ impl Drop for ConnectionSlot {
 /// read buffer, a header-read deadline, at most `max_connections` open, and graceful shutdown:
 /// readiness turns 503 at once, the listener keeps accepting for `shutdown_drain_delay`, then
 /// closes; in-flight requests get `shutdown_grace` to finish.
-async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     state: &AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    tls: Option<crate::tls::Tls>,
 ) {
     let config = Arc::clone(&state.config);
     let connections = tokio_util::task::TaskTracker::new();
@@ -536,13 +537,19 @@ async fn serve(
         metrics::gauge!("vaultfs_connections_open").increment(1.0);
         let slot = ConnectionSlot(Arc::clone(&open));
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-            .with_upgrades();
+        let (builder, tls) = (builder.clone(), tls.clone());
         let mut stop = state.shutdown.clone();
         let cut = cut_off.clone();
         connections.spawn(async move {
             let _slot = slot;
+            // TLS (when configured): the handshake runs here, within its own deadline.
+            let io = match crate::tls::MaybeTls::wrap(io, tls.as_ref()).await {
+                Ok(io) => io,
+                Err(e) => return tracing::debug!(error = %e, "TLS handshake failed"),
+            };
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -598,8 +605,25 @@ pub async fn run(
             reach this address can read, write and delete every file");
     }
     let app = router(state.clone());
+    let tls = crate::tls::Tls::from_config(&state.config, state.shutdown.clone()).await?;
+    // The S3-compatible API, on its own address (`--s3-listen`), served by the same loop.
+    let s3 = match crate::handlers::s3::listener(&state).await? {
+        Some((s3_listener, s3_app)) => {
+            let (s3_state, s3_tls) = (state.clone(), tls.clone());
+            let mut stop = state.shutdown.clone();
+            Some(tokio::spawn(async move {
+                let until =
+                    async move { crate::services::notification::until_true(&mut stop).await };
+                serve(s3_listener, s3_app, &s3_state, until, s3_tls).await;
+            }))
+        }
+        None => None,
+    };
     tracing::info!(%addr, data_dir = %state.config.data_dir.display(), "VaultFS listening");
-    serve(listener, app, &state, shutdown).await;
+    serve(listener, app, &state, shutdown, tls).await;
+    if let Some(s3) = s3 {
+        let _ = s3.await;
+    }
     state.close().await;
     tracing::info!("VaultFS stopped");
     Ok(())

@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod list;
 pub mod multipart_guard;
+pub mod s3;
 pub mod share;
 pub mod sync;
 pub mod upload;

@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod metadata_postgres;
 pub mod metadata_sqlite;
 pub mod notification;
+pub mod s3_meta;
 pub mod storage;
 
 use lock_manager::LockError;
