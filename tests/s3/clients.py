@@ -532,8 +532,59 @@ def check_denied():
     log("denied/minio-py: inside works, outside refused")
 
 
+def check_revoked():
+    """The token behind AWS_ACCESS_KEY_ID was revoked: its key pair no longer signs."""
+    from botocore.exceptions import ClientError
+    try:
+        boto_client().list_buckets()
+        raise SystemExit("a revoked token's key pair still works")
+    except ClientError as e:
+        assert e.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied"), e.response
+    log("revoked: the key pair of a revoked token is refused")
+
+
+def make_cert(cert, key):
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key + ".new",
+         "-out", cert + ".new", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    os.replace(key + ".new", key)
+    os.replace(cert + ".new", cert)
+
+
+def served_cert(port):
+    return ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", port))))
+
+
+def check_tls():
+    """HTTPS on the main listener too, and a renewed certificate is served without a restart."""
+    import time
+    main = os.environ["S3_MAIN"]
+    with urlopen(main + "/healthz") as r:
+        assert r.status == 200, r.status
+    port = urllib.parse.urlparse(ENDPOINT).port
+    cert, key = CA, os.environ["S3_TLS_KEY"]
+    pem = lambda p: ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(open(p).read()))
+    assert served_cert(port) == pem(cert)
+    old = pem(cert)
+    time.sleep(1.1)  # a new modification time
+    make_cert(cert, key)
+    new = pem(cert)
+    assert new != old
+    for _ in range(100):
+        if served_cert(port) == new:
+            break
+        time.sleep(0.1)
+    else:
+        raise SystemExit("the renewed certificate was not served within 10 s")
+    boto_client().list_buckets()
+    with urlopen(main + "/healthz") as r:
+        assert r.status == 200, r.status
+    log("tls: main listener serves HTTPS; a renewed certificate is served on both without a restart")
+
+
 if __name__ == "__main__":
     checks = {"aws": check_aws, "boto3": check_boto3, "rclone": check_rclone,
-              "s3cmd": check_s3cmd, "minio": check_minio, "denied": check_denied}
+              "s3cmd": check_s3cmd, "minio": check_minio, "denied": check_denied,
+              "revoked": check_revoked, "tls": check_tls}
     checks[sys.argv[1]]()
     print(f"PASS {sys.argv[1]}")

@@ -104,8 +104,12 @@ impl VaultS3 {
     /// Whether the bucket exists for this principal: made by CreateBucket, or holding files.
     pub(super) async fn bucket_exists(&self, bucket: &str, ctx: &RequestCtx) -> S3Result<bool> {
         let prefix = format!("{bucket}/");
-        if ctx.principal.narrow(&prefix) == Narrowed::Disjoint {
-            return Ok(false);
+        match ctx.principal.narrow(&prefix) {
+            Narrowed::Disjoint => return Ok(false),
+            // A token limited to a prefix inside the bucket: the bucket is its window, and
+            // exists for it (ListBuckets shows it too).
+            Narrowed::To(_) => return Ok(true),
+            Narrowed::Unchanged => {}
         }
         if self
             .meta
@@ -436,11 +440,13 @@ impl S3 for VaultS3 {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let ctx = self.ctx(&req).await?;
         let bucket = &req.input.bucket;
-        if !ctx.principal.may_touch(&format!("{bucket}/")) {
-            return Err(s3_error!(AccessDenied, "outside the token's prefix"));
-        }
+        // Before the prefix check: clients (rclone) create the bucket they write into and
+        // take "already yours" as success, also for a token limited to a prefix inside it.
         if self.bucket_exists(bucket, &ctx).await? {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
+        }
+        if !ctx.principal.may_touch(&format!("{bucket}/")) {
+            return Err(s3_error!(AccessDenied, "outside the token's prefix"));
         }
         self.meta
             .create_bucket(bucket)

@@ -1,0 +1,344 @@
+//! The S3 API against real clients: a real server with `--s3-listen`, driven by aws-cli,
+//! boto3, rclone, s3cmd and minio-py (tests/s3/clients.py), over HTTP and over TLS with a
+//! throwaway certificate. Install the clients with `.ci/s3-clients.sh`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use vaultfs::config::Config;
+
+const CLIENTS: &[&str] = &["aws", "boto3", "rclone", "s3cmd", "minio"];
+
+fn venv_bin() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    std::env::var("VAULTFS_S3_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&home).join(".cache/vaultfs-venv"))
+        .join("bin")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Whether `client` is installed; prints the one SKIPPED line when not.
+fn available(test: &str, client: &str) -> bool {
+    let bin = venv_bin();
+    let ok = match client {
+        "aws" => bin.join("aws").exists(),
+        "s3cmd" => bin.join("s3cmd").exists(),
+        "rclone" => on_path("rclone"),
+        "boto3" | "minio" | "denied" | "revoked" | "tls" => {
+            bin.join("python").exists()
+                && std::process::Command::new(bin.join("python"))
+                    .args(["-c", "import boto3, minio"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && (client != "denied" || (bin.join("aws").exists() && on_path("rclone")))
+        }
+        _ => false,
+    };
+    if !ok {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {test}/{client}: run .ci/s3-clients.sh"
+        );
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `vaultfs token create --s3 --json` on the data directory: (token id, token, access key,
+/// secret).
+fn cli_token(data_dir: &Path, scope: &str, prefix: &str) -> (String, String, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+        .args([
+            "token", "create", "--scope", scope, "--prefix", prefix, "--s3", "--json",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+        v["s3"]["access_key_id"].as_str().unwrap().to_string(),
+        v["s3"]["secret_access_key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Runs one check of tests/s3/clients.py; panics with its output on failure.
+async fn run_check(check: &str, endpoint: &str, keys: (&str, &str), extra: &[(&str, String)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/clients.py");
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(venv_bin().join("python"));
+    cmd.arg(&script)
+        .arg(check)
+        .env("S3_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", keys.1)
+        .env("S3_BIN", venv_bin())
+        .env("S3_WORK", work.path())
+        .env(
+            "S3_TAG",
+            uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        )
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
+        .await
+        .expect("client check timed out")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(&format!("PASS {check}")),
+        "S3 check {check} failed against {endpoint}:\n{stdout}\n{stderr}"
+    );
+    eprint!("{stdout}");
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("port {port} did not open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_clients_over_http() {
+    const TEST: &str = "s3_clients_over_http";
+    let dir = tempfile::tempdir().unwrap();
+    // The CLI derives the key pair offline; the server derives the same one.
+    let (_id, admin, key, secret) = cli_token(dir.path(), "admin", "");
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    let server = common::TestServer::start_with(config).await;
+    wait_port(s3_port).await;
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let auth = format!("Bearer {admin}");
+
+    // The admin API hands out key pairs too.
+    let created: Value = server
+        .client
+        .post(server.url("/api/v1/admin/tokens"))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"scopes": "read,write", "prefix": "shared/allowed", "s3": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pkey = created["s3"]["access_key_id"].as_str().unwrap().to_string();
+    let psecret = created["s3"]["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rw: Value = server
+        .client
+        .post(server.url("/api/v1/admin/tokens"))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({"scopes": "read,write", "s3": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rw_keys = (
+        rw["s3"]["access_key_id"].as_str().unwrap().to_string(),
+        rw["s3"]["secret_access_key"].as_str().unwrap().to_string(),
+    );
+    // Something outside the prefixed token's reach.
+    let r = server
+        .client
+        .post(server.url("/api/v1/files/upload?path=elsewhere/secret.txt"))
+        .header("authorization", &auth)
+        .body("secret")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    for client in CLIENTS {
+        if available(TEST, client) {
+            run_check(client, &endpoint, (&key, &secret), &[]).await;
+        }
+    }
+    if available(TEST, "denied") {
+        run_check(
+            "denied",
+            &endpoint,
+            (&key, &secret),
+            &[("S3_PREFIXED_KEY", pkey), ("S3_PREFIXED_SECRET", psecret)],
+        )
+        .await;
+    }
+
+    // S3 writes land in the sync feed with their paths: a multipart Complete is one event.
+    if available(TEST, "boto3") {
+        let events: Value = server
+            .client
+            .get(server.url("/api/v1/events?since=0&limit=10000"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = events["events"].as_array().unwrap();
+        let mpu: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("boto-") && p.ends_with("/mpu.bin"))
+            })
+            .collect();
+        assert_eq!(
+            mpu.len(),
+            1,
+            "one event for a completed multipart upload: {mpu:?}"
+        );
+        assert_eq!(mpu[0]["kind"], "created");
+        assert!(events.iter().any(|e| e["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("boto-") && p.contains("/pre/signed.bin"))));
+        // And the native API sees the S3 object.
+        let path = mpu[0]["path"].as_str().unwrap();
+        let meta = server
+            .client
+            .get(server.url(&format!("/api/v1/stat?path={}", common::enc(path))))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(meta.status(), 200);
+
+        // Revoking the token revokes its key pair.
+        let id = rw["id"].as_str().unwrap();
+        let r = server
+            .client
+            .delete(server.url(&format!("/api/v1/admin/tokens/{id}")))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        run_check("revoked", &endpoint, (&rw_keys.0, &rw_keys.1), &[]).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_clients_over_tls() {
+    const TEST: &str = "s3_clients_over_tls";
+    if !available(TEST, "tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let cert = certs.path().join("cert.pem");
+    let key_file = certs.path().join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {TEST}: install the openssl CLI"
+        );
+        return;
+    }
+    let (_id, _admin, key, secret) = cli_token(dir.path(), "read,write", "");
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key_file.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let main_port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(vaultfs::server::run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    wait_port(s3_port).await;
+    let endpoint = format!("https://127.0.0.1:{s3_port}");
+    let ca = ("S3_CA", cert.display().to_string());
+    // boto3 and aws-cli send trailing checksums (aws-chunked) over HTTPS.
+    for client in CLIENTS {
+        if available(TEST, client) {
+            run_check(
+                client,
+                &endpoint,
+                (&key, &secret),
+                std::slice::from_ref(&ca),
+            )
+            .await;
+        }
+    }
+    run_check(
+        "tls",
+        &endpoint,
+        (&key, &secret),
+        &[
+            ca.clone(),
+            ("S3_MAIN", format!("https://127.0.0.1:{main_port}")),
+            ("S3_TLS_KEY", key_file.display().to_string()),
+        ],
+    )
+    .await;
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
