@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (zero configuration: 127.0.0.1:8080, ./vaultfs-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload files or directories (recursively), in parallel, checksummed, with retries.
     Upload(cli::upload::UploadArgs),
     /// Download a file (by path or id) or a directory; verified, atomic, resumable.
@@ -179,7 +179,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Upload(args) => run_cli(|_| cli::upload::run(args)),
         Command::Download(args) => run_cli(|temps| cli::download::run(args, temps)),
         Command::Ls(args) => run_cli(|_| cli::ops::ls(args)),

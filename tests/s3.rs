@@ -102,10 +102,7 @@ async fn run_check(check: &str, endpoint: &str, keys: (&str, &str), extra: &[(&s
         .env("AWS_SECRET_ACCESS_KEY", keys.1)
         .env("S3_BIN", venv_bin())
         .env("S3_WORK", work.path())
-        .env(
-            "S3_TAG",
-            uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
-        )
+        .env("S3_TAG", &uuid::Uuid::new_v4().simple().to_string()[..8])
         .kill_on_drop(true);
     for (k, v) in extra {
         cmd.env(k, v);

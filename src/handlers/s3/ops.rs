@@ -88,7 +88,7 @@ impl VaultS3 {
         VaultS3 { state, meta }
     }
 
-    pub(super) async fn ctx<T>(&self, req: &S3Request<T>) -> S3Result<RequestCtx> {
+    pub(super) async fn ctx<T: Sync>(&self, req: &S3Request<T>) -> S3Result<RequestCtx> {
         let key = req.credentials.as_ref().map(|c| c.access_key.as_str());
         let principal = super::auth::principal(&self.state.auth, key).await?;
         Ok(RequestCtx {
