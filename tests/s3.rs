@@ -339,3 +339,41 @@ async fn s3_clients_over_tls() {
         .unwrap()
         .unwrap();
 }
+
+/// The S3 tables on PostgreSQL (the metadata store replicas share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_on_postgres() {
+    const TEST: &str = "s3_on_postgres";
+    let Some(url) = common::test_postgres_url(TEST).await else {
+        return;
+    };
+    if !available(TEST, "boto3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let admin = vaultfs::services::auth::Auth::generate().unwrap();
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.metadata_url = Some(url);
+    config.bootstrap_token = Some(admin.clone());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    let server = common::TestServer::start_with(config).await;
+    wait_port(s3_port).await;
+    let rw: Value = server
+        .client
+        .post(server.url("/api/v1/admin/tokens"))
+        .header("authorization", format!("Bearer {admin}"))
+        .json(&serde_json::json!({"scopes": "read,write", "s3": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = (
+        rw["s3"]["access_key_id"].as_str().unwrap(),
+        rw["s3"]["secret_access_key"].as_str().unwrap(),
+    );
+    run_check("boto3", &format!("http://127.0.0.1:{s3_port}"), keys, &[]).await;
+    server.stop().await;
+}

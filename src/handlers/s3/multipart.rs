@@ -92,6 +92,12 @@ impl VaultS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let ctx = self.ctx(&req).await?;
         let input = req.input;
+        super::ops::refuse_out_of_scope(
+            input.acl.as_ref(),
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
         self.require_bucket(&input.bucket, &ctx).await?;
         let path = object_path(&input.bucket, &input.key)?;
         ctx.check(path.as_str()).map_err(from_service)?;

@@ -76,6 +76,26 @@ fn cursor_at(key: &str, inclusive: bool) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tagged)
 }
 
+/// ACLs and server-side encryption are out of scope: `NotImplemented`, except the canned ACL
+/// `private`, which is what VaultFS does anyway (clients send it by default).
+pub(super) fn refuse_out_of_scope(
+    acl: Option<&ObjectCannedACL>,
+    sse: Option<&ServerSideEncryption>,
+    sse_c: Option<&String>,
+    kms: Option<&String>,
+) -> S3Result<()> {
+    if acl.is_some_and(|a| a.as_str() != ObjectCannedACL::PRIVATE) {
+        return Err(s3_error!(NotImplemented, "ACLs are not supported"));
+    }
+    if sse.is_some() || sse_c.is_some() || kms.is_some() {
+        return Err(s3_error!(
+            NotImplemented,
+            "server-side encryption is not supported"
+        ));
+    }
+    Ok(())
+}
+
 /// What a stored object shows through S3.
 pub(super) struct Shown {
     pub meta: FileMeta,
@@ -521,6 +541,12 @@ impl S3 for VaultS3 {
         let trailers = req.trailing_headers.clone();
         let headers = req.headers.clone();
         let input = req.input;
+        refuse_out_of_scope(
+            input.acl.as_ref(),
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
         self.require_bucket(&input.bucket, &ctx).await?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         if input.key.ends_with('/') && input.content_length.unwrap_or(0) == 0 {
@@ -777,6 +803,12 @@ impl S3 for VaultS3 {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let ctx = self.ctx(&req).await?;
         let input = req.input;
+        refuse_out_of_scope(
+            input.acl.as_ref(),
+            input.server_side_encryption.as_ref(),
+            input.sse_customer_algorithm.as_ref(),
+            input.ssekms_key_id.as_ref(),
+        )?;
         let CopySource::Bucket {
             bucket: src_bucket,
             key: src_key,
