@@ -377,3 +377,113 @@ async fn s3_on_postgres() {
     run_check("boto3", &format!("http://127.0.0.1:{s3_port}"), keys, &[]).await;
     server.stop().await;
 }
+
+/// Without any client: virtual-host addressing, the bucket-name rule, NotImplemented for out of
+/// scope operations, the presigned expiry bound, and signatures required once tokens exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_addressing_names_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    config.s3_domain = Some("s3.test".into());
+    // An open server (no token yet): unsigned requests are served.
+    let server = common::TestServer::start_with(config).await;
+    wait_port(s3_port).await;
+    let s3 = format!("http://127.0.0.1:{s3_port}");
+    let c = &server.client;
+    let unsigned = [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
+    let r = c.put(format!("{s3}/vhbucket")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut put = c
+        .put(format!("{s3}/k%20one.txt"))
+        .header("host", "vhbucket.s3.test")
+        .body("hello");
+    for (k, v) in unsigned {
+        put = put.header(k, v);
+    }
+    assert_eq!(put.send().await.unwrap().status(), 200);
+    let got = c
+        .get(format!("{s3}/vhbucket/k%20one.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(
+        got.headers()["etag"].to_str().unwrap(),
+        "\"5d41402abc4b2a76b9719d911017c592\"",
+        "the ETag is the MD5"
+    );
+    assert_eq!(got.text().await.unwrap(), "hello");
+    // The native API sees it at bucket/key.
+    let (status, meta) = server
+        .get_json("/api/v1/stat?path=vhbucket/k%20one.txt")
+        .await;
+    assert_eq!(status, 200, "{meta}");
+
+    // A top-level segment that is no valid bucket name is not listed, nor addressable.
+    assert!(server.put("My Files/x.txt", b"x").await["id"].is_string());
+    server.put("ok-bucket/x.txt", b"x").await;
+    let list = c
+        .get(format!("{s3}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("<Name>ok-bucket</Name>") && list.contains("<Name>vhbucket</Name>"));
+    assert!(!list.contains("My Files"), "{list}");
+    let r = c.get(format!("{s3}/Bad_Bucket/x")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>InvalidBucketName</Code>"));
+    let r = c.get(format!("{s3}/vhbucket?acl")).send().await.unwrap();
+    assert_eq!(r.status(), 501);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>NotImplemented</Code>"));
+    let r = c.get(format!("{s3}/vhbucket/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("<Code>NoSuchKey</Code>"));
+    let r = c.delete(format!("{s3}/ok-bucket")).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>BucketNotEmpty</Code>"));
+    let r = c
+        .get(format!(
+            "{s3}/vhbucket/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=604801"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("AuthorizationQueryParametersError"));
+
+    // Once a token exists, every S3 request must be signed.
+    let _ = cli_token(&server.data_dir, "read", "");
+    let denied = common::eventually(Duration::from_secs(5), || async {
+        c.get(format!("{s3}/vhbucket/k%20one.txt"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 403)
+    })
+    .await;
+    assert!(
+        denied,
+        "unsigned requests must be refused once tokens exist"
+    );
+    server.stop().await;
+}

@@ -147,7 +147,7 @@ impl VaultS3 {
     ) -> S3Result<PartRecord>
     where
         S: futures_util::Stream<Item = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        E: Into<super::write::BodyError>,
     {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
             return Err(s3_error!(
@@ -176,14 +176,7 @@ impl VaultS3 {
                 .await
                 .map_err(|_| s3_error!(RequestTimeout, "no body bytes arrived in time"))?
             {
-                let chunk = chunk.map_err(|e| {
-                    tracing::debug!(error = %e, "S3 part body failed");
-                    if e.to_string().to_ascii_lowercase().contains("signature") {
-                        s3_error!(SignatureDoesNotMatch, "a chunk signature does not match")
-                    } else {
-                        s3_error!(IncompleteBody)
-                    }
-                })?;
+                let chunk = chunk.map_err(super::write::body_error)?;
                 size += chunk.len() as u64;
                 if size > limit {
                     return Err(s3_error!(

@@ -125,7 +125,7 @@ pub async fn write_object<S, E>(
 ) -> S3Result<Written>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
-    E: std::fmt::Display,
+    E: Into<BodyError>,
 {
     let files = &state.files;
     ctx.check(path.as_str()).map_err(from_service)?;
@@ -144,10 +144,7 @@ where
         .await
         .map_err(|_| s3_error!(RequestTimeout, "no body bytes arrived in time"))?
     {
-        let chunk = chunk.map_err(|e| {
-            tracing::debug!(error = %e, "S3 request body failed");
-            body_error(&e.to_string())
-        })?;
+        let chunk = chunk.map_err(body_error)?;
         bytes_in.increment(chunk.len() as u64);
         hashing.update(chunk.clone()).await?;
         writer
@@ -171,14 +168,22 @@ where
     })
 }
 
-/// s3s reports a bad chunk signature or a malformed aws-chunked body as a stream error.
-fn body_error(message: &str) -> S3Error {
-    if message.contains("signature") || message.contains("Signature") {
-        s3_error!(SignatureDoesNotMatch, "a chunk signature does not match")
-    } else {
-        s3_error!(
+/// What a request body stream fails with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// s3s reports a payload hash mismatch, a bad chunk signature or a malformed aws-chunked body
+/// as a stream error (an `S3Error` when it knows the S3 code).
+pub fn body_error(e: impl Into<BodyError>) -> S3Error {
+    let e: BodyError = e.into();
+    tracing::debug!(error = %e, "S3 request body failed");
+    match e.downcast::<S3Error>() {
+        Ok(s3) => *s3,
+        Err(other) if other.to_string().to_ascii_lowercase().contains("signature") => {
+            s3_error!(SignatureDoesNotMatch, "a chunk signature does not match")
+        }
+        Err(_) => s3_error!(
             IncompleteBody,
             "the request body could not be read to its end"
-        )
+        ),
     }
 }
