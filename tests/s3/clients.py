@@ -15,8 +15,11 @@ Environment:
 Every check raises (non-zero exit) on the first failure and prints what it verified.
 """
 
+import base64
 import filecmp
 import hashlib
+import io
+import zlib
 import json
 import os
 import random
@@ -234,14 +237,26 @@ def check_boto3():
     assert crc, r
     h = s3.head_object(Bucket=b, Key="sum.bin", ChecksumMode="ENABLED")
     assert h.get("ChecksumCRC32") == crc, h
-    try:
-        s3.put_object(Bucket=b, Key="bad.bin", Body=b"abc", ChecksumCRC32="AAAAAA==")
-        raise SystemExit("a wrong CRC32 was accepted")
-    except ClientError as e:
-        assert e.response["Error"]["Code"] in ("BadDigest", "InvalidRequest"), e.response
+    wrong = {"ChecksumCRC32": "AAAAAA==", "ChecksumCRC32C": "AAAAAA==",
+             "ChecksumCRC64NVME": "AAAAAAAAAAA=", "ChecksumSHA1": "A" * 27 + "=",
+             "ChecksumSHA256": "A" * 43 + "=", "ContentMD5": "A" * 22 + "=="}
+    for name, value in wrong.items():
+        try:
+            s3.put_object(Bucket=b, Key="bad.bin", Body=b"abc", **{name: value})
+            raise SystemExit(f"a wrong {name} was accepted")
+        except ClientError as e:
+            assert e.response["Error"]["Code"] == "BadDigest", (name, e.response)
+    assert s3.list_objects_v2(Bucket=b, Prefix="bad.bin")["KeyCount"] == 0
     r = s3.put_object(Bucket=b, Key="sha.bin", Body=body, ChecksumAlgorithm="SHA256")
-    assert r.get("ChecksumSHA256"), r
-    log("boto3: CRC32/SHA256 checksums verified, stored, returned with ChecksumMode; mismatch refused")
+    assert r["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode(), r
+    # A streamed body: over HTTPS botocore sends it aws-chunked with the CRC32 in a trailer.
+    want = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    r = s3.put_object(Bucket=b, Key="trailer.bin", Body=io.BytesIO(body), ChecksumAlgorithm="CRC32")
+    assert r["ChecksumCRC32"] == want, (r, want)
+    h = s3.head_object(Bucket=b, Key="trailer.bin", ChecksumMode="ENABLED")
+    assert h["ChecksumCRC32"] == want, h
+    log("boto3: CRC32/SHA256 (also as a trailer) verified, stored, returned with ChecksumMode; "
+        "a wrong CRC32, CRC32C, CRC64NVME, SHA1, SHA256 or Content-MD5 is BadDigest, nothing stored")
 
     # Range, conditions, response overrides.
     g = s3.get_object(Bucket=b, Key="sum.bin", Range="bytes=10-19")
