@@ -5,7 +5,8 @@
 //! backend: every operation maps onto VaultFS files, under the caller's token.
 //!
 //! - [`auth`]: key pairs derived from tokens, SigV4 secret lookup, scope checks.
-//! - [`ops`]: the `s3s::S3` implementation (buckets, objects, listings).
+//! - [`ops`]: the `s3s::S3` implementation (dispatch) and what the operations share;
+//!   [`buckets`], [`objects`] and [`listing`]: the operations.
 //! - [`multipart`]: multipart uploads (staged parts, Complete as one commit).
 //! - [`write`]: [`write::write_object`], the one way this API writes a file.
 //! - [`errors`]: service errors as S3 error codes.
@@ -13,8 +14,11 @@
 //! A bucket is a top-level path segment: object `k` in bucket `b` is the file `b/k`.
 
 pub mod auth;
+pub mod buckets;
 pub mod errors;
+pub mod listing;
 pub mod multipart;
+pub mod objects;
 pub mod ops;
 pub mod write;
 
