@@ -487,3 +487,55 @@ async fn s3_addressing_names_and_refusals() {
     );
     server.stop().await;
 }
+
+/// Overload is the native upload gate's: past it, S3 writes get `503 SlowDown` with
+/// `Retry-After`, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_overload_is_slow_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    config.max_concurrent_uploads = 1;
+    config.max_queued_uploads = 0;
+    let server = common::TestServer::start_with(config).await;
+    wait_port(s3_port).await;
+    let s3 = format!("http://127.0.0.1:{s3_port}");
+    let c = &server.client;
+    assert_eq!(
+        c.put(format!("{s3}/busy")).send().await.unwrap().status(),
+        200
+    );
+    // A native upload holds the only slot while its body trickles in.
+    let (tx, pending) = server.streaming_upload("busy/native.bin");
+    tx.send(vec![1u8; 1024]).await.unwrap();
+    let busy = common::eventually(Duration::from_secs(5), || async {
+        c.put(format!("{s3}/busy/s3.bin"))
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .body("x")
+            .send()
+            .await
+            .is_ok_and(|r| {
+                r.status() == 503 && r.headers().get("retry-after").is_some_and(|v| v == "1")
+            })
+    })
+    .await;
+    assert!(
+        busy,
+        "an S3 write past the upload gate answers 503 SlowDown with Retry-After"
+    );
+    let r = c
+        .put(format!("{s3}/busy/s3.bin"))
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("<Code>SlowDown</Code>"));
+    drop(tx);
+    let _ = pending.await;
+    let r = c.get(format!("{s3}/busy/s3.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "nothing stored");
+    server.stop().await;
+}
