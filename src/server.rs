@@ -590,7 +590,10 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let state = AppState::open(config).await?;
     // The configured address counts too: it is what the operator asked to expose.
-    let exposed = !addr.ip().is_loopback() || !state.config.listen.ip().is_loopback();
+    let exposed = !addr.ip().is_loopback()
+        || !state.config.listen.ip().is_loopback()
+        // The S3 listener serves an open server's files as freely.
+        || state.config.s3_listen.is_some_and(|a| !a.ip().is_loopback());
     if !state.auth.required() && exposed {
         if !state.config.insecure_no_auth {
             state.close().await;
