@@ -90,6 +90,18 @@ pub struct Config {
     /// Host names (no port) a loopback listener answers besides loopback names: the
     /// DNS-rebinding check lets them through.
     pub allowed_hosts: Vec<String>,
+    /// Address of the S3-compatible API (its own listener: a path prefix would change what
+    /// SigV4 signs). None: off.
+    pub s3_listen: Option<SocketAddr>,
+    /// Base domain for virtual-host-style S3 requests (`bucket.s3.example.com`). None:
+    /// path-style only.
+    pub s3_domain: Option<String>,
+    /// An S3 multipart upload not completed or aborted within this is collected.
+    pub s3_multipart_max_age: Duration,
+    /// PEM certificate chain and private key: both listeners serve HTTPS (reloaded when the
+    /// files change).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -127,6 +139,11 @@ impl Default for Config {
             secret_key: None,
             secret_key_file: None,
             allowed_hosts: Vec::new(),
+            s3_listen: None,
+            s3_domain: None,
+            s3_multipart_max_age: Duration::from_secs(24 * 3600),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -193,6 +210,11 @@ pub struct Overrides {
     pub secret_key_file: Option<String>,
     /// Comma-separated.
     pub allowed_hosts: Option<String>,
+    pub s3_listen: Option<String>,
+    pub s3_domain: Option<String>,
+    pub s3_multipart_max_age: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -248,6 +270,11 @@ impl Overrides {
             secret_key: env("VAULTFS_SECRET_KEY").filter(|t| !t.trim().is_empty()),
             secret_key_file: env("VAULTFS_SECRET_KEY_FILE"),
             allowed_hosts: env("VAULTFS_ALLOWED_HOSTS"),
+            s3_listen: env("VAULTFS_S3_LISTEN"),
+            s3_domain: env("VAULTFS_S3_DOMAIN"),
+            s3_multipart_max_age: env("VAULTFS_S3_MULTIPART_MAX_AGE"),
+            tls_cert: env("VAULTFS_TLS_CERT"),
+            tls_key: env("VAULTFS_TLS_KEY"),
         }
     }
 
@@ -299,6 +326,7 @@ impl Overrides {
             }
             config.blob_store = Some(v.clone());
         }
+        self.apply_s3_tls(config, &invalid)?;
         if let Some(v) = &self.bootstrap_token {
             config.bootstrap_token = Some(v.clone());
         }
@@ -476,6 +504,50 @@ impl Overrides {
                     parse_duration(v).map_err(|r| invalid(setting, v, r))?
                 };
             }
+        }
+        Ok(())
+    }
+}
+
+impl Overrides {
+    /// The S3 listener and TLS settings.
+    fn apply_s3_tls(
+        &self,
+        config: &mut Config,
+        invalid: &dyn Fn(&'static str, &str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = &self.s3_listen {
+            config.s3_listen = Some(
+                v.parse()
+                    .map_err(|e| invalid("s3_listen", v, format!("{e} (expected IP:PORT)")))?,
+            );
+        }
+        if let Some(v) = &self.s3_domain {
+            let d = v.trim().trim_end_matches('.').to_ascii_lowercase();
+            let ok = !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+            if !ok {
+                return Err(invalid("s3_domain", v, "expected a host name".into()));
+            }
+            config.s3_domain = Some(d);
+        }
+        if let Some(v) = &self.s3_multipart_max_age {
+            config.s3_multipart_max_age =
+                parse_duration(v).map_err(|r| invalid("s3_multipart_max_age", v, r))?;
+        }
+        if let Some(v) = &self.tls_cert {
+            config.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = &self.tls_key {
+            config.tls_key = Some(PathBuf::from(v));
+        }
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "",
+                "tls_cert and tls_key go together".into(),
+            ));
         }
         Ok(())
     }

@@ -168,7 +168,7 @@ impl From<UploadError> for AppError {
             UploadError::TooLarge { .. } => {
                 AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
-            UploadError::ChecksumMismatch { .. } => {
+            UploadError::ChecksumMismatch { .. } | UploadError::DigestRejected(_) => {
                 AppError::bad_request("checksum_mismatch", message)
             }
             UploadError::Read(detail) => {

@@ -30,4 +30,5 @@ pub mod metrics;
 pub mod paths;
 pub mod server;
 pub mod services;
+pub mod tls;
 pub mod watchdog;

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (zero configuration: 127.0.0.1:8080, ./vaultfs-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload files or directories (recursively), in parallel, checksummed, with retries.
     Upload(cli::upload::UploadArgs),
     /// Download a file (by path or id) or a directory; verified, atomic, resumable.
@@ -103,6 +103,18 @@ struct ServeArgs {
     /// from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [env VAULTFS_BLOB_STORE]
     #[arg(long)]
     blob_store: Option<String>,
+    /// Serve the S3-compatible API on this address, e.g. 127.0.0.1:9000 [default: off; env VAULTFS_S3_LISTEN]
+    #[arg(long)]
+    s3_listen: Option<String>,
+    /// Base domain for virtual-host-style S3 requests [default: path-style only; env VAULTFS_S3_DOMAIN]
+    #[arg(long)]
+    s3_domain: Option<String>,
+    /// PEM certificate chain: serve HTTPS on both listeners [env VAULTFS_TLS_CERT]
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert [env VAULTFS_TLS_KEY]
+    #[arg(long)]
+    tls_key: Option<String>,
     /// Log format: text or json [env VAULTFS_LOG_FORMAT]
     #[arg(long, env = "VAULTFS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -136,7 +148,7 @@ fn main() -> ExitCode {
     }
     init_tracing(matches!(&cli.command, Command::Serve(a) if a.log_format == "json"));
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Upload(args) => run_cli(|_| cli::upload::run(args)),
         Command::Download(args) => run_cli(|temps| cli::download::run(args, temps)),
         Command::Ls(args) => run_cli(|_| cli::ops::ls(args)),
@@ -250,6 +262,10 @@ fn load_config(args: &ServeArgs) -> Result<config::Config, String> {
         allowed_origins: args.allowed_origins.clone(),
         metadata_url: args.metadata_url.clone(),
         blob_store: args.blob_store.clone(),
+        s3_listen: args.s3_listen.clone(),
+        s3_domain: args.s3_domain.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
         ..Overrides::default()
     };
     config::resolve(file, &Overrides::from_env(&env), &flags).map_err(|e| e.to_string())

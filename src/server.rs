@@ -112,7 +112,14 @@ impl Connections {
 
     /// Serves one accepted socket: TCP_NODELAY, the cap (past it: 503 and close), HTTP/1.1
     /// with upgrades (WebSocket), graceful shutdown when the server begins shutting down.
-    fn serve(&self, stream: tokio::net::TcpStream, app: &Router, cap: &Cap, state: &AppState) {
+    fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        app: &Router,
+        cap: &Cap,
+        state: &AppState,
+        tls: Option<&crate::tls::Tls>,
+    ) {
         // Nagle + delayed ACK would cost ~40 ms per small response on a reused connection.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
@@ -131,14 +138,19 @@ impl Connections {
             return;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = self
-            .builder
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-            .with_upgrades();
+        let (builder, tls) = (self.builder.clone(), tls.cloned());
         let mut stop = state.shutdown.clone();
         let cut = self.cut_off.clone();
         self.tracker.spawn(async move {
             let _slot = slot;
+            // TLS (when configured): the handshake runs here, within its own deadline.
+            let io = match crate::tls::MaybeTls::wrap(io, tls.as_ref()).await {
+                Ok(io) => io,
+                Err(e) => return tracing::debug!(error = %e, "TLS handshake failed"),
+            };
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -170,30 +182,48 @@ async fn accept(listener: &TcpListener) -> Option<tokio::net::TcpStream> {
     }
 }
 
+/// The listeners served beside the API's, and the TLS settings.
+struct Others {
+    /// `probe_listen`: `/healthz` and `/readyz` only.
+    probes: Option<TcpListener>,
+    /// `s3_listen`: the S3-compatible API.
+    s3: Option<(TcpListener, Router)>,
+    /// `tls_cert` + `tls_key`: HTTPS on the API and S3 listeners.
+    tls: Option<crate::tls::Tls>,
+}
+
 /// The API accept loop, with a header-read deadline, at most `max_connections` open, and
 /// graceful shutdown: readiness turns 503 at once, the listener keeps accepting for
 /// `shutdown_drain_delay`, then closes; in-flight requests get `shutdown_grace` to finish.
 /// The probe listener, if any, serves until the API listener closes.
 async fn serve(
     listener: TcpListener,
-    probes: Option<TcpListener>,
+    others: Others,
     state: &AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let config = Arc::clone(&state.config);
     let connections = Arc::new(Connections::new(&config));
-    let probes_stop = CancellationToken::new();
-    if let Some(probes) = probes {
+    let others_stop = CancellationToken::new();
+    let cap = Cap::api(config.max_connections);
+    // The probes: plain HTTP on their own small cap. The S3 API: the API's cap and TLS.
+    let extra = [
+        others
+            .probes
+            .map(|l| (l, probe_router(state.clone()), Cap::probe(), None)),
+        others
+            .s3
+            .map(|(l, app)| (l, app, cap.clone(), others.tls.clone())),
+    ];
+    for (extra_listener, app, extra_cap, tls) in extra.into_iter().flatten() {
         let connections = Arc::clone(&connections);
-        let stop = probes_stop.clone();
-        let app = probe_router(state.clone());
+        let stop = others_stop.clone();
         let state = state.clone();
-        let cap = Cap::probe();
         connections.tracker.clone().spawn(async move {
             loop {
                 tokio::select! {
-                    accepted = accept(&probes) => if let Some(stream) = accepted {
-                        connections.serve(stream, &app, &cap, &state);
+                    accepted = accept(&extra_listener) => if let Some(stream) = accepted {
+                        connections.serve(stream, &app, &extra_cap, &state, tls.as_ref());
                     },
                     () = stop.cancelled() => return,
                 }
@@ -201,7 +231,7 @@ async fn serve(
         });
     }
     let app = router(state.clone());
-    let cap = Cap::api(config.max_connections);
+    let tls = others.tls;
     tokio::pin!(shutdown);
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
@@ -213,7 +243,7 @@ async fn serve(
         };
         tokio::select! {
             accepted = accept(&listener) => if let Some(stream) = accepted {
-                connections.serve(stream, &app, &cap, state);
+                connections.serve(stream, &app, &cap, state, tls.as_ref());
             },
             () = &mut shutdown, if drain_until.is_none() => {
                 state.start_draining();
@@ -228,7 +258,7 @@ async fn serve(
         }
     }
     drop(listener);
-    probes_stop.cancel();
+    others_stop.cancel();
     state.begin_shutdown();
     connections.tracker.close();
     if tokio::time::timeout(config.shutdown_grace, connections.tracker.wait())
@@ -274,7 +304,10 @@ pub async fn run_with_probes(
     let probe_addr = probes.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = AppState::open(config).await?;
     // The configured address counts too: it is what the operator asked to expose.
-    let exposed = !addr.ip().is_loopback() || !state.config.listen.ip().is_loopback();
+    let exposed = !addr.ip().is_loopback()
+        || !state.config.listen.ip().is_loopback()
+        // The S3 listener serves an open server's files as freely.
+        || state.config.s3_listen.is_some_and(|a| !a.ip().is_loopback());
     crate::handlers::authz::warn_if_insecure(&state.config, exposed, state.auth.required());
     if !state.auth.required() && exposed {
         if !state.config.insecure_no_auth {
@@ -289,9 +322,13 @@ pub async fn run_with_probes(
         tracing::warn!(%addr, "AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone who can \
             reach this address can read, write and delete every file");
     }
+    let tls = crate::tls::Tls::from_config(&state.config, state.shutdown.clone()).await?;
+    // The S3-compatible API, on its own address (`--s3-listen`), served by the same loop.
+    let s3 = crate::handlers::s3::listener(&state).await?;
     tracing::info!(%addr, probes = ?probe_addr, data_dir = %state.config.data_dir.display(),
         "VaultFS listening");
-    serve(listener, probes, &state, shutdown).await;
+    let others = Others { probes, s3, tls };
+    serve(listener, others, &state, shutdown).await;
     state.close().await;
     tracing::info!("VaultFS stopped");
     Ok(())

@@ -27,6 +27,7 @@ mod operations;
 mod overload;
 mod router;
 mod runtime;
+mod s3;
 mod scaleout;
 mod security;
 mod sync;

@@ -66,6 +66,9 @@ pub enum TokenCommand {
         /// Expire after this long, e.g. 90d (default: never)
         #[arg(long)]
         expires: Option<String>,
+        /// Also print the token's S3 access key id and secret access key
+        #[arg(long)]
+        s3: bool,
     },
     /// List tokens (never their secrets).
     List,
@@ -99,8 +102,17 @@ async fn backend(args: &TokenArgs) -> Result<Backend, String> {
             .await
             .map_err(|e| format!("{}: {e}", args.data_dir.display()))?,
     );
-    // Tokens need no key; this process signs nothing.
-    let secret = crate::services::secret::ServerSecret::ephemeral().map_err(|e| e.to_string())?;
+    // The server's own secret (environment, key file, or the data directory's key file), so
+    // that `--s3` key pairs are the ones the server derives.
+    let env_secret = std::env::var("VAULTFS_SECRET_KEY").ok();
+    let key_file = std::env::var_os("VAULTFS_SECRET_KEY_FILE").map(std::path::PathBuf::from);
+    let secret = crate::services::secret::ServerSecret::load(
+        env_secret.as_deref().filter(|s| !s.trim().is_empty()),
+        key_file.as_deref(),
+        &args.data_dir,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let auth = Auth::open(Arc::clone(&meta), secret)
         .await
         .map_err(|e| e.to_string())?;
@@ -162,7 +174,9 @@ async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
             prefix,
             label,
             expires,
+            s3,
         } => {
+            let mut s3_keys = None;
             let created: CreatedToken = match backend {
                 Backend::Local(auth, _) => {
                     let expires_in = expires
@@ -170,22 +184,38 @@ async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
                         .map(crate::config::parse_duration)
                         .transpose()
                         .map_err(|e| format!("--expires: {e}"))?;
-                    auth.create(label, scope, prefix, expires_in)
+                    let created = auth
+                        .create(label, scope, prefix, expires_in)
                         .await
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                    if *s3 {
+                        s3_keys = Some(crate::handlers::s3::auth::keys_for(auth, &created.info.id));
+                    }
+                    created
                 }
                 Backend::Remote(c) => {
                     let body = json!({"label": label, "scopes": scope, "prefix": prefix,
-                        "expires_in": expires});
+                        "expires_in": expires, "s3": s3});
                     let v =
                         remote(c, c.http().post(c.url("/api/v1/admin/tokens")).json(&body)).await?;
+                    if *s3 {
+                        s3_keys = serde_json::from_value(v["s3"].clone()).ok();
+                    }
                     serde_json::from_value(v).map_err(|e| e.to_string())?
                 }
             };
             if args.json {
-                println!("{}", serde_json::to_string(&created).unwrap_or_default());
+                let mut out = serde_json::to_value(&created).unwrap_or_default();
+                if let Some(k) = &s3_keys {
+                    out["s3"] = serde_json::to_value(k).unwrap_or_default();
+                }
+                println!("{out}");
             } else {
                 println!("{}", created.token);
+                if let Some(k) = &s3_keys {
+                    println!("AWS_ACCESS_KEY_ID={}", k.access_key_id);
+                    println!("AWS_SECRET_ACCESS_KEY={}", k.secret_access_key);
+                }
                 eprintln!(
                     "created token {} (scopes {}, prefix {:?}{}); it is shown only this once",
                     created.info.id,

@@ -53,6 +53,9 @@ pub async fn fsck(
 pub struct NewTokenBody {
     #[serde(default)]
     label: String,
+    /// Also return the token's S3 key pair.
+    #[serde(default)]
+    s3: bool,
     /// `read`, `write`, `admin`, comma-separated.
     scopes: String,
     #[serde(default)]
@@ -89,13 +92,7 @@ pub async fn list_tokens(
 pub async fn create_token(
     State(state): State<AppState>,
     super::ApiJson(body): super::ApiJson<NewTokenBody>,
-) -> Result<
-    (
-        axum::http::StatusCode,
-        Json<crate::services::auth::CreatedToken>,
-    ),
-    crate::error::AppError,
-> {
+) -> Result<(axum::http::StatusCode, Json<Value>), crate::error::AppError> {
     let expires_in = body
         .expires_in
         .as_deref()
@@ -111,7 +108,12 @@ pub async fn create_token(
         .map_err(auth_error)?;
     tracing::info!(id = %created.info.id, scopes = %created.info.scopes,
         prefix = %created.info.prefix, "token created");
-    Ok((axum::http::StatusCode::CREATED, Json(created)))
+    let mut out = serde_json::to_value(&created).unwrap_or_default();
+    if body.s3 {
+        let keys = super::s3::auth::keys_for(&state.auth, &created.info.id);
+        out["s3"] = serde_json::to_value(keys).unwrap_or_default();
+    }
+    Ok((axum::http::StatusCode::CREATED, Json(out)))
 }
 
 /// `DELETE /api/v1/admin/tokens/{id}`: revokes at once on this replica, within a second on

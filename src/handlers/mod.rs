@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod multipart_guard;
 pub mod openapi;
 pub mod routes;
+pub mod s3;
 pub mod share;
 pub mod sync;
 pub mod upload;

@@ -504,6 +504,24 @@ impl Auth {
         })
     }
 
+    /// The principal of active token `id`, for requests that prove the token by a key derived
+    /// from it (S3 SigV4) instead of presenting it; `None` when unknown, revoked or expired.
+    pub async fn principal_for_id(&self, id: &str) -> Option<Principal> {
+        let mut record = self.current().by_id.get(id).cloned();
+        if record.is_none() && self.may_reload_on_miss() {
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, "token reload failed");
+            }
+            record = self.current().by_id.get(id).cloned();
+        }
+        let record = record.filter(|r| is_active(r, now_ms()))?;
+        Some(Principal {
+            token_id: Some(record.id.clone()),
+            scopes: Scopes::parse(&record.scopes).ok()?,
+            prefix: record.prefix.clone(),
+        })
+    }
+
     fn may_reload_on_miss(&self) -> bool {
         let Ok(mut last) = self.last_miss_reload.lock() else {
             return false;

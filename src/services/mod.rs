@@ -18,6 +18,7 @@ pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
+pub mod s3_meta;
 pub mod secret;
 pub mod storage;
 pub mod upload;

@@ -69,6 +69,10 @@ pub enum UploadError {
     /// A multipart body with no file in it.
     #[error("the multipart body has no file part (a part with a filename)")]
     NoFilePart,
+    /// The front end's own check of the body (its [`DigestSink`]) refused it, before the
+    /// commit: an S3 checksum or Content-MD5 that does not match.
+    #[error("the body does not match its declared checksum: {0}")]
+    DigestRejected(String),
 }
 
 impl UploadError {
@@ -119,8 +123,11 @@ impl BodyLimits {
 /// A digest computed over the body in flight, next to the SHA-256 that addresses the blob
 /// (an S3 front end's MD5 ETag, for example).
 pub trait DigestSink: Send + 'static {
+    /// Feeds the next bytes of the body.
     fn update(&mut self, data: &[u8]);
-    fn finalize(self: Box<Self>) -> Vec<u8>;
+    /// The digest, once the body is complete and before the commit: an error
+    /// ([`UploadError::DigestRejected`]) discards the upload.
+    fn finalize(self: Box<Self>) -> Result<Vec<u8>, UploadError>;
 }
 
 /// How one file is to be written.
@@ -276,7 +283,7 @@ impl FileService {
             staged,
             content_type,
             precondition,
-            extra_digest: digest_sink.map(DigestSink::finalize),
+            extra_digest: digest_sink.map(DigestSink::finalize).transpose()?,
         })
     }
 
@@ -571,8 +578,8 @@ mod tests {
         fn update(&mut self, data: &[u8]) {
             self.0.update(data);
         }
-        fn finalize(self: Box<Self>) -> Vec<u8> {
-            self.0.finalize().to_vec()
+        fn finalize(self: Box<Self>) -> Result<Vec<u8>, UploadError> {
+            Ok(self.0.finalize().to_vec())
         }
     }
 

@@ -1,0 +1,88 @@
+//! Service errors as S3 errors, mapped once: the XML codes clients switch on. Details go to
+//! the log, never to the client.
+
+use axum::http::{HeaderMap, HeaderValue};
+use s3s::{s3_error, S3Error};
+
+use crate::paths::PathError;
+use crate::services::lock_manager::LockError;
+use crate::services::metadata::MetadataError;
+use crate::services::storage::StorageError;
+use crate::services::upload::UploadError;
+use crate::services::ServiceError;
+
+/// `503 SlowDown` with `Retry-After: 1`.
+pub fn slow_down(message: &'static str) -> S3Error {
+    let mut e = s3_error!(SlowDown, "{message}");
+    let mut headers = HeaderMap::new();
+    headers.insert("retry-after", HeaderValue::from_static("1"));
+    e.set_headers(headers);
+    e
+}
+
+pub fn internal(detail: &dyn std::fmt::Display) -> S3Error {
+    tracing::error!(error = %detail, "S3 internal error");
+    s3_error!(InternalError, "internal error")
+}
+
+pub fn from_service(e: ServiceError) -> S3Error {
+    match e {
+        ServiceError::Forbidden => s3_error!(AccessDenied, "outside the token's prefix"),
+        ServiceError::Overloaded => slow_down("too many uploads in progress; retry shortly"),
+        ServiceError::Contended => slow_down("the object kept changing; retry"),
+        ServiceError::InvalidCursor => s3_error!(InvalidArgument, "invalid continuation token"),
+        ServiceError::Lock(LockError::Timeout { .. }) => {
+            slow_down("the object is busy; retry shortly")
+        }
+        ServiceError::Metadata(m) => from_metadata(m),
+        ServiceError::Storage(s) => from_storage(s),
+        ServiceError::Upload(u) => from_upload(u),
+    }
+}
+
+/// A body the pipeline refused while it streamed in.
+pub fn from_upload(e: UploadError) -> S3Error {
+    match e {
+        e if e.is_timeout() => s3_error!(RequestTimeout, "{e}"),
+        UploadError::TooLarge { limit } => {
+            s3_error!(EntityTooLarge, "larger than the limit of {limit} bytes")
+        }
+        UploadError::ChecksumMismatch { .. } | UploadError::DigestRejected(_) => {
+            s3_error!(BadDigest, "the body does not match its checksum")
+        }
+        UploadError::Read(_) => s3_error!(
+            IncompleteBody,
+            "the request body could not be read to its end"
+        ),
+        other => s3_error!(InvalidRequest, "{other}"),
+    }
+}
+
+pub fn from_metadata(e: MetadataError) -> S3Error {
+    match e {
+        MetadataError::NotFound => s3_error!(NoSuchKey),
+        MetadataError::PreconditionFailed | MetadataError::AlreadyExists => {
+            s3_error!(PreconditionFailed)
+        }
+        MetadataError::PathChanged => slow_down("the object kept changing; retry"),
+        MetadataError::Busy => slow_down("metadata store busy; retry shortly"),
+        MetadataError::StorageFull => s3_error!(ServiceUnavailable, "out of space"),
+        other => internal(&other),
+    }
+}
+
+pub fn from_storage(e: StorageError) -> S3Error {
+    match e {
+        StorageError::TooLarge { limit } => {
+            s3_error!(EntityTooLarge, "larger than the limit of {limit} bytes")
+        }
+        StorageError::NotFound(_) => s3_error!(NoSuchKey),
+        StorageError::Busy(_) => slow_down("blob store busy; retry shortly"),
+        other if other.is_storage_full() => s3_error!(ServiceUnavailable, "out of space"),
+        other => internal(&other),
+    }
+}
+
+pub fn from_path(e: PathError) -> S3Error {
+    s3_error!(InvalidArgument, "invalid object key: {e}")
+}
