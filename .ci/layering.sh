@@ -4,7 +4,7 @@
 # Layers, top to bottom. A file may import its own layer and any layer below it:
 #   6 main.rs, cli/            the binary and the client commands
 #   5 client.rs                the HTTP client
-#   4 server.rs, conn.rs       the accept loop
+#   4 server.rs, conn.rs, tls.rs  the accept loop (TLS included)
 #   3 handlers/, error.rs      the HTTP edge
 #   2 api.rs                   wire types shared by the client and the server
 #   1 app.rs                   AppState and opening it
@@ -20,7 +20,7 @@ layer_of_module() {
     case "$1" in
         main|cli) echo 6 ;;
         client) echo 5 ;;
-        server|conn) echo 4 ;;
+        server|conn|tls) echo 4 ;;
         handlers|error) echo 3 ;;
         api) echo 2 ;;
         app) echo 1 ;;
