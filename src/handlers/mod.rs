@@ -29,6 +29,7 @@ pub mod routes;
 pub mod share;
 pub mod sync;
 pub mod upload;
+pub mod versions;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

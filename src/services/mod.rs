@@ -10,6 +10,7 @@
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 //! - [`upload`]: the one write entry point every front end streams a file through.
+//! - [`versions`]: old versions, the trash, recursive delete and trash expiry.
 
 pub mod auth;
 pub mod files;
@@ -19,6 +20,7 @@ pub mod metadata;
 pub mod notification;
 pub mod storage;
 pub mod upload;
+pub mod versions;
 
 use lock_manager::LockError;
 use metadata::MetadataError;
@@ -45,4 +47,7 @@ pub enum ServiceError {
     Overloaded,
     #[error(transparent)]
     Upload(#[from] upload::UploadError),
+    /// A recursive delete of more files than one transaction takes.
+    #[error("the tree has more than {0} files")]
+    TreeTooLarge(usize),
 }
