@@ -316,14 +316,16 @@ impl FileService {
         })
     }
 
-    /// An unexpired entry the principal may touch; anything else is "not found".
+    /// An unexpired entry; `Forbidden` when the principal may not touch its path (as for a
+    /// file addressed by id).
     async fn visible_entry(
         &self,
         trash_id: &str,
         ctx: &RequestCtx,
     ) -> Result<TrashEntry, ServiceError> {
         match self.metadata().trash_entry(trash_id).await? {
-            Some(e) if e.expires_at_ms > now_ms() && ctx.principal.may_touch(&e.file.path) => {
+            Some(e) if e.expires_at_ms > now_ms() => {
+                ctx.check(&e.file.path)?;
                 Ok(e)
             }
             _ => Err(not_found()),
@@ -370,8 +372,11 @@ impl FileService {
             .into_iter()
             .filter(|e| e.expires_at_ms > now)
             .collect();
-        if entries.is_empty() || !entries.iter().all(|e| ctx.principal.may_touch(&e.file.path)) {
+        if entries.is_empty() {
             return Err(not_found());
+        }
+        if !entries.iter().all(|e| ctx.principal.may_touch(&e.file.path)) {
+            return Err(ServiceError::Forbidden);
         }
         let mut request = LockRequest::new();
         for e in &entries {
