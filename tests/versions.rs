@@ -644,3 +644,90 @@ async fn permanent_delete_when_allowed() {
     );
     s.stop().await;
 }
+
+/// The CLI: `rm -r` is one recursive delete whose batch `trash restore --batch` brings
+/// back; `versions`, `restore --version`, `download --version`, `trash ls|restore|purge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_versions_and_trash() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Config {
+        versions_keep: VersionsKeep::All,
+        trash_retention: Some(Duration::from_secs(3600)),
+        ..Config::for_data_dir(dir.path())
+    })
+    .await;
+    let run = |args: Vec<String>| {
+        let base = s.base.clone();
+        let cwd = work.path().to_path_buf();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+                .args(&args)
+                .arg("--server")
+                .arg(base)
+                .current_dir(cwd)
+                .env("RUST_LOG", "off")
+                .env_remove("VAULTFS_TOKEN")
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{args:?}: {err}");
+            (text, err)
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    for n in 1..=3u64 {
+        s.put("c/doc", &data(100, n)).await;
+    }
+    s.put("c/other", b"other").await;
+    let (out, _) = run(args(&["versions", "c/doc"])).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("v3\t") && lines[0].ends_with("current"), "{out}");
+    run(args(&["download", "c/doc", "old.bin", "--version", "1"])).await;
+    let old = tokio::fs::read(work.path().join("old.bin")).await.unwrap();
+    assert_eq!(old, data(100, 1));
+    let (out, _) = run(args(&["restore", "c/doc", "--version", "2", "--json"])).await;
+    let meta: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(meta["version"], 4);
+    assert_eq!(s.get_bytes("/api/v1/fs/c/doc").await.1, data(100, 2));
+
+    let (_, err) = run(args(&["rm", "-r", "c"])).await;
+    let batch = err
+        .split("--batch ")
+        .nth(1)
+        .and_then(|rest| rest.get(..32))
+        .unwrap_or_else(|| panic!("no batch id in {err}"))
+        .to_string();
+    let (out, _) = run(args(&["trash", "ls", "c/", "--json"])).await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    run(args(&["trash", "restore", "--batch", &batch])).await;
+    assert_eq!(s.get_bytes("/api/v1/fs/c/other").await.1, b"other");
+    let (_, v) = s.get_json("/api/v1/stat?path=c/doc").await;
+    assert_eq!(v["version"], 4, "restored without a new version");
+
+    let id = v["id"].as_str().unwrap();
+    s.client
+        .delete(s.url(&format!("/api/v1/files/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let (out, _) = run(args(&["trash", "ls", "--json"])).await;
+    let entry: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let tid = entry["trash_id"].as_str().unwrap().to_string();
+    run(args(&["trash", "restore", &tid, "--to", "c/doc2"])).await;
+    assert_eq!(s.get_bytes("/api/v1/fs/c/doc2").await.1, data(100, 2));
+    s.client
+        .delete(s.url(&format!("/api/v1/files/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let (out, _) = run(args(&["trash", "ls"])).await;
+    let tid = out.split('\t').next().unwrap().to_string();
+    run(args(&["trash", "purge", &tid])).await;
+    let (out, _) = run(args(&["trash", "ls"])).await;
+    assert_eq!(out, "");
+    s.stop().await;
+}
