@@ -717,20 +717,35 @@ mod tests {
                     [[retention]]\nprefix = \"ci/keep/\"\nversions_keep = 3\n";
         let file = Overrides::from_toml(text, path).map_err(|e| e.to_string());
         let file = file.unwrap_or_else(|e| panic!("{e}"));
-        let c = resolve(Some((path, file)), &Overrides::default(), &Overrides::default());
-        let c = c.map_err(|e| e.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let c = resolve(
+            Some((path, file)),
+            &Overrides::default(),
+            &Overrides::default(),
+        );
+        let c = c
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
         let p = c.retention_policy();
         assert_eq!(p.versions_keep_for("x"), VersionsKeep::All);
         assert_eq!(p.versions_keep_for("ci/a"), VersionsKeep::Newest(0));
         assert_eq!(p.versions_keep_for("ci/keep/a"), VersionsKeep::Newest(3));
         assert_eq!(p.trash_retention_for("x"), Some(86_400_000));
-        assert_eq!(p.trash_retention_for("ci/keep/a"), Some(3_600_000), "falls back");
+        assert_eq!(p.trash_retention_for("ci/a"), Some(3_600_000));
+        // The longest prefix wins; what it leaves out falls back to the global setting.
+        assert_eq!(p.trash_retention_for("ci/keep/a"), Some(86_400_000));
         let d = Config::default();
         assert_eq!(
             (d.versions_keep, d.trash_retention, d.allow_permanent_delete),
-            (VersionsKeep::Newest(10), Some(Duration::from_secs(604_800)), false)
+            (
+                VersionsKeep::Newest(10),
+                Some(Duration::from_secs(604_800)),
+                false
+            )
         );
-        let env = env_of(&[("VAULTFS_TRASH_RETENTION", "off"), ("VAULTFS_VERSIONS_KEEP", "x")]);
+        let env = env_of(&[
+            ("VAULTFS_TRASH_RETENTION", "off"),
+            ("VAULTFS_VERSIONS_KEEP", "x"),
+        ]);
         assert!(resolve(None, &env, &Overrides::default()).is_err());
     }
 

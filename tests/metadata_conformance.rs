@@ -14,8 +14,8 @@ use std::time::Duration;
 use vaultfs::services::metadata::postgres::PostgresMetadata;
 use vaultfs::services::metadata::sqlite::SqliteMetadata;
 use vaultfs::services::metadata::{
-    now_ms, EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition,
-    PutOutcome, PutRequest, RetentionPolicy, RetentionRule, TokenRecord, VersionsKeep,
+    now_ms, EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
+    PutRequest, RetentionPolicy, RetentionRule, TokenRecord, VersionsKeep,
 };
 use vaultfs::services::storage::BlobRef;
 
@@ -566,7 +566,10 @@ async fn versions_window_and_restore(s: &dyn MetadataStore) {
         released.extend(o.released.into_iter().chain(o.released_more));
     }
     let expected: Vec<String> = (1..=15).map(sha).collect();
-    assert_eq!(released, expected, "each put pushes one version out, in order");
+    assert_eq!(
+        released, expected,
+        "each put pushes one version out, in order"
+    );
     let old: Vec<i64> = s
         .versions(&id, None, 100)
         .await
@@ -597,10 +600,17 @@ async fn versions_window_and_restore(s: &dyn MetadataStore) {
     let before = s.latest_seq().await.unwrap();
     let fresh = Precondition::MustMatch(EtagMatch::OneOf(vec![sha(20)]));
     let r = s.restore_version(&id, "v/a", 17, &fresh).await.unwrap();
-    assert_eq!((r.meta.version, r.meta.sha256.as_str()), (21, sha(17).as_str()));
+    assert_eq!(
+        (r.meta.version, r.meta.sha256.as_str()),
+        (21, sha(17).as_str())
+    );
     assert_eq!(r.meta.id, id);
     assert_eq!(r.released, [sha(16)], "version 16 left the window");
-    assert_eq!(s.blob_refcount(&sha(17)).await.unwrap(), 2, "shared by 17 and 21");
+    assert_eq!(
+        s.blob_refcount(&sha(17)).await.unwrap(),
+        2,
+        "shared by 17 and 21"
+    );
     let events = s.events_after(before, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(
@@ -634,19 +644,34 @@ async fn versions_keep_settings_and_prefix_rules(s: &dyn MetadataStore) {
     for path in ["all/a", "ci/a", "ci/keep/a"] {
         let mut id = String::new();
         for n in 1..=4u8 {
-            id = s.put(put(path, n, Precondition::None)).await.unwrap().meta.id;
+            id = s
+                .put(put(path, n, Precondition::None))
+                .await
+                .unwrap()
+                .meta
+                .id;
         }
         ids.push(id);
     }
     let counts: Vec<usize> = futures_util::future::join_all(
-        ids.iter().map(|id| async { s.versions(id, None, 100).await.unwrap().len() }),
+        ids.iter()
+            .map(|id| async { s.versions(id, None, 100).await.unwrap().len() }),
     )
     .await;
     assert_eq!(counts, [3, 0, 1]);
     // ci/ has no trash: its delete is final; ci/keep/ falls back to the global trash.
-    let gone = s.delete(&ids[1], "ci/a", &Precondition::None).await.unwrap();
-    assert!(gone.released.is_empty(), "blob 4 is still used by the others");
-    let kept = s.delete(&ids[2], "ci/keep/a", &Precondition::None).await.unwrap();
+    let gone = s
+        .delete(&ids[1], "ci/a", &Precondition::None)
+        .await
+        .unwrap();
+    assert!(
+        gone.released.is_empty(),
+        "blob 4 is still used by the others"
+    );
+    let kept = s
+        .delete(&ids[2], "ci/keep/a", &Precondition::None)
+        .await
+        .unwrap();
     assert!(kept.released.is_empty());
     let trash = s.trash_entries("", None, 100, now_ms()).await.unwrap();
     let paths: Vec<&str> = trash.iter().map(|e| e.file.path.as_str()).collect();
@@ -664,16 +689,29 @@ async fn trash_delete_and_restore(s: &dyn MetadataStore) {
     let before = s.latest_seq().await.unwrap();
     s.delete(&id, "d/a", &Precondition::None).await.unwrap();
     assert!(s.get_by_id(&id).await.unwrap().is_none());
-    assert!(s.scan("", true, 10).await.unwrap().is_empty(), "listings show live files");
+    assert!(
+        s.scan("", true, 10).await.unwrap().is_empty(),
+        "listings show live files"
+    );
     let deleted = s.events_after(before, 10).await.unwrap();
     let trash = s.trash_entries("d/", None, 10, now_ms()).await.unwrap();
     assert_eq!(trash.len(), 1);
     let entry = &trash[0];
-    assert_eq!(deleted[0].trash_id.as_deref(), Some(entry.trash_id.as_str()));
-    assert_eq!((entry.file.id.as_str(), entry.file.version), (id.as_str(), 3));
+    assert_eq!(
+        deleted[0].trash_id.as_deref(),
+        Some(entry.trash_id.as_str())
+    );
+    assert_eq!(
+        (entry.file.id.as_str(), entry.file.version),
+        (id.as_str(), 3)
+    );
     assert_eq!(entry.batch_id, None);
     assert!(entry.expires_at_ms > entry.deleted_at_ms);
-    assert!(s.trash_entries("x/", None, 10, now_ms()).await.unwrap().is_empty());
+    assert!(s
+        .trash_entries("x/", None, 10, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
     for n in 1..=3 {
         assert_eq!(s.blob_refcount(&sha(n)).await.unwrap(), 1, "blob {n} kept");
     }
@@ -686,8 +724,15 @@ async fn trash_delete_and_restore(s: &dyn MetadataStore) {
     ));
     let back = s.restore_trash(&entry.trash_id, None, true).await.unwrap();
     assert_eq!((back.meta.id.as_str(), back.meta.version), (id.as_str(), 3));
-    assert_eq!(back.meta.created_at, a3.meta.created_at, "the row as it was");
-    assert_eq!(s.versions(&id, None, 10).await.unwrap().len(), 2, "its versions");
+    assert_eq!(
+        back.meta.created_at, a3.meta.created_at,
+        "the row as it was"
+    );
+    assert_eq!(
+        s.versions(&id, None, 10).await.unwrap().len(),
+        2,
+        "its versions"
+    );
     let kinds: Vec<EventKind> = s
         .events_after(before + 2, 10)
         .await
@@ -695,7 +740,11 @@ async fn trash_delete_and_restore(s: &dyn MetadataStore) {
         .iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds, [EventKind::Deleted, EventKind::Restored], "occupant, then ours");
+    assert_eq!(
+        kinds,
+        [EventKind::Deleted, EventKind::Restored],
+        "occupant, then ours"
+    );
     let trash = s.trash_entries("", None, 10, now_ms()).await.unwrap();
     assert_eq!(trash.len(), 1);
     assert_eq!(trash[0].file.id, occupant.meta.id);
@@ -709,7 +758,9 @@ async fn trash_delete_and_restore(s: &dyn MetadataStore) {
         .unwrap();
     assert_eq!(elsewhere.meta.path, "d/b");
     // A move that overwrites trashes the target too.
-    s.rename(&occupant.meta.id, "d/b", "d/a", true).await.unwrap();
+    s.rename(&occupant.meta.id, "d/b", "d/a", true)
+        .await
+        .unwrap();
     let trash = s.trash_entries("", None, 10, now_ms()).await.unwrap();
     assert_eq!(trash.len(), 1);
     assert_eq!(trash[0].file.id, id);
@@ -724,7 +775,13 @@ async fn delete_tree_and_batch_restore(s: &dyn MetadataStore) {
     for i in 0..10u8 {
         let path = format!("t/{i}");
         s.put(put(&path, i + 1, Precondition::None)).await.unwrap();
-        ids.push(s.put(put(&path, i + 2, Precondition::None)).await.unwrap().meta.id);
+        ids.push(
+            s.put(put(&path, i + 2, Precondition::None))
+                .await
+                .unwrap()
+                .meta
+                .id,
+        );
     }
     s.put(put("tx", 1, Precondition::None)).await.unwrap();
     assert!(matches!(
@@ -738,7 +795,9 @@ async fn delete_tree_and_batch_restore(s: &dyn MetadataStore) {
     assert!(done.released.is_empty());
     let deleted = s.events_after(before, 100).await.unwrap();
     assert_eq!(deleted.len(), 10);
-    assert!(deleted.iter().all(|e| e.kind == EventKind::Deleted && e.trash_id.is_some()));
+    assert!(deleted
+        .iter()
+        .all(|e| e.kind == EventKind::Deleted && e.trash_id.is_some()));
     assert_eq!(s.trash_batch(batch).await.unwrap().len(), 10);
     assert_eq!(names(s.scan("", true, 100).await.unwrap()), ["tx"]);
     assert!(matches!(
@@ -769,8 +828,14 @@ async fn purge_and_expiry_release_blobs(s: &dyn MetadataStore) {
     s.put(put("p/a", 2, Precondition::None)).await.unwrap();
     s.put(put("p/live", 2, Precondition::None)).await.unwrap();
     let b = s.put(put("p/b", 3, Precondition::None)).await.unwrap();
-    s.delete(&a.meta.id, "p/a", &Precondition::None).await.unwrap();
-    let entry = s.trash_entries("p/", None, 10, now_ms()).await.unwrap().remove(0);
+    s.delete(&a.meta.id, "p/a", &Precondition::None)
+        .await
+        .unwrap();
+    let entry = s
+        .trash_entries("p/", None, 10, now_ms())
+        .await
+        .unwrap()
+        .remove(0);
     let released = s.purge_trash(&entry.trash_id).await.unwrap();
     assert_eq!(released, [sha(1)], "blob 2 is still used by p/live");
     assert!(s.trash_entry(&entry.trash_id).await.unwrap().is_none());
@@ -785,9 +850,14 @@ async fn purge_and_expiry_release_blobs(s: &dyn MetadataStore) {
         trash_retention_ms: Some(0),
         rules: Vec::new(),
     });
-    s.delete(&b.meta.id, "p/b", &Precondition::None).await.unwrap();
+    s.delete(&b.meta.id, "p/b", &Precondition::None)
+        .await
+        .unwrap();
     let now = now_ms() + 1;
-    assert!(s.trash_entries("", None, 10, now).await.unwrap().is_empty(), "hidden");
+    assert!(
+        s.trash_entries("", None, 10, now).await.unwrap().is_empty(),
+        "hidden"
+    );
     let expired = s.trash_batch("none").await.unwrap();
     assert!(expired.is_empty());
     let stats = s.retention_stats().await.unwrap();
@@ -810,10 +880,17 @@ async fn permanent_delete_drops_versions(s: &dyn MetadataStore) {
     let mut released = gone.released;
     released.sort();
     assert_eq!(released, [sha(1), sha(2), sha(3)]);
-    assert!(s.trash_entries("", None, 10, now_ms()).await.unwrap().is_empty());
+    assert!(s
+        .trash_entries("", None, 10, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
     assert!(s.versions(&a3.meta.id, None, 10).await.unwrap().is_empty());
     let events = s.events_after(0, 10).await.unwrap();
-    assert_eq!(events.last().map(|e| (e.kind, e.trash_id.clone())), Some((EventKind::Deleted, None)));
+    assert_eq!(
+        events.last().map(|e| (e.kind, e.trash_id.clone())),
+        Some((EventKind::Deleted, None))
+    );
     let audit = assert_audit_clean(s).await;
     assert_eq!((audit.versions, audit.trash), (0, 0));
 }
@@ -1156,7 +1233,10 @@ async fn postgres_migrates_a_database_of_the_previous_release_forward() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 3, "migrated forward (0002 indexes, 0003 versions and trash)");
+    assert_eq!(
+        version, 3,
+        "migrated forward (0002 indexes, 0003 versions and trash)"
+    );
     let indexes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'
          AND indexname IN ('events_path_bytes', 'events_from_path_bytes')",

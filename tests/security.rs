@@ -164,16 +164,12 @@ fn sample(
             Vec::new(),
         ),
         // `trashed`: a trash id and a batch id of the file's own trashed twin (see the loop).
-        "/api/v1/trash/{trash_id}/restore" | "/api/v1/trash/{trash_id}" => (
-            pattern.replace("{trash_id}", &trashed.0),
-            None,
-            Vec::new(),
-        ),
-        "/api/v1/trash/batches/{batch_id}/restore" => (
-            pattern.replace("{batch_id}", &trashed.1),
-            None,
-            Vec::new(),
-        ),
+        "/api/v1/trash/{trash_id}/restore" | "/api/v1/trash/{trash_id}" => {
+            (pattern.replace("{trash_id}", &trashed.0), None, Vec::new())
+        }
+        "/api/v1/trash/batches/{batch_id}/restore" => {
+            (pattern.replace("{batch_id}", &trashed.1), None, Vec::new())
+        }
         other => (other.to_string(), None, Vec::new()),
     }
 }

@@ -101,11 +101,22 @@ async fn round_trip(pg: bool) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["version"].as_i64().unwrap(), v["current"].as_bool().unwrap()))
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["current"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         versions,
-        [(20, true), (19, false), (18, false), (17, false), (16, false)]
+        [
+            (20, true),
+            (19, false),
+            (18, false),
+            (17, false),
+            (16, false)
+        ]
     );
     assert_eq!(page["next_cursor"], Value::Null);
     let v17 = &page["versions"][3];
@@ -117,20 +128,28 @@ async fn round_trip(pg: bool) {
         .await;
     let cursor = p1["next_cursor"].as_str().unwrap();
     let (_, p2) = s
-        .get_json(&format!("/api/v1/files/{id}/versions?limit=2&cursor={cursor}"))
+        .get_json(&format!(
+            "/api/v1/files/{id}/versions?limit=2&cursor={cursor}"
+        ))
         .await;
     assert_eq!(p2["versions"][0]["version"], 18);
     assert_eq!(p2["versions"][1]["version"], 17);
     // Out of the window: 404.
     let (status, body) = s.get_json(&format!("/api/v1/files/{id}/versions/15")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // Content of version 17: whole, ranged, conditional.
     let url = s.url(&format!("/api/v1/files/{id}/versions/17"));
     let r = s.client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
-    assert_eq!(etag, format!("\"{}\"", metas[16]["sha256"].as_str().unwrap()));
+    assert_eq!(
+        etag,
+        format!("\"{}\"", metas[16]["sha256"].as_str().unwrap())
+    );
     assert_eq!(r.bytes().await.unwrap().to_vec(), data(1017, 17));
     let r = s
         .client
@@ -180,7 +199,11 @@ async fn round_trip(pg: bool) {
     let events = events_since(&s, since).await;
     assert_eq!(events.len(), 1);
     assert_eq!(
-        (&events[0]["kind"], &events[0]["version"], &events[0]["restored_from"]),
+        (
+            &events[0]["kind"],
+            &events[0]["version"],
+            &events[0]["restored_from"]
+        ),
         (&json!("restored"), &json!(21), &json!(17))
     );
     // No new blob; version 16 left the window and its blob is collected.
@@ -193,7 +216,10 @@ async fn round_trip(pg: bool) {
     );
     assert!(!blob_file(&s, metas[15]["sha256"].as_str().unwrap()).exists());
     let report = fsck_clean(&s).await;
-    assert_eq!((report["files"].as_u64(), report["versions"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(
+        (report["files"].as_u64(), report["versions"].as_u64()),
+        (Some(1), Some(4))
+    );
     s.stop().await;
 }
 
@@ -245,7 +271,9 @@ async fn delete_and_restore_tree(pg: bool) {
     let (_, page) = s.get_json("/api/v1/trash?prefix=tree/&limit=60").await;
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, rest) = s
-        .get_json(&format!("/api/v1/trash?prefix=tree/&limit=60&cursor={cursor}"))
+        .get_json(&format!(
+            "/api/v1/trash?prefix=tree/&limit=60&cursor={cursor}"
+        ))
         .await;
     assert_eq!(rest["entries"].as_array().unwrap().len(), 40);
 
@@ -345,7 +373,10 @@ async fn trash_single_files(pg: bool) {
         .unwrap();
     assert_eq!(r.status(), 200);
     let back: Value = r.json().await.unwrap();
-    assert_eq!((back["id"].as_str(), back["version"].as_i64()), (Some(id), Some(1)));
+    assert_eq!(
+        (back["id"].as_str(), back["version"].as_i64()),
+        (Some(id), Some(1))
+    );
     assert_eq!(s.get_bytes("/api/v1/fs/t/elsewhere").await.1, b"first");
     // Delete by path, then purge: the blob goes.
     let r = s
@@ -356,7 +387,10 @@ async fn trash_single_files(pg: bool) {
         .unwrap();
     assert_eq!(r.status(), 204);
     let (_, trash) = s.get_json("/api/v1/trash?prefix=t/").await;
-    let tid = trash["entries"][0]["trash_id"].as_str().unwrap().to_string();
+    let tid = trash["entries"][0]["trash_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = s
         .client
         .delete(s.url(&format!("/api/v1/trash/{tid}")))
@@ -448,10 +482,17 @@ async fn expiry(pg: bool) {
                 let path = format!("keep/r{round}/{k}{suffix}");
                 let (status, body) = s.get_bytes(&format!("/api/v1/fs/{}", enc(&path))).await;
                 assert_eq!(status, 200, "round {round}: {path}");
-                assert_eq!(sha256_hex(&body), sha256_hex(&content), "round {round}: {path}");
+                assert_eq!(
+                    sha256_hex(&body),
+                    sha256_hex(&content),
+                    "round {round}: {path}"
+                );
             }
         }
-        assert!(blob_file(&s, &sha256_hex(&content)).exists(), "round {round}");
+        assert!(
+            blob_file(&s, &sha256_hex(&content)).exists(),
+            "round {round}"
+        );
     }
     let r = s.client.get(s.url("/metrics")).send().await.unwrap();
     let metrics = r.text().await.unwrap();
@@ -516,32 +557,67 @@ async fn prefixed_tokens(pg: bool) {
     let mut ids = Vec::new();
     for p in ["team-a/x", "team-b/y"] {
         for body in [&b"one"[..], b"two"] {
-            let r = call(&admin, reqwest::Method::POST, &format!("/api/v1/files/upload?path={p}"))
-                .body(body.to_vec())
-                .send()
-                .await
-                .unwrap();
+            let r = call(
+                &admin,
+                reqwest::Method::POST,
+                &format!("/api/v1/files/upload?path={p}"),
+            )
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
             assert!(r.status().is_success());
             if body == b"two" {
-                ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+                ids.push(
+                    r.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
             }
         }
     }
     let (a, b) = (&ids[0], &ids[1]);
     let get = |t: &str, uri: &str| call(t, reqwest::Method::GET, uri).send();
-    assert_eq!(get(&team, &format!("/api/v1/files/{a}/versions")).await.unwrap().status(), 200);
-    assert_eq!(get(&team, &format!("/api/v1/files/{b}/versions")).await.unwrap().status(), 403);
-    assert_eq!(get(&team, &format!("/api/v1/files/{b}/versions/1")).await.unwrap().status(), 403);
-    let r = call(&team, reqwest::Method::POST, &format!("/api/v1/files/{b}/versions/1/restore"))
+    assert_eq!(
+        get(&team, &format!("/api/v1/files/{a}/versions"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&team, &format!("/api/v1/files/{b}/versions"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        get(&team, &format!("/api/v1/files/{b}/versions/1"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = call(
+        &team,
+        reqwest::Method::POST,
+        &format!("/api/v1/files/{b}/versions/1/restore"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    for id in [a, b] {
+        let r = call(
+            &admin,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/files/{id}"),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    for id in [a, b] {
-        let r = call(&admin, reqwest::Method::DELETE, &format!("/api/v1/files/{id}"))
-            .send()
-            .await
-            .unwrap();
         assert_eq!(r.status(), 204);
     }
     // The team's listing of everything shows its own entry only.
@@ -554,7 +630,13 @@ async fn prefixed_tokens(pg: bool) {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["team-a/x"]);
-    assert_eq!(get(&team, "/api/v1/trash?prefix=team-b/").await.unwrap().status(), 403);
+    assert_eq!(
+        get(&team, "/api/v1/trash?prefix=team-b/")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let r = get(&admin, "/api/v1/trash").await.unwrap();
     let all: Value = r.json().await.unwrap();
     let other = all["entries"]
@@ -566,23 +648,52 @@ async fn prefixed_tokens(pg: bool) {
         .as_str()
         .unwrap()
         .to_string();
-    let mine = trash["entries"][0]["trash_id"].as_str().unwrap().to_string();
+    let mine = trash["entries"][0]["trash_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let post = |t: &str, uri: String| call(t, reqwest::Method::POST, &uri).send();
-    assert_eq!(post(&team, format!("/api/v1/trash/{other}/restore")).await.unwrap().status(), 403);
-    let r = call(&team, reqwest::Method::DELETE, &format!("/api/v1/trash/{other}"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        post(&team, format!("/api/v1/trash/{other}/restore"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = call(
+        &team,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/trash/{other}"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403);
     // Restoring into another prefix is refused too.
-    let r = call(&team, reqwest::Method::POST, &format!("/api/v1/trash/{mine}/restore"))
-        .json(&json!({"to": "team-b/stolen"}))
-        .send()
-        .await
-        .unwrap();
+    let r = call(
+        &team,
+        reqwest::Method::POST,
+        &format!("/api/v1/trash/{mine}/restore"),
+    )
+    .json(&json!({"to": "team-b/stolen"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(post(&team, format!("/api/v1/trash/{mine}/restore")).await.unwrap().status(), 200);
-    assert_eq!(post(&admin, format!("/api/v1/trash/{other}/restore")).await.unwrap().status(), 200);
+    assert_eq!(
+        post(&team, format!("/api/v1/trash/{mine}/restore"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&admin, format!("/api/v1/trash/{other}/restore"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     s.stop().await;
 }
 
@@ -639,7 +750,10 @@ async fn permanent_delete_when_allowed() {
     let (_, trash) = s.get_json("/api/v1/trash").await;
     assert_eq!(trash["entries"], json!([]));
     assert!(
-        eventually(Duration::from_secs(5), || async { s.blob_count().await == 0 }).await,
+        eventually(Duration::from_secs(5), || async {
+            s.blob_count().await == 0
+        })
+        .await,
         "the file and its version are gone with their blobs"
     );
     s.stop().await;
@@ -685,7 +799,10 @@ async fn cli_versions_and_trash() {
     let (out, _) = run(args(&["versions", "c/doc"])).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
-    assert!(lines[0].starts_with("v3\t") && lines[0].ends_with("current"), "{out}");
+    assert!(
+        lines[0].starts_with("v3\t") && lines[0].ends_with("current"),
+        "{out}"
+    );
     run(args(&["download", "c/doc", "old.bin", "--version", "1"])).await;
     let old = tokio::fs::read(work.path().join("old.bin")).await.unwrap();
     assert_eq!(old, data(100, 1));

@@ -95,12 +95,21 @@ fn print_meta(meta: &FileMeta, json: bool) {
     if json {
         println!("{}", serde_json::to_string(meta).unwrap_or_default());
     } else {
-        println!("{}\tv{}\t{}\t{}", meta.path, meta.version, meta.size, meta.sha256);
+        println!(
+            "{}\tv{}\t{}\t{}",
+            meta.path, meta.version, meta.size, meta.sha256
+        );
     }
 }
 
-async fn resolve(client: &Client, common: &CommonArgs, path: &str) -> Result<FileMeta, ClientError> {
-    resolve_file(client, &common.policy(), path.trim_start_matches('/')).await.0
+async fn resolve(
+    client: &Client,
+    common: &CommonArgs,
+    path: &str,
+) -> Result<FileMeta, ClientError> {
+    resolve_file(client, &common.policy(), path.trim_start_matches('/'))
+        .await
+        .0
 }
 
 /// Every version of a file, newest first.
@@ -137,7 +146,10 @@ pub async fn versions(args: VersionsArgs) -> Outcome {
                     println!("{}", serde_json::to_string(&v).unwrap_or_default());
                 } else {
                     let mark = if v.current { "\tcurrent" } else { "" };
-                    println!("v{}\t{}\t{}\t{}{mark}", v.version, v.size, v.sha256, v.modified_at);
+                    println!(
+                        "v{}\t{}\t{}\t{}{mark}",
+                        v.version, v.size, v.sha256, v.modified_at
+                    );
                 }
             }
             Outcome::AllSucceeded
@@ -265,7 +277,10 @@ pub async fn trash(args: TrashArgs) -> Outcome {
 
 /// `vaultfs rm -r DIR`: one recursive delete (one transaction, one batch id, printed so the
 /// whole tree can be restored with `vaultfs trash restore --batch`).
-pub async fn remove_tree(client: &Client, prefix: &str) -> Result<crate::api::TreeDeleted, ClientError> {
+pub async fn remove_tree(
+    client: &Client,
+    prefix: &str,
+) -> Result<crate::api::TreeDeleted, ClientError> {
     let path = format!("/api/v1/fs/{}?recursive=true", encode_path(prefix));
     call(client, reqwest::Method::DELETE, &path, None)
         .await?
@@ -311,7 +326,10 @@ pub async fn download_version(
     };
     let sha = hex::encode(sha2::Sha256::digest(&body));
     if sha != etag {
-        eprintln!("vaultfs: version {version} of {}: checksum mismatch", meta.path);
+        eprintln!(
+            "vaultfs: version {version} of {}: checksum mismatch",
+            meta.path
+        );
         return Outcome::SomeFailed;
     }
     let part = target.with_extension("vaultfs-part");

@@ -177,10 +177,7 @@ pub async fn delete_path(
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        let done: TreeDeleted = state
-            .files
-            .delete_tree(&prefix, q.permanent, &ctx)
-            .await?;
+        let done: TreeDeleted = state.files.delete_tree(&prefix, q.permanent, &ctx).await?;
         return Ok(Json(done).into_response());
     }
     let path = VPath::parse(&path)?;

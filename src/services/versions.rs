@@ -375,7 +375,10 @@ impl FileService {
         if entries.is_empty() {
             return Err(not_found());
         }
-        if !entries.iter().all(|e| ctx.principal.may_touch(&e.file.path)) {
+        if !entries
+            .iter()
+            .all(|e| ctx.principal.may_touch(&e.file.path))
+        {
             return Err(ServiceError::Forbidden);
         }
         let mut request = LockRequest::new();
@@ -411,10 +414,7 @@ impl FileService {
     pub async fn expire_trash(&self) -> Result<usize, ServiceError> {
         let mut total = 0;
         loop {
-            let (n, released) = self
-                .metadata()
-                .expire_trash(now_ms(), EXPIRY_BATCH)
-                .await?;
+            let (n, released) = self.metadata().expire_trash(now_ms(), EXPIRY_BATCH).await?;
             total += n;
             for sha in released {
                 if let Err(e) = self.collect_blob(&sha).await {

@@ -158,7 +158,9 @@ impl MetadataStore for InstrumentedMetadata {
         expected_path: &str,
         precondition: &Precondition,
     ) -> Result<ChangeOutcome, MetadataError> {
-        let op = self.inner.delete_permanently(id, expected_path, precondition);
+        let op = self
+            .inner
+            .delete_permanently(id, expected_path, precondition);
         timed(M, "delete_permanently", op).await
     }
     async fn versions(

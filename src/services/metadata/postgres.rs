@@ -44,7 +44,10 @@ mod dialect {
             2,
             include_str!("migrations/postgres/0002_events_path_prefix.sql"),
         ),
-        (3, include_str!("migrations/postgres/0003_versions_trash.sql")),
+        (
+            3,
+            include_str!("migrations/postgres/0003_versions_trash.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -371,7 +374,9 @@ impl PostgresMetadata {
             .map_err(RetryOr::from_sqlx)?;
         let mut rows = SqlTx::new(&mut tx);
         // Err: dropping `tx` rolls everything back.
-        let done = rules::apply(&mut rows, op, policy).await.map_err(RetryOr::Fail)?;
+        let done = rules::apply(&mut rows, op, policy)
+            .await
+            .map_err(RetryOr::Fail)?;
         if let Some(last) = rows.last_seq {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)

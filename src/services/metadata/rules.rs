@@ -70,8 +70,7 @@ pub(crate) trait Tx: Send {
     /// Copies trash entry `trash_id` back into the files table at `path`.
     async fn untrash_file(&mut self, trash_id: &str, path: &str) -> Result<(), MetadataError>;
     async fn trash_by_id(&mut self, trash_id: &str) -> Result<Option<TrashEntry>, MetadataError>;
-    async fn trash_by_batch(&mut self, batch_id: &str)
-        -> Result<Vec<TrashEntry>, MetadataError>;
+    async fn trash_by_batch(&mut self, batch_id: &str) -> Result<Vec<TrashEntry>, MetadataError>;
     /// Entries with `expires_at <= now`, oldest first, at most `limit`.
     async fn expired_trash(
         &mut self,
@@ -256,7 +255,9 @@ pub(crate) async fn apply<T: Tx + ?Sized>(
                 .await?;
             WriteDone::Change(ChangeOutcome { meta, released })
         }
-        WriteOp::RestoreBatch { batch_id } => WriteDone::Batch(w.restore_batch(tx, batch_id).await?),
+        WriteOp::RestoreBatch { batch_id } => {
+            WriteDone::Batch(w.restore_batch(tx, batch_id).await?)
+        }
         WriteOp::PurgeTrash { trash_id } => {
             let entry = tx
                 .trash_by_id(trash_id)
@@ -827,9 +828,8 @@ pub(crate) async fn audit<S: AuditSource + ?Sized>(
     // Reference counts decide when a blob is deleted: a low count loses data.
     for (sha, refcount, used) in src.refcount_mismatches(limit).await? {
         let recorded = refcount.map_or("no blob row".to_string(), |r| format!("refcount {r}"));
-        let detail = format!(
-            "blob {sha}: {recorded}, used by {used} file(s), version(s) and trash entries"
-        );
+        let detail =
+            format!("blob {sha}: {recorded}, used by {used} file(s), version(s) and trash entries");
         let bad = problem("refcount", String::new(), String::new(), detail);
         audit.problems.push(bad);
     }

@@ -60,8 +60,7 @@ pub(crate) const AUDIT_LAST_EVENTS: &str = "WITH last AS (
 pub(crate) const AUDIT_FILES_WITHOUT_EVENTS: &str = "SELECT id, path FROM files
      WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.file_id = files.id)
      ORDER BY path LIMIT $1";
-pub(crate) const AUDIT_REFCOUNTS: &str =
-    "WITH used AS (SELECT sha256, COUNT(*) AS n FROM (
+pub(crate) const AUDIT_REFCOUNTS: &str = "WITH used AS (SELECT sha256, COUNT(*) AS n FROM (
             SELECT sha256 FROM files UNION ALL SELECT sha256 FROM versions
             UNION ALL SELECT sha256 FROM trash) r GROUP BY sha256)
      SELECT b.sha256, b.refcount, COALESCE(u.n, 0) FROM blobs b
