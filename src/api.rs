@@ -10,6 +10,7 @@ pub use crate::services::auth::{CreatedToken, TokenInfo};
 pub use crate::services::files::ListPage;
 pub use crate::services::fsck::{Damaged, FsckReport};
 pub use crate::services::metadata::{AuditProblem, FileMeta};
+pub use crate::services::versions::{FileVersion, TrashPage, TrashView, TreeDeleted, VersionPage};
 
 /// Percent-encodes a path for a query value or URL path (keeps `/`).
 pub fn encode_path(s: &str) -> String {

@@ -140,6 +140,7 @@ impl AppState {
             ),
         };
         let metadata = crate::services::metadata::instrumented::InstrumentedMetadata::wrap(inner);
+        metadata.set_retention(config.retention_policy());
         let locks = LockManager::new(config.lock_timeout);
         let (shutdown_trigger, shutdown) = watch::channel(false);
         let retention = Retention {
@@ -166,6 +167,7 @@ impl AppState {
             // Other replicas' commits: their NOTIFY pokes our notifier, which reads the log.
             pg.spawn_listener(files.notifier().clone(), shutdown.clone());
         }
+        files.spawn_trash_expiry(shutdown.clone());
         if files.storage().is_remote() {
             spawn_periodic_sweep(files.clone(), shutdown.clone());
         }

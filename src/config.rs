@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::services::metadata::{RetentionPolicy, RetentionRule, VersionsKeep};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address to listen on.
@@ -102,6 +104,15 @@ pub struct Config {
     /// files change).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Versions kept per file, the current one included (`all`, or N: 0 and 1 keep only the
+    /// current one).
+    pub versions_keep: VersionsKeep,
+    /// How long a deleted file stays in the trash. None (`off`): deletes are final.
+    pub trash_retention: Option<Duration>,
+    /// `[[retention]]` per-prefix overrides (config file only); the longest prefix wins.
+    pub retention: Vec<RetentionRule>,
+    /// Whether `?permanent=true` may bypass the trash (with the write scope).
+    pub allow_permanent_delete: bool,
 }
 
 impl Default for Config {
@@ -144,18 +155,69 @@ impl Default for Config {
             s3_multipart_max_age: Duration::from_secs(24 * 3600),
             tls_cert: None,
             tls_key: None,
+            versions_keep: VersionsKeep::Newest(10),
+            trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention: Vec::new(),
+            allow_permanent_delete: false,
         }
     }
 }
 
 impl Config {
     /// Defaults with `data_dir`: what tests use.
+    ///
+    /// Without history: one version, no trash (deletes are final), as before versions
+    /// existed, so tests of other features see blobs collected when a file is replaced or
+    /// deleted. Tests of versions and the trash set `versions_keep` / `trash_retention`.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
+            versions_keep: VersionsKeep::Newest(1),
+            trash_retention: None,
             ..Config::default()
         }
     }
+
+    /// The retention the metadata store applies, from these settings.
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            versions_keep: self.versions_keep,
+            trash_retention_ms: self.trash_retention.map(duration_ms),
+            rules: self.retention.clone(),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `all` or a whole number.
+fn parse_versions_keep(text: &str) -> Result<VersionsKeep, String> {
+    match text.trim() {
+        "all" => Ok(VersionsKeep::All),
+        n => n
+            .parse()
+            .map(VersionsKeep::Newest)
+            .map_err(|_| "expected a whole number of versions or \"all\"".to_string()),
+    }
+}
+
+/// A duration, or `off` / `0`: no trash.
+fn parse_trash_retention(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "off" | "0" => Ok(None),
+        t => parse_duration(t).map(Some),
+    }
+}
+
+/// One `[[retention]]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionOverride {
+    pub prefix: String,
+    pub versions_keep: Option<SizeValue>,
+    pub trash_retention: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +277,11 @@ pub struct Overrides {
     pub s3_multipart_max_age: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub versions_keep: Option<SizeValue>,
+    pub trash_retention: Option<String>,
+    pub allow_permanent_delete: Option<bool>,
+    /// Config file only.
+    pub retention: Option<Vec<RetentionOverride>>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -275,6 +342,11 @@ impl Overrides {
             s3_multipart_max_age: env("VAULTFS_S3_MULTIPART_MAX_AGE"),
             tls_cert: env("VAULTFS_TLS_CERT"),
             tls_key: env("VAULTFS_TLS_KEY"),
+            versions_keep: env("VAULTFS_VERSIONS_KEEP").map(SizeValue::Text),
+            trash_retention: env("VAULTFS_TRASH_RETENTION"),
+            allow_permanent_delete: env("VAULTFS_ALLOW_PERMANENT_DELETE")
+                .map(|v| matches!(v.trim(), "1" | "true" | "yes")),
+            retention: None,
         }
     }
 
@@ -358,6 +430,47 @@ impl Overrides {
         }
         if let Some(v) = self.insecure_no_auth {
             config.insecure_no_auth = v;
+        }
+        if let Some(v) = self.allow_permanent_delete {
+            config.allow_permanent_delete = v;
+        }
+        if let Some(v) = &self.versions_keep {
+            let text = v.as_text();
+            config.versions_keep =
+                parse_versions_keep(&text).map_err(|r| invalid("versions_keep", &text, r))?;
+        }
+        if let Some(v) = &self.trash_retention {
+            config.trash_retention =
+                parse_trash_retention(v).map_err(|r| invalid("trash_retention", v, r))?;
+        }
+        if let Some(rules) = &self.retention {
+            let mut parsed = Vec::with_capacity(rules.len());
+            for r in rules {
+                let versions_keep = match &r.versions_keep {
+                    None => None,
+                    Some(v) => {
+                        let text = v.as_text();
+                        Some(
+                            parse_versions_keep(&text)
+                                .map_err(|e| invalid("retention.versions_keep", &text, e))?,
+                        )
+                    }
+                };
+                let trash_retention_ms = match &r.trash_retention {
+                    None => None,
+                    Some(t) => Some(
+                        parse_trash_retention(t)
+                            .map_err(|e| invalid("retention.trash_retention", t, e))?
+                            .map(duration_ms),
+                    ),
+                };
+                parsed.push(RetentionRule {
+                    prefix: r.prefix.trim_start_matches('/').to_string(),
+                    versions_keep,
+                    trash_retention_ms,
+                });
+            }
+            config.retention = parsed;
         }
         if let Some(v) = &self.allowed_origins {
             let mut origins = Vec::new();
@@ -717,6 +830,46 @@ mod tests {
             let setting = k.trim_start_matches("VAULTFS_").to_ascii_lowercase();
             assert!(err.contains(&format!("`{setting}`")), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn retention_settings() {
+        let path = Path::new("vaultfs.toml");
+        let text = "versions_keep = \"all\"\ntrash_retention = \"1d\"\n\
+                    [[retention]]\nprefix = \"ci/\"\nversions_keep = 0\ntrash_retention = \"1h\"\n\
+                    [[retention]]\nprefix = \"ci/keep/\"\nversions_keep = 3\n";
+        let file = Overrides::from_toml(text, path).map_err(|e| e.to_string());
+        let file = file.unwrap_or_else(|e| panic!("{e}"));
+        let c = resolve(
+            Some((path, file)),
+            &Overrides::default(),
+            &Overrides::default(),
+        );
+        let c = c
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = c.retention_policy();
+        assert_eq!(p.versions_keep_for("x"), VersionsKeep::All);
+        assert_eq!(p.versions_keep_for("ci/a"), VersionsKeep::Newest(0));
+        assert_eq!(p.versions_keep_for("ci/keep/a"), VersionsKeep::Newest(3));
+        assert_eq!(p.trash_retention_for("x"), Some(86_400_000));
+        assert_eq!(p.trash_retention_for("ci/a"), Some(3_600_000));
+        // The longest prefix wins; what it leaves out falls back to the global setting.
+        assert_eq!(p.trash_retention_for("ci/keep/a"), Some(86_400_000));
+        let d = Config::default();
+        assert_eq!(
+            (d.versions_keep, d.trash_retention, d.allow_permanent_delete),
+            (
+                VersionsKeep::Newest(10),
+                Some(Duration::from_secs(604_800)),
+                false
+            )
+        );
+        let env = env_of(&[
+            ("VAULTFS_TRASH_RETENTION", "off"),
+            ("VAULTFS_VERSIONS_KEEP", "x"),
+        ]);
+        assert!(resolve(None, &env, &Overrides::default()).is_err());
     }
 
     #[test]

@@ -199,6 +199,10 @@ impl From<ServiceError> for AppError {
                 AppError::unavailable("contended", "the file kept changing; retry")
             }
             ServiceError::Upload(e) => e.into(),
+            ServiceError::TreeTooLarge(max) => AppError::bad_request(
+                "tree_too_large",
+                format!("a recursive delete takes at most {max} files; delete subtrees"),
+            ),
             ServiceError::Overloaded => AppError {
                 retry_after: Some(2),
                 ..AppError::new(

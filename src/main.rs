@@ -33,6 +33,12 @@ enum Command {
     Stat(cli::ops::StatArgs),
     /// Remove files (`-r` for directories).
     Rm(cli::ops::RmArgs),
+    /// List a file's versions, newest first.
+    Versions(cli::versions::VersionsArgs),
+    /// Make an old version of a file current again (as a new version).
+    Restore(cli::versions::RestoreArgs),
+    /// The trash: `ls [PREFIX]`, `restore TRASH_ID|--batch ID [--to PATH]`, `purge TRASH_ID`.
+    Trash(cli::versions::TrashArgs),
     /// Move or rename a file.
     Mv(cli::ops::MoveArgs),
     /// Copy a file (the content is stored once).
@@ -131,6 +137,15 @@ impl Command {
             Command::Rm(a) => return a.common.load_token_file(),
             Command::Mv(a) | Command::Cp(a) => return a.common.load_token_file(),
             Command::Share(a) => return a.common.load_token_file(),
+            Command::Versions(a) => return a.common.load_token_file(),
+            Command::Restore(a) => return a.common.load_token_file(),
+            Command::Trash(a) => match &mut a.command {
+                cli::versions::TrashCommand::Ls { common, .. }
+                | cli::versions::TrashCommand::Restore { common, .. }
+                | cli::versions::TrashCommand::Purge { common, .. } => {
+                    return common.load_token_file()
+                }
+            },
             Command::Token(a) => (&mut a.token, a.token_file.as_deref()),
             Command::Fsck(a) => (&mut a.token, a.token_file.as_deref()),
             Command::Watch(a) => (&mut a.token, a.token_file.as_deref()),
@@ -154,6 +169,9 @@ fn main() -> ExitCode {
         Command::Ls(args) => run_cli(|_| cli::ops::ls(args)),
         Command::Stat(args) => run_cli(|_| cli::ops::stat(args)),
         Command::Rm(args) => run_cli(|_| cli::ops::rm(args)),
+        Command::Versions(args) => run_cli(|_| cli::versions::versions(args)),
+        Command::Restore(args) => run_cli(|_| cli::versions::restore(args)),
+        Command::Trash(args) => run_cli(|_| cli::versions::trash(args)),
         Command::Mv(args) => run_cli(|_| cli::ops::move_or_copy(args, false)),
         Command::Cp(args) => run_cli(|_| cli::ops::move_or_copy(args, true)),
         Command::Watch(args) => run_client(cli::watch::run(args)),

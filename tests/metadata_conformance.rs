@@ -14,8 +14,8 @@ use std::time::Duration;
 use vaultfs::services::metadata::postgres::PostgresMetadata;
 use vaultfs::services::metadata::sqlite::SqliteMetadata;
 use vaultfs::services::metadata::{
-    EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
-    PutRequest, TokenRecord,
+    now_ms, EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
+    PutRequest, RetentionPolicy, RetentionRule, TokenRecord, VersionsKeep,
 };
 use vaultfs::services::storage::BlobRef;
 
@@ -537,6 +537,365 @@ async fn failing_put_many_among_concurrent_writers(store: Arc<dyn MetadataStore>
 }
 
 // ---------------------------------------------------------------------------------------
+// Versions and the trash.
+
+/// Keep `keep` versions, trash for an hour.
+fn keeping(s: &dyn MetadataStore, keep: VersionsKeep) {
+    s.set_retention(RetentionPolicy {
+        versions_keep: keep,
+        trash_retention_ms: Some(3_600_000),
+        rules: Vec::new(),
+    });
+}
+
+async fn assert_audit_clean(s: &dyn MetadataStore) -> vaultfs::services::metadata::MetadataAudit {
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.problems, vec![], "{audit:?}");
+    audit
+}
+
+/// Twenty replacements with a window of 5 leave versions 16..20 (4 old rows + current);
+/// the versions pushed out are released; restoring 17 makes 21 by reference.
+async fn versions_window_and_restore(s: &dyn MetadataStore) {
+    keeping(s, VersionsKeep::Newest(5));
+    let mut released = Vec::new();
+    let mut id = String::new();
+    for n in 1..=20u8 {
+        let o = s.put(put("v/a", n, Precondition::None)).await.unwrap();
+        id = o.meta.id.clone();
+        released.extend(o.released.into_iter().chain(o.released_more));
+    }
+    let expected: Vec<String> = (1..=15).map(sha).collect();
+    assert_eq!(
+        released, expected,
+        "each put pushes one version out, in order"
+    );
+    let old: Vec<i64> = s
+        .versions(&id, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(old, [19, 18, 17, 16]);
+    let page: Vec<i64> = s
+        .versions(&id, Some(18), 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(page, [17], "paged below a cursor");
+    for n in 16..=20u8 {
+        assert_eq!(s.blob_refcount(&sha(n)).await.unwrap(), 1, "blob {n}");
+    }
+    assert_eq!(s.blob_refcount(&sha(15)).await.unwrap(), 0);
+
+    let stale = Precondition::MustMatch(EtagMatch::OneOf(vec![sha(19)]));
+    assert!(pf(s.restore_version(&id, "v/a", 17, &stale).await));
+    assert!(matches!(
+        s.restore_version(&id, "v/a", 3, &Precondition::None).await,
+        Err(MetadataError::NotFound)
+    ));
+    let before = s.latest_seq().await.unwrap();
+    let fresh = Precondition::MustMatch(EtagMatch::OneOf(vec![sha(20)]));
+    let r = s.restore_version(&id, "v/a", 17, &fresh).await.unwrap();
+    assert_eq!(
+        (r.meta.version, r.meta.sha256.as_str()),
+        (21, sha(17).as_str())
+    );
+    assert_eq!(r.meta.id, id);
+    assert_eq!(r.released, [sha(16)], "version 16 left the window");
+    assert_eq!(
+        s.blob_refcount(&sha(17)).await.unwrap(),
+        2,
+        "shared by 17 and 21"
+    );
+    let events = s.events_after(before, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].kind, events[0].version, events[0].restored_from),
+        (EventKind::Restored, 21, Some(17))
+    );
+    let audit = assert_audit_clean(s).await;
+    assert_eq!((audit.files, audit.versions), (1, 4));
+}
+
+/// `versions_keep` 0 and 1 keep only the current version; `all` keeps every one; a
+/// per-prefix rule wins over the global setting, the longest prefix over a shorter one.
+async fn versions_keep_settings_and_prefix_rules(s: &dyn MetadataStore) {
+    s.set_retention(RetentionPolicy {
+        versions_keep: VersionsKeep::All,
+        trash_retention_ms: Some(3_600_000),
+        rules: vec![
+            RetentionRule {
+                prefix: "ci/".into(),
+                versions_keep: Some(VersionsKeep::Newest(0)),
+                trash_retention_ms: Some(None),
+            },
+            RetentionRule {
+                prefix: "ci/keep/".into(),
+                versions_keep: Some(VersionsKeep::Newest(2)),
+                trash_retention_ms: None,
+            },
+        ],
+    });
+    let mut ids = Vec::new();
+    for path in ["all/a", "ci/a", "ci/keep/a"] {
+        let mut id = String::new();
+        for n in 1..=4u8 {
+            id = s
+                .put(put(path, n, Precondition::None))
+                .await
+                .unwrap()
+                .meta
+                .id;
+        }
+        ids.push(id);
+    }
+    let counts: Vec<usize> = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async { s.versions(id, None, 100).await.unwrap().len() }),
+    )
+    .await;
+    assert_eq!(counts, [3, 0, 1]);
+    // ci/ has no trash: its delete is final; ci/keep/ falls back to the global trash.
+    let gone = s
+        .delete(&ids[1], "ci/a", &Precondition::None)
+        .await
+        .unwrap();
+    assert!(
+        gone.released.is_empty(),
+        "blob 4 is still used by the others"
+    );
+    let kept = s
+        .delete(&ids[2], "ci/keep/a", &Precondition::None)
+        .await
+        .unwrap();
+    assert!(kept.released.is_empty());
+    let trash = s.trash_entries("", None, 100, now_ms()).await.unwrap();
+    let paths: Vec<&str> = trash.iter().map(|e| e.file.path.as_str()).collect();
+    assert_eq!(paths, ["ci/keep/a"]);
+    assert_audit_clean(s).await;
+}
+
+/// A delete moves the file and its versions to the trash (references kept, `deleted` with
+/// `trash_id`); a restore brings back the same id and versions without a new version, at
+/// its path or elsewhere; onto a taken path only with overwrite (the occupant is trashed).
+async fn trash_delete_and_restore(s: &dyn MetadataStore) {
+    keeping(s, VersionsKeep::All);
+    let [_, _, a3] = a_written_three_times(s).await;
+    let id = a3.meta.id.clone();
+    let before = s.latest_seq().await.unwrap();
+    s.delete(&id, "d/a", &Precondition::None).await.unwrap();
+    assert!(s.get_by_id(&id).await.unwrap().is_none());
+    assert!(
+        s.scan("", true, 10).await.unwrap().is_empty(),
+        "listings show live files"
+    );
+    let deleted = s.events_after(before, 10).await.unwrap();
+    let trash = s.trash_entries("d/", None, 10, now_ms()).await.unwrap();
+    assert_eq!(trash.len(), 1);
+    let entry = &trash[0];
+    assert_eq!(
+        deleted[0].trash_id.as_deref(),
+        Some(entry.trash_id.as_str())
+    );
+    assert_eq!(
+        (entry.file.id.as_str(), entry.file.version),
+        (id.as_str(), 3)
+    );
+    assert_eq!(entry.batch_id, None);
+    assert!(entry.expires_at_ms > entry.deleted_at_ms);
+    assert!(s
+        .trash_entries("x/", None, 10, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
+    for n in 1..=3 {
+        assert_eq!(s.blob_refcount(&sha(n)).await.unwrap(), 1, "blob {n} kept");
+    }
+    assert_audit_clean(s).await;
+
+    let occupant = s.put(put("d/a", 9, Precondition::None)).await.unwrap();
+    assert!(matches!(
+        s.restore_trash(&entry.trash_id, None, false).await,
+        Err(MetadataError::AlreadyExists)
+    ));
+    let back = s.restore_trash(&entry.trash_id, None, true).await.unwrap();
+    assert_eq!((back.meta.id.as_str(), back.meta.version), (id.as_str(), 3));
+    assert_eq!(
+        back.meta.created_at, a3.meta.created_at,
+        "the row as it was"
+    );
+    assert_eq!(
+        s.versions(&id, None, 10).await.unwrap().len(),
+        2,
+        "its versions"
+    );
+    let kinds: Vec<EventKind> = s
+        .events_after(before + 2, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Deleted, EventKind::Restored],
+        "occupant, then ours"
+    );
+    let trash = s.trash_entries("", None, 10, now_ms()).await.unwrap();
+    assert_eq!(trash.len(), 1);
+    assert_eq!(trash[0].file.id, occupant.meta.id);
+    assert!(matches!(
+        s.restore_trash(&entry.trash_id, None, false).await,
+        Err(MetadataError::NotFound)
+    ));
+    let elsewhere = s
+        .restore_trash(&trash[0].trash_id, Some("d/b"), false)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.meta.path, "d/b");
+    // A move that overwrites trashes the target too.
+    s.rename(&occupant.meta.id, "d/b", "d/a", true)
+        .await
+        .unwrap();
+    let trash = s.trash_entries("", None, 10, now_ms()).await.unwrap();
+    assert_eq!(trash.len(), 1);
+    assert_eq!(trash[0].file.id, id);
+    assert_audit_clean(s).await;
+}
+
+/// A recursive delete trashes a tree in one transaction with one batch id (consecutive
+/// `deleted`); a batch restore brings it back in one (consecutive `restored`).
+async fn delete_tree_and_batch_restore(s: &dyn MetadataStore) {
+    keeping(s, VersionsKeep::All);
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let path = format!("t/{i}");
+        s.put(put(&path, i + 1, Precondition::None)).await.unwrap();
+        ids.push(
+            s.put(put(&path, i + 2, Precondition::None))
+                .await
+                .unwrap()
+                .meta
+                .id,
+        );
+    }
+    s.put(put("tx", 1, Precondition::None)).await.unwrap();
+    assert!(matches!(
+        s.delete_tree("t/", &ids[1..], "b1", false).await,
+        Err(MetadataError::PathChanged)
+    ));
+    let before = s.latest_seq().await.unwrap();
+    let batch = "0123456789abcdef0123456789abcdef";
+    let done = s.delete_tree("t/", &ids, batch, false).await.unwrap();
+    assert_eq!(done.files.len(), 10);
+    assert!(done.released.is_empty());
+    let deleted = s.events_after(before, 100).await.unwrap();
+    assert_eq!(deleted.len(), 10);
+    assert!(deleted
+        .iter()
+        .all(|e| e.kind == EventKind::Deleted && e.trash_id.is_some()));
+    assert_eq!(s.trash_batch(batch).await.unwrap().len(), 10);
+    assert_eq!(names(s.scan("", true, 100).await.unwrap()), ["tx"]);
+    assert!(matches!(
+        s.restore_batch("ffffffffffffffffffffffffffffffff").await,
+        Err(MetadataError::NotFound)
+    ));
+    let mid = s.latest_seq().await.unwrap();
+    let back = s.restore_batch(batch).await.unwrap();
+    assert_eq!(back.files.len(), 10);
+    let restored = s.events_after(mid, 100).await.unwrap();
+    let seqs: Vec<i64> = restored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, ((mid + 1)..=(mid + 10)).collect::<Vec<_>>());
+    assert!(restored.iter().all(|e| e.kind == EventKind::Restored));
+    for id in &ids {
+        let f = s.get_by_id(id).await.unwrap().unwrap();
+        assert_eq!(f.version, 2);
+        assert_eq!(s.versions(id, None, 10).await.unwrap().len(), 1);
+    }
+    assert!(s.trash_batch(batch).await.unwrap().is_empty());
+    assert_audit_clean(s).await;
+}
+
+/// Purging and expiry drop the entry and its versions with their references; a blob a
+/// live file shares is not released. An expired entry is hidden and cannot be restored.
+async fn purge_and_expiry_release_blobs(s: &dyn MetadataStore) {
+    keeping(s, VersionsKeep::All);
+    let a = s.put(put("p/a", 1, Precondition::None)).await.unwrap();
+    s.put(put("p/a", 2, Precondition::None)).await.unwrap();
+    s.put(put("p/live", 2, Precondition::None)).await.unwrap();
+    let b = s.put(put("p/b", 3, Precondition::None)).await.unwrap();
+    s.delete(&a.meta.id, "p/a", &Precondition::None)
+        .await
+        .unwrap();
+    let entry = s
+        .trash_entries("p/", None, 10, now_ms())
+        .await
+        .unwrap()
+        .remove(0);
+    let released = s.purge_trash(&entry.trash_id).await.unwrap();
+    assert_eq!(released, [sha(1)], "blob 2 is still used by p/live");
+    assert!(s.trash_entry(&entry.trash_id).await.unwrap().is_none());
+    assert!(matches!(
+        s.purge_trash(&entry.trash_id).await,
+        Err(MetadataError::NotFound)
+    ));
+    assert_audit_clean(s).await;
+
+    s.set_retention(RetentionPolicy {
+        versions_keep: VersionsKeep::All,
+        trash_retention_ms: Some(0),
+        rules: Vec::new(),
+    });
+    s.delete(&b.meta.id, "p/b", &Precondition::None)
+        .await
+        .unwrap();
+    let now = now_ms() + 1;
+    assert!(
+        s.trash_entries("", None, 10, now).await.unwrap().is_empty(),
+        "hidden"
+    );
+    let expired = s.trash_batch("none").await.unwrap();
+    assert!(expired.is_empty());
+    let stats = s.retention_stats().await.unwrap();
+    assert_eq!((stats.trash_entries, stats.trash_bytes), (1, 30));
+    let (n, released) = s.expire_trash(now, 10).await.unwrap();
+    assert_eq!((n, released), (1, vec![sha(3)]));
+    assert_eq!(s.expire_trash(now, 10).await.unwrap().0, 0);
+    assert_eq!(s.retention_stats().await.unwrap().trash_entries, 0);
+    assert_audit_clean(s).await;
+}
+
+/// A permanent delete bypasses the trash and drops the file's versions.
+async fn permanent_delete_drops_versions(s: &dyn MetadataStore) {
+    keeping(s, VersionsKeep::All);
+    let [_, _, a3] = a_written_three_times(s).await;
+    let gone = s
+        .delete_permanently(&a3.meta.id, "d/a", &Precondition::None)
+        .await
+        .unwrap();
+    let mut released = gone.released;
+    released.sort();
+    assert_eq!(released, [sha(1), sha(2), sha(3)]);
+    assert!(s
+        .trash_entries("", None, 10, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.versions(&a3.meta.id, None, 10).await.unwrap().is_empty());
+    let events = s.events_after(0, 10).await.unwrap();
+    assert_eq!(
+        events.last().map(|e| (e.kind, e.trash_id.clone())),
+        Some((EventKind::Deleted, None))
+    );
+    let audit = assert_audit_clean(s).await;
+    assert_eq!((audit.versions, audit.trash), (0, 0));
+}
+
+// ---------------------------------------------------------------------------------------
 // The backends.
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
@@ -624,6 +983,12 @@ conformance! {
         audit_is_clean_after_every_kind_of_write,
         put_many_commits_all_on_consecutive_seqs,
         put_many_rolls_back_whole,
+        versions_window_and_restore,
+        versions_keep_settings_and_prefix_rules,
+        trash_delete_and_restore,
+        delete_tree_and_batch_restore,
+        purge_and_expiry_release_blobs,
+        permanent_delete_drops_versions,
     ],
     arc: [concurrent_same_path_writers, failing_put_many_among_concurrent_writers]
 }
@@ -868,7 +1233,10 @@ async fn postgres_migrates_a_database_of_the_previous_release_forward() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 2, "migrated forward");
+    assert_eq!(
+        version, 3,
+        "migrated forward (0002 indexes, 0003 versions and trash)"
+    );
     let indexes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'
          AND indexname IN ('events_path_bytes', 'events_from_path_bytes')",

@@ -92,10 +92,59 @@ fn handler_and_service_futures_are_send() {
             ctx.clone(),
             todo!(),
         ));
-        assert_send(&handlers::files::delete(
+        // `DELETE /api/v1/files/{id}` (to the trash, or `?permanent=true`) and the other
+        // version and trash handlers.
+        assert_send(&handlers::versions::delete_file(
             State(state.clone()),
             ctx.clone(),
             todo!(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::fs::delete(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::list(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::content(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::restore(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::trash_list(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::trash_restore(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::trash_purge(
+            State(state.clone()),
+            ctx.clone(),
+            todo!(),
+        ));
+        assert_send(&handlers::versions::batch_restore(
+            State(state.clone()),
+            ctx.clone(),
             todo!(),
         ));
         assert_send(&handlers::files::move_file(

@@ -95,6 +95,14 @@ fn expected_rules() -> BTreeMap<(String, &'static str), Access> {
         ("GET", "/api/v1/admin/tokens", S(Admin)),
         ("POST", "/api/v1/admin/tokens", S(Admin)),
         ("DELETE", "/api/v1/admin/tokens/{id}", S(Admin)),
+        ("GET", "/api/v1/files/{id}/versions", S(Read)),
+        ("GET", "/api/v1/files/{id}/versions/{n}", S(Read)),
+        ("POST", "/api/v1/files/{id}/versions/{n}/restore", S(Write)),
+        ("DELETE", "/api/v1/fs/{*path}", S(Write)),
+        ("GET", "/api/v1/trash", S(Read)),
+        ("POST", "/api/v1/trash/{trash_id}/restore", S(Write)),
+        ("DELETE", "/api/v1/trash/{trash_id}", S(Write)),
+        ("POST", "/api/v1/trash/batches/{batch_id}/restore", S(Write)),
     ]
     .into_iter()
     .map(|(m, p, a)| ((m.to_string(), p), a))
@@ -107,6 +115,7 @@ fn sample(
     pattern: &str,
     file: &str,
     id: &str,
+    trashed: &(String, String),
 ) -> (String, Option<Value>, Vec<u8>) {
     let dir = file.rsplit_once('/').map_or("", |(d, _)| d);
     let dest = format!("{dir}/moved-{}", uuid_like(id));
@@ -155,6 +164,24 @@ fn sample(
             Vec::new(),
         ),
         "/api/v1/admin/tokens/{id}" => (pattern.replace("{id}", "000000000000"), None, Vec::new()),
+        "/api/v1/files/{id}/versions" => (pattern.replace("{id}", id), None, Vec::new()),
+        "/api/v1/files/{id}/versions/{n}" | "/api/v1/files/{id}/versions/{n}/restore" => (
+            pattern.replace("{id}", id).replace("{n}", "1"),
+            None,
+            Vec::new(),
+        ),
+        "/api/v1/trash" => (
+            format!("{pattern}?prefix={}", enc(&format!("{dir}/"))),
+            None,
+            Vec::new(),
+        ),
+        // `trashed`: a trash id and a batch id of the file's own trashed twin (see the loop).
+        "/api/v1/trash/{trash_id}/restore" | "/api/v1/trash/{trash_id}" => {
+            (pattern.replace("{trash_id}", &trashed.0), None, Vec::new())
+        }
+        "/api/v1/trash/batches/{batch_id}/restore" => {
+            (pattern.replace("{batch_id}", &trashed.1), None, Vec::new())
+        }
         other => (other.to_string(), None, Vec::new()),
     }
 }
@@ -196,7 +223,13 @@ async fn call(
 /// routes come from the router's own table, so a new route is covered (or fails) by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_has_a_rule_and_enforces_it() {
-    let (dir, s) = TestServer::start().await;
+    // With a trash, so the trash routes have entries to work on.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(vaultfs::config::Config {
+        trash_retention: Some(std::time::Duration::from_secs(3600)),
+        ..vaultfs::config::Config::for_data_dir(dir.path())
+    })
+    .await;
     // Checked against the hand-written table first: a route without a reviewed rule fails.
     let actual: BTreeMap<(String, &'static str), Access> = route_rules()
         .into_iter()
@@ -254,7 +287,48 @@ async fn every_route_has_a_rule_and_enforces_it() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            let (uri, body, raw) = sample(&method, rule.path, &file, &id);
+            // For the trash routes: a twin of the file deleted alone (a trash id) and one
+            // deleted with its directory (a batch id).
+            let trashed = if rule.path.starts_with("/api/v1/trash/") {
+                let twin = format!("team-a/twin{checked}/f.bin");
+                admin_client(
+                    Method::POST,
+                    &format!("/api/v1/files/upload?path={}", enc(&twin)),
+                )
+                .body(data(10, checked))
+                .send()
+                .await
+                .unwrap();
+                let r = admin_client(
+                    Method::DELETE,
+                    &format!("/api/v1/fs/team-a/twin{checked}/?recursive=true"),
+                )
+                .send()
+                .await
+                .unwrap();
+                let batch = r.json::<Value>().await.unwrap()["batch_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let r = admin_client(Method::GET, "/api/v1/trash?prefix=team-a/")
+                    .send()
+                    .await
+                    .unwrap();
+                let entries = r.json::<Value>().await.unwrap()["entries"].clone();
+                let trash_id = entries
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["batch_id"] == batch.as_str())
+                    .unwrap()["trash_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                (trash_id, batch)
+            } else {
+                (String::new(), String::new())
+            };
+            let (uri, body, raw) = sample(&method, rule.path, &file, &id, &trashed);
             let what = format!("{method} {uri}");
 
             let denied: Vec<(Caller, StatusCode)> = match rule.access {

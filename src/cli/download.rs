@@ -37,6 +37,9 @@ pub struct DownloadArgs {
     /// Bandwidth limit per transfer, bytes per second (e.g. 10MiB)
     #[arg(long, value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
+    /// Download this old version of a file (see `vaultfs versions`)
+    #[arg(long)]
+    pub version: Option<i64>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -48,6 +51,10 @@ pub const PART_SUFFIX: &str = ".vaultfs-part";
 const WRITE_BATCH: usize = 1 << 20;
 
 pub async fn run(args: DownloadArgs, temps: TempFiles) -> Outcome {
+    if let Some(version) = args.version {
+        return super::versions::download_version(&args.common, &args.remote, args.local, version)
+            .await;
+    }
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
     };

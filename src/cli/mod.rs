@@ -15,6 +15,7 @@ pub mod loadtest;
 pub mod ops;
 mod output;
 pub mod upload;
+pub mod versions;
 pub mod watch;
 
 use std::collections::HashSet;

@@ -234,6 +234,30 @@ pub async fn rm(args: RmArgs) -> Outcome {
                 Ok(meta) => targets.push(meta),
                 Err(ClientError::Api { status, .. }) if status == 404 || status == 400 => {
                     let prefix = remote_dir(path);
+                    if args.recursive {
+                        // One recursive delete: one transaction, one batch in the trash.
+                        let item = ItemResult::new("rm", path.clone(), "");
+                        match super::versions::remove_tree(client, &prefix).await {
+                            Ok(done) => {
+                                if let Some(batch) = &done.batch_id {
+                                    eprintln!(
+                                        "{prefix}: {} file(s) to the trash; restore with \
+                                         `vaultfs trash restore --batch {batch}`",
+                                        done.files.len()
+                                    );
+                                }
+                                for f in done.files {
+                                    let one = ItemResult::new("rm", f.path, "");
+                                    reporter.result(one.succeeded(None, 0, 1));
+                                }
+                            }
+                            Err(ClientError::Api { status: 404, .. }) => reporter.result(
+                                item.failed_local("not_found", "no such file or directory"),
+                            ),
+                            Err(e) => reporter.result(item.failed(&e, 1)),
+                        }
+                        continue;
+                    }
                     let under = if args.recursive {
                         list_all(client, policy, &prefix).await
                     } else {

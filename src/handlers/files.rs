@@ -6,12 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{content, write_precondition, ApiJson, ApiPath};
+use super::{content, ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::VPath;
 use crate::services::files::RequestCtx;
-use crate::services::metadata::{FileMeta, Precondition};
+use crate::services::metadata::FileMeta;
 
 /// Ids are 32 lowercase hex digits; anything else cannot name a file.
 fn check_id(id: &str) -> Result<(), AppError> {
@@ -62,25 +62,6 @@ pub async fn get_meta(
 ) -> Result<Json<FileMeta>, AppError> {
     check_id(&id)?;
     Ok(Json(state.files.meta_by_id(&id, &ctx).await?))
-}
-
-/// `DELETE /api/v1/files/{id}`.
-pub async fn delete(
-    State(state): State<AppState>,
-    ctx: RequestCtx,
-    ApiPath(id): ApiPath<String>,
-    request: Request,
-) -> Result<StatusCode, AppError> {
-    check_id(&id)?;
-    let precondition = write_precondition(request.headers())?;
-    if precondition == Precondition::MustNotExist {
-        return Err(AppError::bad_request(
-            "invalid_request",
-            "If-None-Match is meaningless on DELETE",
-        ));
-    }
-    state.files.delete(&id, &precondition, &ctx).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]

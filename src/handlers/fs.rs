@@ -7,9 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use super::versions::{check_permanent, DeleteQuery};
 use super::{upload, write_precondition, ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::error::AppError;
+use crate::paths::validate_prefix;
 use crate::paths::VPath;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::Precondition;
@@ -25,13 +27,26 @@ pub async fn put(
     upload::upload_raw_at(&state, &ctx, &path, request).await
 }
 
-/// `DELETE /api/v1/fs/{path}`: 204; `If-Match` honoured.
+/// `DELETE /api/v1/fs/{path}[?permanent=true]`: the file at the path to the trash (or for
+/// good), 204, `If-Match` honoured. With `recursive=true` (the path a prefix ending in `/`) the
+/// whole tree in one transaction, its trash entries sharing one `batch_id` (200 `{"files",
+/// "batch_id"}`).
 pub async fn delete(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(path): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
     request: Request,
-) -> Result<StatusCode, AppError> {
+) -> Result<Response, AppError> {
+    check_permanent(&state, q.permanent)?;
+    if q.recursive {
+        let mut prefix = validate_prefix(&path)?;
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let done = state.files.delete_tree(&prefix, q.permanent, &ctx).await?;
+        return Ok(Json(done).into_response());
+    }
     let path = VPath::parse(&path)?;
     let precondition = write_precondition(request.headers())?;
     if precondition == Precondition::MustNotExist {
@@ -40,8 +55,11 @@ pub async fn delete(
             "If-None-Match is meaningless on DELETE",
         ));
     }
-    state.files.delete_at(&path, &precondition, &ctx).await?;
-    Ok(StatusCode::NO_CONTENT)
+    state
+        .files
+        .delete_at(&path, &precondition, q.permanent, &ctx)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `move` or `copy`.

@@ -32,6 +32,7 @@ pub mod s3;
 pub mod share;
 pub mod sync;
 pub mod upload;
+pub mod versions;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

@@ -9,7 +9,9 @@ use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
-use super::{admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, upload};
+use super::{
+    admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, upload, versions,
+};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::services::auth::Scope;
@@ -92,7 +94,56 @@ fn routes() -> Vec<Route> {
             Method::DELETE,
             S(Write),
             Bounded,
-            delete(files::delete),
+            delete(versions::delete_file),
+        ),
+        (
+            "/api/v1/files/{id}/versions",
+            Method::GET,
+            S(Read),
+            Bounded,
+            get(versions::list),
+        ),
+        (
+            "/api/v1/files/{id}/versions/{n}",
+            Method::GET,
+            S(Read),
+            Bounded,
+            get(versions::content),
+        ),
+        (
+            "/api/v1/files/{id}/versions/{n}/restore",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(versions::restore),
+        ),
+        (
+            "/api/v1/trash",
+            Method::GET,
+            S(Read),
+            Bounded,
+            get(versions::trash_list),
+        ),
+        (
+            "/api/v1/trash/{trash_id}/restore",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(versions::trash_restore),
+        ),
+        (
+            "/api/v1/trash/{trash_id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(versions::trash_purge),
+        ),
+        (
+            "/api/v1/trash/batches/{batch_id}/restore",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(versions::batch_restore),
         ),
         (
             "/api/v1/files/{id}/meta",

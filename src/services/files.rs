@@ -55,7 +55,7 @@ impl RequestCtx {
         }
     }
 
-    fn owner(&self, operation: &'static str) -> LockOwner {
+    pub(crate) fn owner(&self, operation: &'static str) -> LockOwner {
         LockOwner {
             request_id: self.request_id.clone(),
             operation,
@@ -377,6 +377,9 @@ impl FileService {
                 for released in outcomes.iter().filter_map(|o| o.released.as_ref()) {
                     self.spawn_collect(released.clone());
                 }
+                for released in outcomes.iter().flat_map(|o| o.released_more.iter()) {
+                    self.spawn_collect(released.clone());
+                }
                 Ok(outcomes)
             }
             Err(e) => {
@@ -491,7 +494,7 @@ impl FileService {
     /// between the read and the locked transaction. Each attempt checks the path it will lock
     /// against the principal: the transaction verifies the path is still current, so a file
     /// moved out of the prefix meanwhile is refused on the retry, never changed.
-    async fn with_current_path<'a, F, Fut>(
+    pub(crate) async fn with_current_path<'a, F, Fut>(
         &'a self,
         id: &'a str,
         ctx: &'a RequestCtx,
@@ -514,7 +517,7 @@ impl FileService {
         Err(ServiceError::Contended)
     }
 
-    fn finish_change(&self, outcome: ChangeOutcome) -> FileMeta {
+    pub(crate) fn finish_change(&self, outcome: ChangeOutcome) -> FileMeta {
         self.notifier.poke();
         for sha in outcome.released {
             self.spawn_collect(sha);
@@ -606,7 +609,7 @@ impl FileService {
 
     /// Removes a blob that no version references any more. Runs in the background after the
     /// change that released it; failures are logged and retried at the next start.
-    fn spawn_collect(&self, sha256: String) {
+    pub(crate) fn spawn_collect(&self, sha256: String) {
         let service = self.clone();
         tokio::spawn(async move {
             if let Err(e) = service.collect_blob(&sha256).await {
@@ -673,12 +676,12 @@ impl FileService {
     }
 }
 
-fn encode_cursor(key: &str, inclusive: bool) -> String {
+pub(crate) fn encode_cursor(key: &str, inclusive: bool) -> String {
     let tagged = format!("{}{key}", if inclusive { "i:" } else { "x:" });
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tagged)
 }
 
-fn decode_cursor(cursor: &str, prefix: &str) -> Result<(String, bool), ServiceError> {
+pub(crate) fn decode_cursor(cursor: &str, prefix: &str) -> Result<(String, bool), ServiceError> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| ServiceError::InvalidCursor)?;

@@ -63,6 +63,11 @@ pub struct FsckReport {
     /// Checked through a running server (`vaultfs fsck --server`).
     pub online: bool,
     pub files: u64,
+    /// Old versions kept and trash entries: each references a blob, checked like a file's.
+    #[serde(default)]
+    pub versions: u64,
+    #[serde(default)]
+    pub trash_entries: u64,
     /// Events retained in the log, and the latest seq.
     pub events: u64,
     pub latest_seq: i64,
@@ -117,11 +122,42 @@ async fn blobs_in_use(
         start = last.path.clone();
         inclusive = false;
         for f in page {
+            for v in meta.versions(&f.id, None, usize::MAX).await? {
+                let label = format!("{} (version {})", f.path, v.version);
+                blobs
+                    .entry(v.sha256.clone())
+                    .or_insert_with(|| (v.size, Vec::new()))
+                    .1
+                    .push(label);
+            }
             blobs
                 .entry(f.sha256.clone())
                 .or_insert_with(|| (f.size, Vec::new()))
                 .1
                 .push(f.path);
+        }
+    }
+    // The trash (expired entries included: until purged their blobs must exist) and the
+    // versions of trashed files.
+    let mut after: Option<String> = None;
+    loop {
+        let page = meta.trash_entries("", after.as_deref(), 1000, 0).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.trash_id.clone());
+        for e in page {
+            for v in meta.versions(&e.file.id, None, usize::MAX).await? {
+                let label = format!("{} (trashed, version {})", e.file.path, v.version);
+                blobs
+                    .entry(v.sha256.clone())
+                    .or_insert_with(|| (v.size, Vec::new()))
+                    .1
+                    .push(label);
+            }
+            blobs
+                .entry(e.file.sha256.clone())
+                .or_insert_with(|| (e.file.size, Vec::new()))
+                .1
+                .push(format!("{} (trashed)", e.file.path));
         }
     }
     Ok(blobs)
@@ -261,6 +297,9 @@ async fn check(
     let audit = meta.audit().await?;
     report.events = audit.events;
     report.latest_seq = audit.latest_seq;
+    report.versions = audit.versions;
+    report.trash_entries = audit.trash;
+    let audit_files = audit.files;
     for p in &audit.problems {
         tracing::error!(kind = %p.kind, id = %p.id, path = %p.path, detail = %p.detail,
             "metadata inconsistency");
@@ -269,7 +308,7 @@ async fn check(
 
     // Distinct blobs: sha -> (recorded size, the paths that use it).
     let blobs = blobs_in_use(meta).await?;
-    report.files = blobs.values().map(|(_, paths)| paths.len() as u64).sum();
+    report.files = audit_files;
     for (sha, (size, paths)) in &blobs {
         let _shared = match online {
             None => None,

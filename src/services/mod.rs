@@ -11,6 +11,7 @@
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 //! - [`upload`]: the one write entry point every front end streams a file through.
+//! - [`versions`]: old versions, the trash, recursive delete and trash expiry.
 
 pub mod auth;
 pub mod files;
@@ -22,6 +23,7 @@ pub mod s3_meta;
 pub mod secret;
 pub mod storage;
 pub mod upload;
+pub mod versions;
 
 use lock_manager::LockError;
 use metadata::MetadataError;
@@ -48,4 +50,7 @@ pub enum ServiceError {
     Overloaded,
     #[error(transparent)]
     Upload(#[from] upload::UploadError),
+    /// A recursive delete of more files than one transaction takes.
+    #[error("the tree has more than {0} files")]
+    TreeTooLarge(usize),
 }

@@ -37,6 +37,12 @@ pub fn from_service(e: ServiceError) -> S3Error {
         ServiceError::Metadata(m) => from_metadata(m),
         ServiceError::Storage(s) => from_storage(s),
         ServiceError::Upload(u) => from_upload(u),
+        ServiceError::TreeTooLarge(max) => {
+            s3_error!(
+                InvalidRequest,
+                "a recursive delete takes at most {max} files"
+            )
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::services::ServiceError;
 /// What to do with the file at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op<'a> {
-    Delete(&'a Precondition),
+    Delete(&'a Precondition, bool),
     Move { to: &'a VPath, overwrite: bool },
     Copy { to: &'a VPath, overwrite: bool },
 }
@@ -26,9 +26,11 @@ impl FileService {
         &self,
         path: &VPath,
         precondition: &Precondition,
+        permanent: bool,
         ctx: &RequestCtx,
     ) -> Result<FileMeta, ServiceError> {
-        self.at_path(path, Op::Delete(precondition), ctx).await
+        self.at_path(path, Op::Delete(precondition, permanent), ctx)
+            .await
     }
 
     /// Moves the file at `path` to `to`.
@@ -68,13 +70,15 @@ impl FileService {
             let id = current.id.as_str();
             let from = path.as_str();
             let outcome: Result<ChangeOutcome, ServiceError> = match op {
-                Op::Delete(precondition) => {
+                Op::Delete(precondition, permanent) => {
                     let request = LockRequest::new().write_path(path);
                     let _guard = self.locks.acquire(request, ctx.owner("delete")).await?;
-                    self.meta
-                        .delete(id, from, precondition)
-                        .await
-                        .map_err(Into::into)
+                    if permanent {
+                        self.meta.delete_permanently(id, from, precondition).await
+                    } else {
+                        self.meta.delete(id, from, precondition).await
+                    }
+                    .map_err(Into::into)
                 }
                 Op::Move { to, overwrite } => {
                     let request = LockRequest::new().write_path(path).write_path(to);

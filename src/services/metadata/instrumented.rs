@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use super::{
-    BlobFence, ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError, MetadataStore,
-    Precondition, PutOutcome, PutRequest, TokenRecord,
+    BatchOutcome, BlobFence, ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError,
+    MetadataStore, Precondition, PutOutcome, PutRequest, RetentionPolicy, RetentionStats,
+    TokenRecord, TrashEntry,
 };
 use crate::metrics::timed;
 
@@ -146,6 +147,94 @@ impl MetadataStore for InstrumentedMetadata {
     }
     async fn audit(&self) -> Result<MetadataAudit, MetadataError> {
         timed(M, "audit", self.inner.audit()).await
+    }
+
+    fn set_retention(&self, policy: RetentionPolicy) {
+        self.inner.set_retention(policy);
+    }
+    async fn delete_permanently(
+        &self,
+        id: &str,
+        expected_path: &str,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let op = self
+            .inner
+            .delete_permanently(id, expected_path, precondition);
+        timed(M, "delete_permanently", op).await
+    }
+    async fn versions(
+        &self,
+        id: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, MetadataError> {
+        timed(M, "versions", self.inner.versions(id, before, limit)).await
+    }
+    async fn restore_version(
+        &self,
+        id: &str,
+        expected_path: &str,
+        version: i64,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let op = self
+            .inner
+            .restore_version(id, expected_path, version, precondition);
+        timed(M, "restore_version", op).await
+    }
+    async fn delete_tree(
+        &self,
+        prefix: &str,
+        expected_ids: &[String],
+        batch_id: &str,
+        permanent: bool,
+    ) -> Result<BatchOutcome, MetadataError> {
+        let op = self
+            .inner
+            .delete_tree(prefix, expected_ids, batch_id, permanent);
+        timed(M, "delete_tree", op).await
+    }
+    async fn trash_entries(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<TrashEntry>, MetadataError> {
+        let op = self.inner.trash_entries(prefix, after, limit, now_ms);
+        timed(M, "trash_entries", op).await
+    }
+    async fn trash_entry(&self, trash_id: &str) -> Result<Option<TrashEntry>, MetadataError> {
+        timed(M, "trash_entry", self.inner.trash_entry(trash_id)).await
+    }
+    async fn trash_batch(&self, batch_id: &str) -> Result<Vec<TrashEntry>, MetadataError> {
+        timed(M, "trash_batch", self.inner.trash_batch(batch_id)).await
+    }
+    async fn restore_trash(
+        &self,
+        trash_id: &str,
+        to: Option<&str>,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let op = self.inner.restore_trash(trash_id, to, overwrite);
+        timed(M, "restore_trash", op).await
+    }
+    async fn restore_batch(&self, batch_id: &str) -> Result<BatchOutcome, MetadataError> {
+        timed(M, "restore_batch", self.inner.restore_batch(batch_id)).await
+    }
+    async fn purge_trash(&self, trash_id: &str) -> Result<Vec<String>, MetadataError> {
+        timed(M, "purge_trash", self.inner.purge_trash(trash_id)).await
+    }
+    async fn expire_trash(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(usize, Vec<String>), MetadataError> {
+        timed(M, "expire_trash", self.inner.expire_trash(now_ms, limit)).await
+    }
+    async fn retention_stats(&self) -> Result<RetentionStats, MetadataError> {
+        timed(M, "retention_stats", self.inner.retention_stats()).await
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -59,6 +59,8 @@ pub enum EventKind {
     Deleted,
     Moved,
     Copied,
+    /// A version made current again, or a file brought back from the trash.
+    Restored,
 }
 
 impl EventKind {
@@ -69,6 +71,7 @@ impl EventKind {
             EventKind::Deleted => "deleted",
             EventKind::Moved => "moved",
             EventKind::Copied => "copied",
+            EventKind::Restored => "restored",
         }
     }
 
@@ -79,6 +82,7 @@ impl EventKind {
             "deleted" => EventKind::Deleted,
             "moved" => EventKind::Moved,
             "copied" => EventKind::Copied,
+            "restored" => EventKind::Restored,
             _ => return None,
         })
     }
@@ -98,6 +102,118 @@ pub struct Event {
     pub sha256: String,
     /// RFC 3339.
     pub at: String,
+    /// On a `deleted` event that moved the file to the trash: its trash entry.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trash_id: Option<String>,
+    /// On a `restored` event that made an old version current: that version's number.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub restored_from: Option<i64>,
+}
+
+/// What an event carries besides the file's state (see [`Event`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct EventNote {
+    pub(crate) trash_id: Option<String>,
+    pub(crate) restored_from: Option<i64>,
+}
+
+/// How many versions of a file are kept, the current one included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionsKeep {
+    All,
+    /// The N newest (0 and 1 both keep the current version only).
+    Newest(u64),
+}
+
+impl VersionsKeep {
+    /// Old (non-current) versions kept; `None`: all of them.
+    pub fn old_versions(self) -> Option<u64> {
+        match self {
+            VersionsKeep::All => None,
+            VersionsKeep::Newest(n) => Some(n.saturating_sub(1)),
+        }
+    }
+}
+
+/// One `[[retention]]` override: settings for paths under `prefix` (the longest matching
+/// prefix wins; a setting left out falls back to the global one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub prefix: String,
+    pub versions_keep: Option<VersionsKeep>,
+    /// `Some(None)`: deletes under this prefix are final.
+    pub trash_retention_ms: Option<Option<i64>>,
+}
+
+/// Version and trash retention, which the store applies inside each write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub versions_keep: VersionsKeep,
+    /// How long a deleted file stays in the trash; `None`: deletes are final (no trash).
+    pub trash_retention_ms: Option<i64>,
+    pub rules: Vec<RetentionRule>,
+}
+
+impl Default for RetentionPolicy {
+    /// What a store does until the server sets its configured policy: no history, no trash
+    /// (a bare store behaves as before versions existed).
+    fn default() -> Self {
+        RetentionPolicy {
+            versions_keep: VersionsKeep::Newest(1),
+            trash_retention_ms: None,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    fn rule_for(&self, path: &str) -> Option<&RetentionRule> {
+        self.rules
+            .iter()
+            .filter(|r| path.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+    }
+
+    /// Versions kept for the file at `path`.
+    pub fn versions_keep_for(&self, path: &str) -> VersionsKeep {
+        self.rule_for(path)
+            .and_then(|r| r.versions_keep)
+            .unwrap_or(self.versions_keep)
+    }
+
+    /// How long a file deleted at `path` stays in the trash (`None`: no trash).
+    pub fn trash_retention_for(&self, path: &str) -> Option<i64> {
+        self.rule_for(path)
+            .and_then(|r| r.trash_retention_ms)
+            .unwrap_or(self.trash_retention_ms)
+    }
+}
+
+/// A file in the trash: its row as it was when deleted, and when it goes for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashEntry {
+    pub trash_id: String,
+    pub file: FileMeta,
+    pub deleted_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The recursive delete that trashed it, if any.
+    pub batch_id: Option<String>,
+}
+
+/// Several files changed in one transaction (a recursive delete, a batch restore).
+#[derive(Debug, Clone)]
+pub struct BatchOutcome {
+    pub files: Vec<FileMeta>,
+    /// Blobs whose reference count this change dropped to zero.
+    pub released: Vec<String>,
+}
+
+/// What the retention metrics show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    pub trash_entries: u64,
+    pub trash_bytes: u64,
+    pub versions_retained: u64,
 }
 
 /// Which entity tags an `If-Match` accepts.
@@ -142,6 +258,8 @@ pub struct PutOutcome {
     pub created: bool,
     /// A blob whose reference count this change dropped to zero: a collection candidate.
     pub released: Option<String>,
+    /// Further blobs released: old versions pushed out of the retention window.
+    pub released_more: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +294,7 @@ pub enum MetadataError {
 /// One inconsistency between the files table, the blob reference counts and the event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditProblem {
-    /// `log_gap`, `log_mismatch`, `log_missing`, `refcount`.
+    /// `log_gap`, `log_mismatch`, `log_missing`, `refcount`, `version_orphan`, `trash_live`.
     pub kind: String,
     pub id: String,
     pub path: String,
@@ -190,6 +308,12 @@ pub struct MetadataAudit {
     pub events: u64,
     pub oldest_seq: Option<i64>,
     pub latest_seq: i64,
+    /// Old versions kept (each holds a blob reference).
+    #[serde(default)]
+    pub versions: u64,
+    /// Trash entries (each holds a blob reference).
+    #[serde(default)]
+    pub trash: u64,
     pub problems: Vec<AuditProblem>,
 }
 
@@ -344,6 +468,83 @@ pub trait MetadataStore: Send + Sync + 'static {
         let _ = (sha256, exclusive);
         Ok(BlobFence::local())
     }
+
+    /// The version and trash retention applied by later writes (default: none, see
+    /// [`RetentionPolicy::default`]).
+    fn set_retention(&self, policy: RetentionPolicy);
+
+    /// Deletes file `id` (locked at `expected_path`) for good, bypassing the trash: its row,
+    /// its versions, their blob references.
+    async fn delete_permanently(
+        &self,
+        id: &str,
+        expected_path: &str,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// Old versions of file `id` (not the current one) numbered below `before` (`None`: all),
+    /// newest first, at most `limit`. Rows carry an empty path.
+    async fn versions(
+        &self,
+        id: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, MetadataError>;
+
+    /// Makes old version `version` of file `id` (locked at `expected_path`) current again as
+    /// a new version, sharing its blob; a `restored` event with `restored_from`.
+    async fn restore_version(
+        &self,
+        id: &str,
+        expected_path: &str,
+        version: i64,
+        precondition: &Precondition,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// Every file under `prefix` to the trash (or, when `permanent` or trash is off, gone for
+    /// good) in one transaction, each entry with `batch_id`. `expected_ids` are the files the
+    /// caller locked; `PathChanged` when the tree holds others now.
+    async fn delete_tree(
+        &self,
+        prefix: &str,
+        expected_ids: &[String],
+        batch_id: &str,
+        permanent: bool,
+    ) -> Result<BatchOutcome, MetadataError>;
+
+    /// Trash entries under `prefix` not expired at `now_ms`, by trash id after `after`, at most
+    /// `limit`.
+    async fn trash_entries(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<TrashEntry>, MetadataError>;
+    /// One trash entry, expired or not.
+    async fn trash_entry(&self, trash_id: &str) -> Result<Option<TrashEntry>, MetadataError>;
+    /// The entries of one recursive delete.
+    async fn trash_batch(&self, batch_id: &str) -> Result<Vec<TrashEntry>, MetadataError>;
+    /// Puts a trashed file back at its old path or `to`, same id, same versions; a file there
+    /// goes to the trash when `overwrite`, else `AlreadyExists`.
+    async fn restore_trash(
+        &self,
+        trash_id: &str,
+        to: Option<&str>,
+        overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError>;
+    /// Restores every entry of a batch at its old path, in one transaction.
+    async fn restore_batch(&self, batch_id: &str) -> Result<BatchOutcome, MetadataError>;
+    /// Removes a trash entry and its file's versions for good; the released blobs.
+    async fn purge_trash(&self, trash_id: &str) -> Result<Vec<String>, MetadataError>;
+    /// Purges at most `limit` entries expired at `now_ms`, in one transaction: (how many,
+    /// released blobs).
+    async fn expire_trash(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(usize, Vec<String>), MetadataError>;
+    async fn retention_stats(&self) -> Result<RetentionStats, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

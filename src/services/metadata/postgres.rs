@@ -44,6 +44,10 @@ mod dialect {
             2,
             include_str!("migrations/postgres/0002_events_path_prefix.sql"),
         ),
+        (
+            3,
+            include_str!("migrations/postgres/0003_versions_trash.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -53,8 +57,11 @@ mod dialect {
     /// are gapless and in commit order across replicas.
     pub(super) const APPEND_EVENT: &str =
         "WITH c AS (UPDATE event_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq)
-         INSERT INTO events (seq, kind, file_id, path, from_path, version, size, sha256, at)
-         SELECT c.seq, $1, $2, $3, $4, $5, $6, $7, $8 FROM c RETURNING seq";
+         INSERT INTO events (seq, kind, file_id, path, from_path, version, size, sha256, at,
+                             trash_id, restored_from)
+         SELECT c.seq, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM c RETURNING seq";
+    pub(super) const VERSIONS_BEYOND: &str =
+        "SELECT version, sha256 FROM versions WHERE file_id = $1 ORDER BY version DESC OFFSET $2";
     pub(super) const LATEST_SEQ: &str = "SELECT seq FROM event_counter WHERE id = 1";
     pub(super) const AUDIT_COUNTS: &str =
         "SELECT (SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM events),
@@ -115,6 +122,9 @@ pub struct PostgresMetadata {
     pool: PgPool,
     timeout: Duration,
     fences: Arc<Fences>,
+    /// Guards the retention policy writes apply (replaced whole by `set_retention`; read
+    /// by cloning the `Arc`, never held across an await).
+    retention: Arc<std::sync::RwLock<Arc<RetentionPolicy>>>,
 }
 
 /// Session advisory locks on blobs, all on one dedicated connection: taking or releasing one
@@ -246,6 +256,7 @@ impl PostgresMetadata {
             pool,
             timeout,
             fences,
+            retention: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -335,8 +346,9 @@ impl PostgresMetadata {
     /// serialization failures.
     async fn write(&self, op: WriteOp) -> Result<WriteDone, MetadataError> {
         let mut attempt = 0;
+        let policy = self.policy();
         loop {
-            match self.write_once(&op).await {
+            match self.write_once(&op, &policy).await {
                 Err(RetryOr::Retry(e)) if attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "metadata transaction retried");
@@ -350,7 +362,11 @@ impl PostgresMetadata {
         }
     }
 
-    async fn write_once(&self, op: &WriteOp) -> Result<WriteDone, RetryOr> {
+    async fn write_once(
+        &self,
+        op: &WriteOp,
+        policy: &RetentionPolicy,
+    ) -> Result<WriteDone, RetryOr> {
         let mut tx = self.pool.begin().await.map_err(RetryOr::from_sqlx)?;
         sqlx::query("SELECT seq FROM event_counter WHERE id = 1 FOR UPDATE")
             .execute(&mut *tx)
@@ -358,7 +374,9 @@ impl PostgresMetadata {
             .map_err(RetryOr::from_sqlx)?;
         let mut rows = SqlTx::new(&mut tx);
         // Err: dropping `tx` rolls everything back.
-        let done = rules::apply(&mut rows, op).await.map_err(RetryOr::Fail)?;
+        let done = rules::apply(&mut rows, op, policy)
+            .await
+            .map_err(RetryOr::Fail)?;
         if let Some(last) = rows.last_seq {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)

@@ -31,8 +31,9 @@ macro_rules! sql_layer {
             self, AuditSource, LastEventMismatch, Transfer, Tx, WriteOp,
         };
         use $crate::services::metadata::{
-            now_ms, rfc3339, ChangeOutcome, Event, EventKind, FileMeta, MetadataAudit,
-            MetadataError, Precondition, PutOutcome, PutRequest, TokenRecord,
+            now_ms, rfc3339, BatchOutcome, ChangeOutcome, Event, EventKind, EventNote, FileMeta,
+            MetadataAudit, MetadataError, Precondition, PutOutcome, PutRequest, RetentionPolicy,
+            RetentionStats, TokenRecord, TrashEntry,
         };
 
         fn size_i64(size: u64) -> Result<i64, MetadataError> {
@@ -73,7 +74,46 @@ macro_rules! sql_layer {
                 size: size_u64(row.try_get("size").map_err(map_err)?)?,
                 sha256: row.try_get("sha256").map_err(map_err)?,
                 at: rfc3339(at),
+                trash_id: row.try_get("trash_id").map_err(map_err)?,
+                restored_from: row.try_get("restored_from").map_err(map_err)?,
             })
+        }
+
+        fn row_to_trash(row: &$row) -> Result<TrashEntry, MetadataError> {
+            Ok(TrashEntry {
+                trash_id: row.try_get("trash_id").map_err(map_err)?,
+                file: row_to_meta(row)?,
+                deleted_at_ms: row.try_get("deleted_at").map_err(map_err)?,
+                expires_at_ms: row.try_get("expires_at").map_err(map_err)?,
+                batch_id: row.try_get("batch_id").map_err(map_err)?,
+            })
+        }
+
+        /// Trash entries matching `filter` (SQL after WHERE, binding `$1` to `value`).
+        async fn trash_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+            conn: E,
+            filter: &str,
+            value: &str,
+        ) -> Result<Vec<TrashEntry>, MetadataError> {
+            let sql = format!(
+                "SELECT {} FROM trash WHERE {filter} ORDER BY trash_id",
+                dialect::TRASH_COLUMNS
+            );
+            let rows = sqlx::query(&sql)
+                .bind(value)
+                .fetch_all(conn)
+                .await
+                .map_err(map_err)?;
+            rows.iter().map(row_to_trash).collect()
+        }
+
+        /// `AND path >= $a AND path < $b` for paths under `prefix` (nothing when it bounds
+        /// nothing), with the upper bound to bind.
+        fn prefix_range(prefix: &str, a: u8, b: u8) -> (String, String) {
+            match $crate::services::metadata::rules::prefix_upper_bound(prefix) {
+                None => (format!("AND ${b} = ${b}"), String::new()),
+                Some(upper) => (format!("AND path >= ${a} AND path < ${b}"), upper),
+            }
         }
 
         fn row_to_token(r: &$row) -> Result<TokenRecord, MetadataError> {
@@ -197,6 +237,7 @@ macro_rules! sql_layer {
                 kind: EventKind,
                 meta: &FileMeta,
                 from_path: Option<&str>,
+                note: &EventNote,
                 at: i64,
             ) -> Result<i64, MetadataError> {
                 let seq: i64 = sqlx::query_scalar(dialect::APPEND_EVENT)
@@ -208,12 +249,139 @@ macro_rules! sql_layer {
                     .bind(size_i64(meta.size)?)
                     .bind(&meta.sha256)
                     .bind(at)
+                    .bind(note.trash_id.as_deref())
+                    .bind(note.restored_from)
                     .fetch_one(&mut *self.conn)
                     .await
                     .map_err(map_err)?;
                 self.last_seq = Some(seq);
                 Ok(seq)
             }
+
+            async fn insert_version(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::INSERT_VERSION)
+                    .bind(&meta.id)
+                    .bind(meta.version)
+                    .bind(size_i64(meta.size)?)
+                    .bind(&meta.sha256)
+                    .bind(&meta.content_type)
+                    .bind(meta.modified_ms);
+                self.run(q).await
+            }
+
+            async fn version_row(
+                &mut self,
+                id: &str,
+                version: i64,
+            ) -> Result<Option<FileMeta>, MetadataError> {
+                version_where(&mut *self.conn, id, version).await
+            }
+
+            async fn versions_beyond(
+                &mut self,
+                id: &str,
+                skip: u64,
+            ) -> Result<Vec<(i64, String)>, MetadataError> {
+                sqlx::query_as(dialect::VERSIONS_BEYOND)
+                    .bind(id)
+                    .bind(i64::try_from(skip).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn delete_version(&mut self, id: &str, version: i64) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::DELETE_VERSION).bind(id).bind(version))
+                    .await
+            }
+
+            async fn trash_file(&mut self, entry: &TrashEntry) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::TRASH_FILE)
+                    .bind(&entry.trash_id)
+                    .bind(entry.deleted_at_ms)
+                    .bind(entry.expires_at_ms)
+                    .bind(entry.batch_id.as_deref())
+                    .bind(&entry.file.id);
+                self.run(q).await
+            }
+
+            async fn untrash_file(&mut self, trash_id: &str, path: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::UNTRASH_FILE).bind(trash_id).bind(path))
+                    .await
+            }
+
+            async fn trash_by_id(
+                &mut self,
+                trash_id: &str,
+            ) -> Result<Option<TrashEntry>, MetadataError> {
+                Ok(trash_where(&mut *self.conn, "trash_id = $1", trash_id)
+                    .await?
+                    .pop())
+            }
+
+            async fn trash_by_batch(
+                &mut self,
+                batch_id: &str,
+            ) -> Result<Vec<TrashEntry>, MetadataError> {
+                trash_where(&mut *self.conn, "batch_id = $1", batch_id).await
+            }
+
+            async fn expired_trash(
+                &mut self,
+                now: i64,
+                limit: i64,
+            ) -> Result<Vec<TrashEntry>, MetadataError> {
+                let sql = format!(
+                    "SELECT {} FROM trash WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2",
+                    dialect::TRASH_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_trash).collect()
+            }
+
+            async fn delete_trash(&mut self, trash_id: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::DELETE_TRASH).bind(trash_id))
+                    .await
+            }
+
+            async fn files_under(&mut self, prefix: &str) -> Result<Vec<FileMeta>, MetadataError> {
+                let (range, upper) = prefix_range(prefix, 1, 2);
+                let sql = format!(
+                    "SELECT {} FROM files WHERE path >= $1 {range} ORDER BY path",
+                    dialect::FILE_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(prefix)
+                    .bind(upper)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_meta).collect()
+            }
+        }
+
+        /// Old version `version` of file `id`.
+        async fn version_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+            conn: E,
+            id: &str,
+            version: i64,
+        ) -> Result<Option<FileMeta>, MetadataError> {
+            let sql = format!(
+                "SELECT {} FROM versions WHERE file_id = $1 AND version = $2",
+                dialect::VERSION_COLUMNS
+            );
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .bind(version)
+                .fetch_optional(conn)
+                .await
+                .map_err(map_err)?;
+            row.as_ref().map(row_to_meta).transpose()
         }
 
         /// The audit's queries, on a read transaction the backend opened as one snapshot.
@@ -292,6 +460,43 @@ macro_rules! sql_layer {
                     .await
                     .map_err(map_err)
             }
+
+            async fn retention_counts(&mut self) -> Result<(i64, i64), MetadataError> {
+                sqlx::query_as(dialect::AUDIT_RETENTION_COUNTS)
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn version_orphans(
+                &mut self,
+                limit: i64,
+            ) -> Result<Vec<(String, i64)>, MetadataError> {
+                sqlx::query_as(dialect::AUDIT_VERSION_ORPHANS)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn trash_live(
+                &mut self,
+                limit: i64,
+            ) -> Result<Vec<(String, String, String)>, MetadataError> {
+                sqlx::query_as(dialect::AUDIT_TRASH_LIVE)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+        }
+
+        impl $store {
+            /// The retention policy writes apply now.
+            fn policy(&self) -> std::sync::Arc<RetentionPolicy> {
+                let guard = self.retention.read().unwrap_or_else(|e| e.into_inner());
+                std::sync::Arc::clone(&guard)
+            }
         }
 
         /// Everything but the writes' transactions, the audit's snapshot, closing and
@@ -332,8 +537,173 @@ macro_rules! sql_layer {
                     id: id.to_string(),
                     expected_path: expected_path.to_string(),
                     precondition: precondition.clone(),
+                    permanent: false,
                 };
                 self.write(op).await?.into_change()
+            }
+
+            fn set_retention(&self, policy: RetentionPolicy) {
+                let mut guard = self.retention.write().unwrap_or_else(|e| e.into_inner());
+                *guard = std::sync::Arc::new(policy);
+            }
+
+            async fn delete_permanently(
+                &self,
+                id: &str,
+                expected_path: &str,
+                precondition: &Precondition,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::Delete {
+                    id: id.to_string(),
+                    expected_path: expected_path.to_string(),
+                    precondition: precondition.clone(),
+                    permanent: true,
+                };
+                self.write(op).await?.into_change()
+            }
+
+            async fn versions(
+                &self,
+                id: &str,
+                before: Option<i64>,
+                limit: usize,
+            ) -> Result<Vec<FileMeta>, MetadataError> {
+                let sql = format!(
+                    "SELECT {} FROM versions WHERE file_id = $1 AND version < $2
+                     ORDER BY version DESC LIMIT $3",
+                    dialect::VERSION_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(before.unwrap_or(i64::MAX))
+                    .bind(limit_i64(limit))
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_meta).collect()
+            }
+
+            async fn restore_version(
+                &self,
+                id: &str,
+                expected_path: &str,
+                version: i64,
+                precondition: &Precondition,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::RestoreVersion {
+                    id: id.to_string(),
+                    expected_path: expected_path.to_string(),
+                    version,
+                    precondition: precondition.clone(),
+                };
+                self.write(op).await?.into_change()
+            }
+
+            async fn delete_tree(
+                &self,
+                prefix: &str,
+                expected_ids: &[String],
+                batch_id: &str,
+                permanent: bool,
+            ) -> Result<BatchOutcome, MetadataError> {
+                let op = WriteOp::DeleteTree {
+                    prefix: prefix.to_string(),
+                    expected_ids: expected_ids.to_vec(),
+                    batch_id: batch_id.to_string(),
+                    permanent,
+                };
+                self.write(op).await?.into_batch()
+            }
+
+            async fn trash_entries(
+                &self,
+                prefix: &str,
+                after: Option<&str>,
+                limit: usize,
+                now_ms: i64,
+            ) -> Result<Vec<TrashEntry>, MetadataError> {
+                let (range, upper) = prefix_range(prefix, 4, 5);
+                let sql = format!(
+                    "SELECT {} FROM trash WHERE trash_id > $1 AND expires_at > $2
+                     AND path >= $4 {range} ORDER BY trash_id LIMIT $3",
+                    dialect::TRASH_COLUMNS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after.unwrap_or(""))
+                    .bind(now_ms)
+                    .bind(limit_i64(limit))
+                    .bind(prefix)
+                    .bind(upper)
+                    .fetch_all(&self.$reads)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_trash).collect()
+            }
+
+            async fn trash_entry(
+                &self,
+                trash_id: &str,
+            ) -> Result<Option<TrashEntry>, MetadataError> {
+                Ok(trash_where(&self.$reads, "trash_id = $1", trash_id)
+                    .await?
+                    .pop())
+            }
+
+            async fn trash_batch(&self, batch_id: &str) -> Result<Vec<TrashEntry>, MetadataError> {
+                trash_where(&self.$reads, "batch_id = $1", batch_id).await
+            }
+
+            async fn restore_trash(
+                &self,
+                trash_id: &str,
+                to: Option<&str>,
+                overwrite: bool,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let op = WriteOp::RestoreTrash {
+                    trash_id: trash_id.to_string(),
+                    to: to.map(str::to_string),
+                    overwrite,
+                };
+                self.write(op).await?.into_change()
+            }
+
+            async fn restore_batch(&self, batch_id: &str) -> Result<BatchOutcome, MetadataError> {
+                let op = WriteOp::RestoreBatch {
+                    batch_id: batch_id.to_string(),
+                };
+                self.write(op).await?.into_batch()
+            }
+
+            async fn purge_trash(&self, trash_id: &str) -> Result<Vec<String>, MetadataError> {
+                let op = WriteOp::PurgeTrash {
+                    trash_id: trash_id.to_string(),
+                };
+                Ok(self.write(op).await?.into_released()?.1)
+            }
+
+            async fn expire_trash(
+                &self,
+                now_ms: i64,
+                limit: usize,
+            ) -> Result<(usize, Vec<String>), MetadataError> {
+                let op = WriteOp::ExpireTrash {
+                    now: now_ms,
+                    limit: limit_i64(limit),
+                };
+                self.write(op).await?.into_released()
+            }
+
+            async fn retention_stats(&self) -> Result<RetentionStats, MetadataError> {
+                let (entries, bytes, versions): (i64, i64, i64) =
+                    sqlx::query_as(dialect::RETENTION_STATS)
+                        .fetch_one(&self.$reads)
+                        .await
+                        .map_err(map_err)?;
+                Ok(RetentionStats {
+                    trash_entries: size_u64(entries)?,
+                    trash_bytes: size_u64(bytes)?,
+                    versions_retained: size_u64(versions)?,
+                })
             }
 
             async fn rename(

@@ -4,7 +4,7 @@
 pub(crate) const FILE_COLUMNS: &str =
     "id, path, size, sha256, version, content_type, created_at, modified_at";
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, kind, file_id, path, from_path, version, size, sha256, at";
+    "seq, kind, file_id, path, from_path, version, size, sha256, at, trash_id, restored_from";
 pub(crate) const INSERT_FILE: &str =
     "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
@@ -60,11 +60,46 @@ pub(crate) const AUDIT_LAST_EVENTS: &str = "WITH last AS (
 pub(crate) const AUDIT_FILES_WITHOUT_EVENTS: &str = "SELECT id, path FROM files
      WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.file_id = files.id)
      ORDER BY path LIMIT $1";
-pub(crate) const AUDIT_REFCOUNTS: &str =
-    "WITH used AS (SELECT sha256, COUNT(*) AS n FROM files GROUP BY sha256)
+pub(crate) const AUDIT_REFCOUNTS: &str = "WITH used AS (SELECT sha256, COUNT(*) AS n FROM (
+            SELECT sha256 FROM files UNION ALL SELECT sha256 FROM versions
+            UNION ALL SELECT sha256 FROM trash) r GROUP BY sha256)
      SELECT b.sha256, b.refcount, COALESCE(u.n, 0) FROM blobs b
      LEFT JOIN used u ON u.sha256 = b.sha256 WHERE b.refcount <> COALESCE(u.n, 0)
      UNION ALL
      SELECT u.sha256, NULL, u.n FROM used u
      WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = u.sha256)
      LIMIT $1";
+pub(crate) const AUDIT_RETENTION_COUNTS: &str =
+    "SELECT (SELECT COUNT(*) FROM versions), (SELECT COUNT(*) FROM trash)";
+pub(crate) const AUDIT_VERSION_ORPHANS: &str = "SELECT v.file_id, v.version FROM versions v
+     WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.id = v.file_id)
+       AND NOT EXISTS (SELECT 1 FROM trash t WHERE t.file_id = v.file_id)
+     ORDER BY v.file_id, v.version LIMIT $1";
+pub(crate) const AUDIT_TRASH_LIVE: &str = "SELECT t.trash_id, t.file_id, t.path FROM trash t
+     JOIN files f ON f.id = t.file_id ORDER BY t.trash_id LIMIT $1";
+
+// Versions and the trash.
+pub(crate) const VERSION_COLUMNS: &str =
+    "file_id AS id, '' AS path, size, sha256, version, content_type,
+     modified_at AS created_at, modified_at";
+pub(crate) const INSERT_VERSION: &str =
+    "INSERT INTO versions (file_id, version, size, sha256, content_type, modified_at)
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const DELETE_VERSION: &str = "DELETE FROM versions WHERE file_id = $1 AND version = $2";
+pub(crate) const TRASH_COLUMNS: &str =
+    "trash_id, file_id AS id, path, size, sha256, version, content_type, created_at,
+     modified_at, deleted_at, expires_at, batch_id";
+/// The row as it is in `files` (its `created_at` included), with the trash's own columns.
+pub(crate) const TRASH_FILE: &str =
+    "INSERT INTO trash (trash_id, file_id, path, size, sha256, version, content_type,
+                        created_at, modified_at, deleted_at, expires_at, batch_id)
+     SELECT $1, id, path, size, sha256, version, content_type, created_at, modified_at,
+            $2, $3, $4 FROM files WHERE id = $5";
+pub(crate) const UNTRASH_FILE: &str =
+    "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
+     SELECT file_id, $2, size, sha256, version, content_type, created_at, modified_at
+     FROM trash WHERE trash_id = $1";
+pub(crate) const DELETE_TRASH: &str = "DELETE FROM trash WHERE trash_id = $1";
+pub(crate) const RETENTION_STATS: &str =
+    "SELECT (SELECT COUNT(*) FROM trash), (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM trash),
+            (SELECT COUNT(*) FROM versions)";

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -38,6 +39,7 @@ mod dialect {
             include_str!("migrations/sqlite/0001_files_blobs_events.sql"),
         ),
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
+        (3, include_str!("migrations/sqlite/0003_versions_trash.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
@@ -45,9 +47,13 @@ mod dialect {
     pub(super) const BYTE_ORDER: &str = "";
     /// AUTOINCREMENT gives the seq: gapless under the single writer, never reused.
     pub(super) const APPEND_EVENT: &str =
-        "INSERT INTO events (kind, file_id, path, from_path, version, size, sha256, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq";
+        "INSERT INTO events (kind, file_id, path, from_path, version, size, sha256, at,
+                             trash_id, restored_from)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq";
     /// AUTOINCREMENT's counter: survives pruning, never reused.
+    /// SQLite needs a LIMIT before an OFFSET (-1: none).
+    pub(super) const VERSIONS_BEYOND: &str =
+        "SELECT version, sha256 FROM versions WHERE file_id = $1 ORDER BY version DESC LIMIT -1 OFFSET $2";
     pub(super) const LATEST_SEQ: &str =
         "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)";
     pub(super) const AUDIT_COUNTS: &str =
@@ -72,11 +78,15 @@ pub struct SqliteMetadata {
     readers: SqlitePool,
     jobs: mpsc::Sender<Job>,
     timeout: Duration,
+    /// Guards the retention policy writes apply (replaced whole by `set_retention`; read
+    /// by cloning the `Arc`, never held across an await).
+    retention: Arc<std::sync::RwLock<Arc<RetentionPolicy>>>,
 }
 
 #[derive(Debug)]
 struct Job {
     op: WriteOp,
+    policy: Arc<RetentionPolicy>,
     reply: oneshot::Sender<Result<WriteDone, MetadataError>>,
 }
 
@@ -137,6 +147,7 @@ impl SqliteMetadata {
             readers,
             jobs,
             timeout: busy_timeout,
+            retention: Arc::default(),
         })
     }
 
@@ -145,7 +156,12 @@ impl SqliteMetadata {
     /// queued then may commit later: it was not acknowledged, and it is complete if visible.)
     async fn write(&self, op: WriteOp) -> Result<WriteDone, MetadataError> {
         let (reply, answer) = oneshot::channel();
-        match tokio::time::timeout(self.timeout, self.jobs.send(Job { op, reply })).await {
+        let job = Job {
+            op,
+            policy: self.policy(),
+            reply,
+        };
+        match tokio::time::timeout(self.timeout, self.jobs.send(job)).await {
             Err(_) => return Err(MetadataError::Busy),
             Ok(Err(_)) => return Err(MetadataError::Backend("metadata committer stopped".into())),
             Ok(Ok(())) => {}
@@ -201,7 +217,7 @@ async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
-        let result = apply_in_savepoint(&mut tx, job.op).await;
+        let result = apply_in_savepoint(&mut tx, job.op, &job.policy).await;
         results.push((job.reply, result));
     }
     match tx.commit().await {
@@ -225,12 +241,13 @@ async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
 async fn apply_in_savepoint(
     conn: &mut SqliteConnection,
     op: WriteOp,
+    policy: &RetentionPolicy,
 ) -> Result<WriteDone, MetadataError> {
     sqlx::query("SAVEPOINT vaultfs_op")
         .execute(&mut *conn)
         .await
         .map_err(map_err)?;
-    let result = rules::apply(&mut SqlTx::new(&mut *conn), &op).await;
+    let result = rules::apply(&mut SqlTx::new(&mut *conn), &op, policy).await;
     let end = if result.is_ok() {
         "RELEASE vaultfs_op"
     } else {
