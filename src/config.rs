@@ -81,6 +81,12 @@ pub struct Config {
     /// `s3://bucket[/prefix]?endpoint=...&region=...`: blobs in S3-compatible object storage.
     /// None: the data directory.
     pub blob_store: Option<String>,
+    /// A tus upload session unused for this long expires and its staged bytes are removed.
+    pub tus_expiry: Duration,
+    /// Open tus sessions one token may have at once (429 past it).
+    pub tus_max_sessions_per_token: usize,
+    /// Staging bytes one token's open tus sessions may reserve (their declared lengths).
+    pub tus_max_staging_per_token: u64,
 }
 
 impl Default for Config {
@@ -115,6 +121,9 @@ impl Default for Config {
             bootstrap_token: None,
             metadata_url: None,
             blob_store: None,
+            tus_expiry: Duration::from_secs(24 * 3600),
+            tus_max_sessions_per_token: 100,
+            tus_max_staging_per_token: 64 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -176,6 +185,9 @@ pub struct Overrides {
     pub bootstrap_token: Option<String>,
     pub metadata_url: Option<String>,
     pub blob_store: Option<String>,
+    pub tus_expiry: Option<String>,
+    pub tus_max_sessions_per_token: Option<SizeValue>,
+    pub tus_max_staging_per_token: Option<SizeValue>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -228,6 +240,11 @@ impl Overrides {
             bootstrap_token: env("VAULTFS_BOOTSTRAP_TOKEN").filter(|t| !t.trim().is_empty()),
             metadata_url: env("VAULTFS_METADATA_URL"),
             blob_store: env("VAULTFS_BLOB_STORE"),
+            tus_expiry: env("VAULTFS_TUS_EXPIRY"),
+            tus_max_sessions_per_token: env("VAULTFS_TUS_MAX_SESSIONS_PER_TOKEN")
+                .map(SizeValue::Text),
+            tus_max_staging_per_token: env("VAULTFS_TUS_MAX_STAGING_PER_TOKEN")
+                .map(SizeValue::Text),
         }
     }
 
@@ -373,6 +390,17 @@ impl Overrides {
         }
         if let Some(v) = &self.max_connections {
             config.max_connections = count("max_connections", v, 1)?;
+        }
+        if let Some(v) = &self.tus_expiry {
+            config.tus_expiry = parse_duration(v).map_err(|r| invalid("tus_expiry", v, r))?;
+        }
+        if let Some(v) = &self.tus_max_sessions_per_token {
+            config.tus_max_sessions_per_token = count("tus_max_sessions_per_token", v, 1)?;
+        }
+        if let Some(v) = &self.tus_max_staging_per_token {
+            let text = v.as_text();
+            config.tus_max_staging_per_token = parse_size(&text)
+                .map_err(|r| invalid("tus_max_staging_per_token", &text, r))?;
         }
         let durations: [(&'static str, &Option<String>, &mut Duration); 10] = [
             (

@@ -10,6 +10,7 @@
 //! - [`files`]: the file operations (upload commit, move, copy, delete, list) built from them.
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 //! - [`upload`]: the one write entry point every front end streams a file through.
+//! - [`tus`]: tus 1.0 resumable upload sessions, completed through [`upload`].
 
 pub mod auth;
 pub mod files;
@@ -18,6 +19,7 @@ pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
 pub mod storage;
+pub mod tus;
 pub mod upload;
 
 use lock_manager::LockError;

@@ -38,6 +38,7 @@ mod dialect {
             include_str!("migrations/sqlite/0001_files_blobs_events.sql"),
         ),
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
+        (10, include_str!("migrations/sqlite/0010_tus_sessions.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
@@ -137,6 +138,11 @@ impl SqliteMetadata {
             jobs,
             timeout: busy_timeout,
         })
+    }
+
+    /// The tus session rows' store, on this database's writer and readers.
+    pub(crate) fn tus_store(&self) -> super::tus::TusStore {
+        super::tus::TusStore::sqlite(self.writer.clone(), self.readers.clone(), self.timeout)
     }
 
     /// Queues a write for the group committer and waits for its outcome. Both waits have the
