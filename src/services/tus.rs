@@ -1191,7 +1191,7 @@ fn target_path(meta: &[(String, String)], dir: Option<&str>) -> Result<Option<VP
         return VPath::parse(path).map(Some).map_err(invalid);
     }
     match (meta_value(meta, "filename"), dir) {
-        (Some(name), Some(dir)) => VPath::parse(dir)
+        (Some(name), Some(dir)) => VPath::parse(dir.trim_end_matches('/'))
             .and_then(|d| d.join(name))
             .map(Some)
             .map_err(invalid),
