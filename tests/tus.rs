@@ -756,3 +756,102 @@ async fn s_get(client: &reqwest::Client, base: &str, path: &str) -> Option<Vec<u
         None
     }
 }
+
+/// A TCP proxy in front of `upstream` that cuts the connection carrying the upload each time
+/// another `every` bytes went from the client to the server. Returns its address.
+async fn cutting_proxy(upstream: std::net::SocketAddr, every: u64) -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let sent = Arc::clone(&sent);
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let before = sent.fetch_add(n as u64, Ordering::Relaxed);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        if (before + n as u64) / every > before / every {
+                            return; // the cut: both directions end, both sockets close
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `vaultfs upload` of 256 MiB through tus (4 parallel parts) over a connection cut every
+/// 8 MiB: it finishes byte-exact, and re-sends less than one chunk per cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finishes_a_large_upload_over_a_connection_cut_every_8_mib() {
+    let (_dir, s) = TestServer::start().await;
+    const SIZE: usize = 256 << 20;
+    const EVERY: u64 = 8 << 20;
+    let proxy = cutting_proxy(s.addr, EVERY).await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("big.bin");
+    let body = data(SIZE, 256);
+    tokio::fs::write(&file, &body).await.unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+        .args(["upload"])
+        .arg(&file)
+        .args(["big/big.bin", "--json", "--retries", "8", "--server"])
+        .arg(format!("http://{proxy}"))
+        .env("XDG_STATE_HOME", work.path().join("state"))
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let note = result["note"].as_str().unwrap_or_default().to_string();
+    let resent: u64 = note
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" bytes re-sent"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no re-sent figure in {result}"));
+    let cuts = SIZE as u64 / EVERY;
+    eprintln!(
+        "cut every 8 MiB: {cuts} cuts, {resent} bytes re-sent ({} per cut); {note}",
+        resent / cuts
+    );
+    // One chunk: a PATCH of the CLI carries at most 16 MiB.
+    assert!(
+        resent < cuts * (16 << 20),
+        "{resent} bytes re-sent over {cuts} cuts"
+    );
+    let (status, got) = s.get_bytes("/api/v1/fs/big/big.bin").await;
+    assert_eq!(status, 200);
+    assert!(got == body, "byte-exact");
+    assert_eq!(events(&s).await.len(), 1, "one commit");
+    s.stop().await;
+}

@@ -22,6 +22,9 @@ use crate::client::{Client, ClientError, RetryPolicy};
 
 /// Read size of a part's body.
 const CHUNK: usize = 256 * 1024;
+/// Most bytes one PATCH carries: what a broken connection can cost at worst (the server
+/// keeps what reached it, so usually far less is sent again).
+pub const PATCH_CHUNK: u64 = 16 << 20;
 
 /// What a resumed run needs: the parts' upload URLs for this file, target and content.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -143,9 +146,13 @@ pub async fn upload(
             let (resumed, resent) = (&resumed, &resent);
             async move {
                 let first = std::sync::atomic::AtomicBool::new(true);
-                // The highest offset this run sent up to.
-                let high = AtomicU64::new(0);
+                // How far into the part this run's requests streamed.
+                let high = Arc::new(AtomicU64::new(0));
                 let (first, high) = (&first, &high);
+                // The retry budget starts over whenever the server's offset moved on: a
+                // connection that keeps breaking but makes progress is not a failing one.
+                let mut progressed_to = u64::MAX;
+                loop {
                 let (result, _) = policy
                     .run(
                         |_| {
@@ -164,11 +171,14 @@ pub async fn upload(
                                 let total: u64 =
                                     done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
                                 progress.restart_at(total);
-                                if offset >= part.len {
-                                    return Ok(());
+                                let mut offset = offset;
+                                while offset < part.len {
+                                    high.store(offset, Ordering::Relaxed);
+                                    offset =
+                                        send(client, local, &part, offset, &progress, high).await?;
+                                    done[i].store(offset, Ordering::Relaxed);
                                 }
-                                high.store(part.len, Ordering::Relaxed);
-                                send(client, local, &part, offset, &progress).await
+                                Ok(())
                             }
                         },
                         |attempt, err, delay| {
@@ -179,7 +189,17 @@ pub async fn upload(
                         },
                     )
                     .await;
-                result
+                match result {
+                    Err(e) if e.is_retryable() => {
+                        let now = done[i].load(Ordering::Relaxed);
+                        if progressed_to != u64::MAX && now <= progressed_to {
+                            break Err(e);
+                        }
+                        progressed_to = now;
+                    }
+                    other => break other,
+                }
+                }
             }
         })
         .buffer_unordered(usize::from(parallel.max(1)))
@@ -248,7 +268,8 @@ async fn send(
     part: &Part,
     offset: u64,
     progress: &Arc<Progress>,
-) -> Result<(), ClientError> {
+    streamed: &Arc<AtomicU64>,
+) -> Result<u64, ClientError> {
     let mut file = tokio::fs::File::open(local)
         .await
         .map_err(|e| ClientError::Local {
@@ -258,17 +279,19 @@ async fn send(
     file.seek(io::SeekFrom::Start(part.start + offset))
         .await
         .map_err(|e| ClientError::Other(e.to_string()))?;
-    let left = part.len - offset;
+    let left = (part.len - offset).min(PATCH_CHUNK);
     let progress = Arc::clone(progress);
+    let streamed = Arc::clone(streamed);
     let reader = file.take(left);
     let body = futures_util::stream::unfold(reader, move |mut reader| {
-        let progress = Arc::clone(&progress);
+        let (progress, streamed) = (Arc::clone(&progress), Arc::clone(&streamed));
         async move {
             let mut buf = BytesMut::with_capacity(CHUNK);
             match reader.read_buf(&mut buf).await {
                 Ok(0) => None,
                 Ok(n) => {
                     progress.inc(n as u64);
+                    streamed.fetch_add(n as u64, Ordering::Relaxed);
                     Some((Ok::<_, io::Error>(buf.freeze()), reader))
                 }
                 Err(e) => Some((Err(e), reader)),
@@ -286,7 +309,12 @@ async fn send(
         .send()
         .await?;
     match r.status().as_u16() {
-        204 => Ok(()),
+        204 => r
+            .headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Other("tus PATCH answer without Upload-Offset".into())),
         // Someone moved the offset (a retry's old request): HEAD again.
         409 => Err(ClientError::Transport("tus offset conflict".into())),
         _ => Err(Client::api_error(r).await),
