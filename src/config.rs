@@ -399,8 +399,8 @@ impl Overrides {
         }
         if let Some(v) = &self.tus_max_staging_per_token {
             let text = v.as_text();
-            config.tus_max_staging_per_token = parse_size(&text)
-                .map_err(|r| invalid("tus_max_staging_per_token", &text, r))?;
+            config.tus_max_staging_per_token =
+                parse_size(&text).map_err(|r| invalid("tus_max_staging_per_token", &text, r))?;
         }
         let durations: [(&'static str, &Option<String>, &mut Duration); 10] = [
             (

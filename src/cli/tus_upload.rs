@@ -130,14 +130,18 @@ pub async fn upload(
             .await
             .map_err(|e| ClientError::Local {
                 code: "local_io".into(),
-                message: format!("cannot write the resume state {}: {e}", state_path.display()),
+                message: format!(
+                    "cannot write the resume state {}: {e}",
+                    state_path.display()
+                ),
             })?;
         state = Some(fresh);
     }
     let Some(state) = state else {
         return Err(ClientError::Other("no resume state".into()));
     };
-    let done: Arc<Vec<AtomicU64>> = Arc::new(state.parts.iter().map(|_| AtomicU64::new(0)).collect());
+    let done: Arc<Vec<AtomicU64>> =
+        Arc::new(state.parts.iter().map(|_| AtomicU64::new(0)).collect());
     let resumed = AtomicU64::new(0);
     let resent = AtomicU64::new(0);
     let results = futures_util::stream::iter(state.parts.clone().into_iter().enumerate())
@@ -153,52 +157,53 @@ pub async fn upload(
                 // connection that keeps breaking but makes progress is not a failing one.
                 let mut progressed_to = u64::MAX;
                 loop {
-                let (result, _) = policy
-                    .run(
-                        |_| {
-                            let (done, progress) = (Arc::clone(&done), Arc::clone(&progress));
-                            let part = part.clone();
-                            async move {
-                                let offset = head(client, &part.url).await?;
-                                if first.swap(false, Ordering::Relaxed) {
-                                    resumed.fetch_add(offset, Ordering::Relaxed);
-                                }
-                                let sent = high.load(Ordering::Relaxed);
-                                if offset < sent {
-                                    resent.fetch_add(sent - offset, Ordering::Relaxed);
-                                }
-                                done[i].store(offset, Ordering::Relaxed);
-                                let total: u64 =
-                                    done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
-                                progress.restart_at(total);
-                                let mut offset = offset;
-                                while offset < part.len {
-                                    high.store(offset, Ordering::Relaxed);
-                                    offset =
-                                        send(client, local, &part, offset, &progress, high).await?;
+                    let (result, _) = policy
+                        .run(
+                            |_| {
+                                let (done, progress) = (Arc::clone(&done), Arc::clone(&progress));
+                                let part = part.clone();
+                                async move {
+                                    let offset = head(client, &part.url).await?;
+                                    if first.swap(false, Ordering::Relaxed) {
+                                        resumed.fetch_add(offset, Ordering::Relaxed);
+                                    }
+                                    let sent = high.load(Ordering::Relaxed);
+                                    if offset < sent {
+                                        resent.fetch_add(sent - offset, Ordering::Relaxed);
+                                    }
                                     done[i].store(offset, Ordering::Relaxed);
+                                    let total: u64 =
+                                        done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+                                    progress.restart_at(total);
+                                    let mut offset = offset;
+                                    while offset < part.len {
+                                        high.store(offset, Ordering::Relaxed);
+                                        offset =
+                                            send(client, local, &part, offset, &progress, high)
+                                                .await?;
+                                        done[i].store(offset, Ordering::Relaxed);
+                                    }
+                                    Ok(())
                                 }
-                                Ok(())
+                            },
+                            |attempt, err, delay| {
+                                warn(&format!(
+                                    "upload {remote} part {i}: {err}; retry {attempt} in {:.1} s",
+                                    delay.as_secs_f64()
+                                ))
+                            },
+                        )
+                        .await;
+                    match result {
+                        Err(e) if e.is_retryable() => {
+                            let now = done[i].load(Ordering::Relaxed);
+                            if progressed_to != u64::MAX && now <= progressed_to {
+                                break Err(e);
                             }
-                        },
-                        |attempt, err, delay| {
-                            warn(&format!(
-                                "upload {remote} part {i}: {err}; retry {attempt} in {:.1} s",
-                                delay.as_secs_f64()
-                            ))
-                        },
-                    )
-                    .await;
-                match result {
-                    Err(e) if e.is_retryable() => {
-                        let now = done[i].load(Ordering::Relaxed);
-                        if progressed_to != u64::MAX && now <= progressed_to {
-                            break Err(e);
+                            progressed_to = now;
                         }
-                        progressed_to = now;
+                        other => break other,
                     }
-                    other => break other,
-                }
                 }
             }
         })
@@ -252,7 +257,10 @@ async fn head(client: &Client, url: &str) -> Result<u64, ClientError> {
     if r.status() != 200 {
         let status = r.status().as_u16();
         // An expired or lost session cannot be resumed: not retryable, start over next run.
-        return Err(tus_error(if status == 410 { 404 } else { status }, "tus HEAD"));
+        return Err(tus_error(
+            if status == 410 { 404 } else { status },
+            "tus HEAD",
+        ));
     }
     r.headers()
         .get("upload-offset")

@@ -65,10 +65,10 @@ pub async fn options(State(state): State<AppState>) -> Response {
     response
 }
 
-/// 412 unless the request speaks tus 1.0.0.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+/// The 412 answer unless the request speaks tus 1.0.0.
+fn check_version(headers: &HeaderMap) -> Option<Response> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
-        Some(v) if v.trim() == TUS_VERSION => Ok(()),
+        Some(v) if v.trim() == TUS_VERSION => None,
         _ => {
             let mut response = AppError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -79,7 +79,7 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
             response
                 .headers_mut()
                 .insert("tus-version", HeaderValue::from_static(TUS_VERSION));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -175,7 +175,11 @@ fn describe(response: &mut Response, view: &SessionView, full: bool) {
         Concat::Partial => set(response, "upload-concat", "partial".into()),
         Concat::Final(ids) => {
             let urls: Vec<String> = ids.iter().map(|id| format!("{BASE}{id}")).collect();
-            set(response, "upload-concat", format!("final;{}", urls.join(" ")));
+            set(
+                response,
+                "upload-concat",
+                format!("final;{}", urls.join(" ")),
+            );
         }
     }
 }
@@ -189,7 +193,7 @@ pub async fn create(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return r;
     }
     match create_inner(&state, &ctx, q, &headers, request).await {
@@ -281,7 +285,7 @@ pub async fn head(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return no_store(r);
     }
     let response = match state.tus.status(&ctx, &id).await {
@@ -311,7 +315,7 @@ pub async fn patch(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return r;
     }
     match patch_inner(&state, &ctx, &id, &headers, request).await {
@@ -328,16 +332,18 @@ async fn patch_inner(
     request: Request,
 ) -> Result<Response, AppError> {
     let content_type = header_str(headers, "content-type")?.unwrap_or("");
-    if !content_type.trim().eq_ignore_ascii_case(OFFSET_OCTET_STREAM) {
+    if !content_type
+        .trim()
+        .eq_ignore_ascii_case(OFFSET_OCTET_STREAM)
+    {
         return Err(AppError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "PATCH bodies must be Content-Type: application/offset+octet-stream",
         ));
     }
-    let offset = number(headers, "upload-offset")?.ok_or_else(|| {
-        AppError::bad_request("invalid_header", "Upload-Offset is required")
-    })?;
+    let offset = number(headers, "upload-offset")?
+        .ok_or_else(|| AppError::bad_request("invalid_header", "Upload-Offset is required"))?;
     let append = Append {
         offset,
         length: number(headers, "upload-length")?,
@@ -358,7 +364,7 @@ pub async fn delete(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = check_version(&headers) {
         return r;
     }
     match state.tus.terminate(&ctx, &id).await {
@@ -382,7 +388,9 @@ impl From<TusError> for AppError {
                 AppError::new(StatusCode::CONFLICT, "offset_mismatch", message)
             }
             TusError::ModifyFinal => AppError::new(StatusCode::FORBIDDEN, "modify_final", message),
-            TusError::ChecksumMismatch(_) => AppError::new(status(460), "checksum_mismatch", message),
+            TusError::ChecksumMismatch(_) => {
+                AppError::new(status(460), "checksum_mismatch", message)
+            }
             TusError::UnsupportedChecksum(_) => {
                 AppError::bad_request("unsupported_checksum", message)
             }
@@ -393,9 +401,7 @@ impl From<TusError> for AppError {
             TusError::TooLarge { .. } => {
                 AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
-            TusError::PartialNotFinished => {
-                AppError::bad_request("partial_not_finished", message)
-            }
+            TusError::PartialNotFinished => AppError::bad_request("partial_not_finished", message),
             TusError::TooManySessions(_) => AppError {
                 retry_after: Some(60),
                 ..AppError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)

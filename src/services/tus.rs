@@ -60,7 +60,9 @@ pub enum TusError {
     OffsetMismatch { given: u64, actual: u64 },
     #[error("a final concatenation cannot be modified")]
     ModifyFinal,
-    #[error("the request body does not match its {0} Upload-Checksum; the upload's offset is unchanged")]
+    #[error(
+        "the request body does not match its {0} Upload-Checksum; the upload's offset is unchanged"
+    )]
     ChecksumMismatch(&'static str),
     #[error("unsupported checksum algorithm {0:?} (supported: sha1, md5, sha256)")]
     UnsupportedChecksum(String),
@@ -80,7 +82,9 @@ pub enum TusError {
     Interrupted,
     #[error("the upload is still held by an earlier request; retry")]
     Busy,
-    #[error("the upload's staged bytes are missing (another replica holds them, or they were lost)")]
+    #[error(
+        "the upload's staged bytes are missing (another replica holds them, or they were lost)"
+    )]
     StagingLost,
     #[error("staging I/O error: {0}")]
     Io(#[from] io::Error),
@@ -430,25 +434,28 @@ impl TusService {
     }
 
     /// Creates a session (and, for a final concatenation, concatenates and commits it).
-    pub async fn create(&self, ctx: &RequestCtx, creation: Creation) -> Result<SessionView, TusError> {
+    pub async fn create(
+        &self,
+        ctx: &RequestCtx,
+        creation: Creation,
+    ) -> Result<SessionView, TusError> {
         let inner = &self.inner;
         let meta = parse_metadata(&creation.metadata)?;
         let options = upload_options(&meta)?;
-        let target = match target_path(&meta, creation.dir.as_deref())? {
-            Some(path) => {
-                ctx.check(path.as_str())?;
-                inner.files.precheck(&path, &options.precondition).await?;
-                Some(path)
-            }
-            None if creation.concat == Concat::Partial => None,
-            None => {
-                return Err(TusError::Invalid(
+        let target =
+            match target_path(&meta, creation.dir.as_deref())? {
+                Some(path) => {
+                    ctx.check(path.as_str())?;
+                    inner.files.precheck(&path, &options.precondition).await?;
+                    Some(path)
+                }
+                None if creation.concat == Concat::Partial => None,
+                None => return Err(TusError::Invalid(
                     "Upload-Metadata must name the target: `path` (base64 of the VaultFS path), \
                      or `filename` with ?path=DIR/ on the creation URL"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let owner = owner_of(ctx);
         let (length, partials) = match &creation.concat {
             Concat::Final(ids) => {
@@ -497,7 +504,10 @@ impl TusService {
             owner,
             length,
             offset: 0,
-            target: target.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default(),
+            target: target
+                .as_ref()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
             metadata: creation.metadata.clone(),
             concat: creation.concat.to_text(),
             state: SessionState::Open,
@@ -613,7 +623,8 @@ impl TusService {
 
     fn spawn_sweep(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let service = self.clone();
-        let every = (self.inner.limits.expiry / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+        let every = (self.inner.limits.expiry / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(60));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -642,7 +653,10 @@ impl Inner {
 
     fn live(&self, id: &str) -> Arc<Live> {
         let mut live = lock(&self.live);
-        Arc::clone(live.entry(id.to_string()).or_insert_with(|| Arc::new(Live::new())))
+        Arc::clone(
+            live.entry(id.to_string())
+                .or_insert_with(|| Arc::new(Live::new())),
+        )
     }
 
     /// Ends the session's writer, drops its in-process state and removes its bytes.
@@ -675,7 +689,9 @@ impl Inner {
     async fn open_row(&self, owner: &str, id: &str) -> Result<SessionRow, TusError> {
         let row = self.visible_row(owner, id).await?;
         if row.state != SessionState::Open {
-            return Err(TusError::Invalid(format!("upload {id} is already complete")));
+            return Err(TusError::Invalid(format!(
+                "upload {id} is already complete"
+            )));
         }
         Ok(row)
     }
@@ -721,15 +737,12 @@ impl Inner {
         let live = self.live(id);
         let token = CancellationToken::new();
         live.take_over(token.clone());
-        let _turn = match tokio::time::timeout(
-            TAKEOVER_WAIT,
-            Arc::clone(&live.turn).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(turn)) => turn,
-            Ok(Err(_)) | Err(_) => return Err(TusError::Busy),
-        };
+        let _turn =
+            match tokio::time::timeout(TAKEOVER_WAIT, Arc::clone(&live.turn).acquire_owned()).await
+            {
+                Ok(Ok(turn)) => turn,
+                Ok(Err(_)) | Err(_) => return Err(TusError::Busy),
+            };
         let batch = tokio::select! {
             batch = self.files.begin_batch(request.content_length) => batch?,
             () = token.cancelled() => return Err(TusError::Interrupted),
@@ -814,14 +827,20 @@ impl Inner {
         }
         let usage = self.store.usage(owner).await?;
         // `usage` counts this session at its offset; it now reserves its length.
-        if usage.bytes.saturating_sub(row.offset).saturating_add(length) > self.limits.max_staging
+        if usage
+            .bytes
+            .saturating_sub(row.offset)
+            .saturating_add(length)
+            > self.limits.max_staging
         {
             return Err(TusError::StagingQuota {
                 limit: self.limits.max_staging,
             });
         }
         if !self.store.declare_length(&row.id, length).await? {
-            return Err(TusError::Invalid("the upload's length is already set".into()));
+            return Err(TusError::Invalid(
+                "the upload's length is already set".into(),
+            ));
         }
         Ok(())
     }
@@ -894,7 +913,14 @@ impl Inner {
         };
         if !keep {
             // Nothing of this request is acknowledged; the next one truncates the file back.
-            live.put_hasher(start, if matches!(end, End::Write(_)) { None } else { base });
+            live.put_hasher(
+                start,
+                if matches!(end, End::Write(_)) {
+                    None
+                } else {
+                    base
+                },
+            );
             return Ok((
                 start,
                 None,
@@ -1142,7 +1168,10 @@ fn concat_files(target: &Path, sources: &[(PathBuf, u64)]) -> io::Result<Sha256>
         if copied != *len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("partial upload {} is shorter than acknowledged", path.display()),
+                format!(
+                    "partial upload {} is shorter than acknowledged",
+                    path.display()
+                ),
             ));
         }
     }
@@ -1226,7 +1255,10 @@ fn upload_options(meta: &[(String, String)]) -> Result<UploadOptions, TusError> 
                 })?,
         ),
     };
-    let precondition = match (meta_value(meta, "if_match"), meta_value(meta, "if_none_match")) {
+    let precondition = match (
+        meta_value(meta, "if_match"),
+        meta_value(meta, "if_none_match"),
+    ) {
         (Some(_), Some(_)) => {
             return Err(TusError::Invalid(
                 "metadata `if_match` and `if_none_match` cannot be combined".into(),

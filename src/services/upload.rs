@@ -598,7 +598,7 @@ mod tests {
     use super::*;
     use crate::services::files::UploadGate;
     use crate::services::lock_manager::LockManager;
-    use crate::services::metadata_sqlite::SqliteMetadata;
+    use crate::services::metadata::sqlite::SqliteMetadata;
     use crate::services::notification::{Notifier, Retention};
     use crate::services::storage::BlobStore;
     use sha2::Digest;

@@ -44,7 +44,10 @@ mod dialect {
             2,
             include_str!("migrations/postgres/0002_events_path_prefix.sql"),
         ),
-        (10, include_str!("migrations/postgres/0010_tus_sessions.sql")),
+        (
+            10,
+            include_str!("migrations/postgres/0010_tus_sessions.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

@@ -217,10 +217,10 @@ impl TusStore {
     pub(crate) async fn get(&self, id: &str) -> Result<Option<SessionRow>, MetadataError> {
         let sql = format!("SELECT {COLUMNS} FROM tus_sessions WHERE id = $1");
         on_pool!(self, write, pool => sqlx::query(&sql).bind(id).fetch_optional(pool),
-            |row| match row {
-                None => Ok(None),
-                Some(row) => decode_row!(row).map(Some),
-            })
+        |row| match row {
+            None => Ok(None),
+            Some(row) => decode_row!(row).map(Some),
+        })
     }
 
     /// Moves an open session's offset from `from` to `to` and its expiry on; false when the
@@ -245,7 +245,11 @@ impl TusStore {
     }
 
     /// Sets a deferred length; false when it was already set (or the session is not open).
-    pub(crate) async fn declare_length(&self, id: &str, length: u64) -> Result<bool, MetadataError> {
+    pub(crate) async fn declare_length(
+        &self,
+        id: &str,
+        length: u64,
+    ) -> Result<bool, MetadataError> {
         let sql = "UPDATE tus_sessions SET upload_length = $1 \
                    WHERE id = $2 AND upload_length IS NULL AND state = 'open'";
         let length = to_i64(length)?;
