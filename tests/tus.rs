@@ -862,3 +862,30 @@ async fn the_cli_finishes_a_large_upload_over_a_connection_cut_every_8_mib() {
     assert_eq!(events(&s).await.len(), 1, "one commit");
     s.stop().await;
 }
+
+/// The session rows on PostgreSQL: creation, offsets, a HEAD after a restart, completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_live_in_postgres_too() {
+    let Some(url) = common::test_postgres_url("sessions_live_in_postgres_too").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        metadata_url: Some(url),
+        ..Config::for_data_dir(dir.path())
+    };
+    let s = TestServer::start_with(config.clone()).await;
+    let body = data(200_000, 77);
+    let upload = create_url(&s.client, &s.base, body.len() as u64, "pg/a.bin").await;
+    let path = upload.trim_start_matches(&s.base).to_string();
+    let r = patch(&s.client, &upload, 0, body[..120_000].to_vec(), None).await;
+    assert_eq!(r.status(), 204);
+    s.stop().await;
+    let s = TestServer::start_with(config).await;
+    let upload = format!("{}{path}", s.base);
+    assert_eq!(offset_of(&s.client, &upload).await, 120_000);
+    let r = patch(&s.client, &upload, 120_000, body[120_000..].to_vec(), None).await;
+    assert_eq!(r.status(), 204);
+    assert!(s.get_bytes("/api/v1/fs/pg/a.bin").await.1 == body);
+    s.stop().await;
+}
