@@ -58,6 +58,8 @@ const METADATA_READERS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub files: FileService,
+    /// tus resumable upload sessions.
+    pub tus: crate::services::tus::TusService,
     pub config: Arc<Config>,
     /// Turns true when the server begins shutting down (sync streams close with 1001).
     pub shutdown: watch::Receiver<bool>,
@@ -128,16 +130,21 @@ impl AppState {
         };
         crate::metrics::install();
         let mut postgres = None;
+        let tus_store;
         let inner: Arc<dyn MetadataStore> = match &config.metadata_url {
             Some(url) => {
                 let pg =
                     PostgresMetadata::open(url, config.metadata_timeout, METADATA_POOL).await?;
                 postgres = Some(pg.clone());
+                tus_store = pg.tus_store();
                 Arc::new(pg)
             }
-            None => Arc::new(
-                SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?,
-            ),
+            None => {
+                let sqlite =
+                    SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?;
+                tus_store = sqlite.tus_store();
+                Arc::new(sqlite)
+            }
         };
         let metadata = crate::services::metadata::instrumented::InstrumentedMetadata::wrap(inner);
         metadata.set_retention(config.retention_policy());
@@ -200,6 +207,14 @@ impl AppState {
             }
             metrics::gauge!("vaultfs_startup_check_running").set(0.0);
         });
+        let tus = crate::services::tus::TusService::start(
+            files.clone(),
+            tus_store,
+            dir,
+            crate::services::tus::TusLimits::from_config(&config),
+            shutdown.clone(),
+        )
+        .await?;
         let auth = Auth::open_configured(Arc::clone(files.metadata()), &config).await?;
         if let Some(token) = &config.bootstrap_token {
             if auth.bootstrap(token).await? {
@@ -214,6 +229,7 @@ impl AppState {
         )?;
         Ok(AppState {
             files,
+            tus,
             config: Arc::new(config),
             stall,
             shutdown,

@@ -113,6 +113,12 @@ pub struct Config {
     pub retention: Vec<RetentionRule>,
     /// Whether `?permanent=true` may bypass the trash (with the write scope).
     pub allow_permanent_delete: bool,
+    /// A tus upload session unused for this long expires and its staged bytes are removed.
+    pub tus_expiry: Duration,
+    /// Open tus sessions one token may have at once (429 past it).
+    pub tus_max_sessions_per_token: usize,
+    /// Staging bytes one token's open tus sessions may reserve (their declared lengths).
+    pub tus_max_staging_per_token: u64,
 }
 
 impl Default for Config {
@@ -159,6 +165,9 @@ impl Default for Config {
             trash_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention: Vec::new(),
             allow_permanent_delete: false,
+            tus_expiry: Duration::from_secs(24 * 3600),
+            tus_max_sessions_per_token: 100,
+            tus_max_staging_per_token: 64 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -282,6 +291,9 @@ pub struct Overrides {
     pub allow_permanent_delete: Option<bool>,
     /// Config file only.
     pub retention: Option<Vec<RetentionOverride>>,
+    pub tus_expiry: Option<String>,
+    pub tus_max_sessions_per_token: Option<SizeValue>,
+    pub tus_max_staging_per_token: Option<SizeValue>,
 }
 
 /// A size, as a number of bytes or a string with a unit (`16GiB`).
@@ -347,6 +359,11 @@ impl Overrides {
             allow_permanent_delete: env("VAULTFS_ALLOW_PERMANENT_DELETE")
                 .map(|v| matches!(v.trim(), "1" | "true" | "yes")),
             retention: None,
+            tus_expiry: env("VAULTFS_TUS_EXPIRY"),
+            tus_max_sessions_per_token: env("VAULTFS_TUS_MAX_SESSIONS_PER_TOKEN")
+                .map(SizeValue::Text),
+            tus_max_staging_per_token: env("VAULTFS_TUS_MAX_STAGING_PER_TOKEN")
+                .map(SizeValue::Text),
         }
     }
 
@@ -560,6 +577,17 @@ impl Overrides {
         }
         if let Some(v) = &self.max_connections {
             config.max_connections = count("max_connections", v, 1)?;
+        }
+        if let Some(v) = &self.tus_expiry {
+            config.tus_expiry = parse_duration(v).map_err(|r| invalid("tus_expiry", v, r))?;
+        }
+        if let Some(v) = &self.tus_max_sessions_per_token {
+            config.tus_max_sessions_per_token = count("tus_max_sessions_per_token", v, 1)?;
+        }
+        if let Some(v) = &self.tus_max_staging_per_token {
+            let text = v.as_text();
+            config.tus_max_staging_per_token =
+                parse_size(&text).map_err(|r| invalid("tus_max_staging_per_token", &text, r))?;
         }
         let durations: [(&'static str, &Option<String>, &mut Duration); 10] = [
             (

@@ -103,6 +103,12 @@ fn expected_rules() -> BTreeMap<(String, &'static str), Access> {
         ("POST", "/api/v1/trash/{trash_id}/restore", S(Write)),
         ("DELETE", "/api/v1/trash/{trash_id}", S(Write)),
         ("POST", "/api/v1/trash/batches/{batch_id}/restore", S(Write)),
+        ("OPTIONS", "/api/v1/tus/", Open),
+        ("POST", "/api/v1/tus/", S(Write)),
+        ("OPTIONS", "/api/v1/tus/{id}", Open),
+        ("GET", "/api/v1/tus/{id}", S(Write)),
+        ("PATCH", "/api/v1/tus/{id}", S(Write)),
+        ("DELETE", "/api/v1/tus/{id}", S(Write)),
     ]
     .into_iter()
     .map(|(m, p, a)| ((m.to_string(), p), a))
@@ -182,6 +188,18 @@ fn sample(
         "/api/v1/trash/batches/{batch_id}/restore" => {
             (pattern.replace("{batch_id}", &trashed.1), None, Vec::new())
         }
+        // A creation whose target (`filename` joined to ?path=, see `call`) is `file`'s dir.
+        "/api/v1/tus/" if method == Method::POST => (
+            format!("{pattern}?path={}", enc(&format!("{dir}/"))),
+            None,
+            Vec::new(),
+        ),
+        // A session no token owns.
+        "/api/v1/tus/{id}" => (
+            pattern.replace("{id}", "0123456789abcdef"),
+            None,
+            Vec::new(),
+        ),
         other => (other.to_string(), None, Vec::new()),
     }
 }
@@ -204,6 +222,20 @@ async fn call(
     auth: &Option<String>,
 ) -> (StatusCode, Value) {
     let mut req = s.client.request(method.clone(), s.url(uri));
+    if uri.starts_with("/api/v1/tus/") {
+        // tus requests speak the protocol; a creation names a small upload.
+        req = req.header("tus-resumable", "1.0.0");
+        if *method == Method::POST {
+            req = req
+                .header("upload-length", "3")
+                .header("upload-metadata", "filename dHVzLXNhbXBsZQ==");
+        }
+        if *method == Method::PATCH {
+            req = req
+                .header("content-type", "application/offset+octet-stream")
+                .header("upload-offset", "0");
+        }
+    }
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
@@ -398,11 +430,18 @@ async fn every_route_has_a_rule_and_enforces_it() {
             };
             for (caller, want) in &denied {
                 let (status, body) = call(&s, &method, &uri, &body, &raw, &caller.auth).await;
-                assert_eq!(status, *want, "{what} as {}: {body}", caller.name);
+                // A tus session belongs to the token that created it: to any other token,
+                // whatever its prefix, it does not exist.
+                let want = match (rule.path, caller.name) {
+                    ("/api/v1/tus/{id}", "other prefix") => StatusCode::NOT_FOUND,
+                    _ => *want,
+                };
+                assert_eq!(status, want, "{what} as {}: {body}", caller.name);
                 if method != Method::HEAD {
                     let code = body["error"]["code"].as_str().unwrap_or("");
                     assert!(
-                        ["unauthorized", "invalid_token", "forbidden"].contains(&code),
+                        ["unauthorized", "invalid_token", "forbidden"].contains(&code)
+                            || (want == StatusCode::NOT_FOUND && code == "not_found"),
                         "{what} as {}: {body}",
                         caller.name
                     );
@@ -434,6 +473,8 @@ async fn every_route_has_a_rule_and_enforces_it() {
                 (_, "/api/v1/sync") => status == StatusCode::BAD_REQUEST,
                 // The sample revokes a token id that does not exist.
                 (_, "/api/v1/admin/tokens/{id}") => status == StatusCode::NOT_FOUND,
+                // No token owns the sample session.
+                (Access::Scope(_), "/api/v1/tus/{id}") => status == StatusCode::NOT_FOUND,
                 _ => status.is_success(),
             };
             assert!(expected_ok, "{what} with the right token: {status} {body}");

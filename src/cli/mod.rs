@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod loadtest;
 pub mod ops;
 mod output;
+mod tus_upload;
 pub mod upload;
 pub mod versions;
 pub mod watch;

@@ -31,8 +31,21 @@ pub struct UploadArgs {
     /// Bandwidth limit per transfer, bytes per second (e.g. 10MiB)
     #[arg(long, value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
+    /// Files larger than this go through tus (resumable, in parallel parts)
+    #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+    pub tus_threshold: u64,
+    /// Parallel partial uploads of one tus upload
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_parts: u16,
+    /// Always one request per file (no tus, no resume state)
+    #[arg(long)]
+    pub no_resume: bool,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    crate::config::parse_size(s)
 }
 
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -304,6 +317,29 @@ async fn upload_one(
         Err(e) => return result.failed_local("local_io", e.to_string()),
     };
     let if_absent = args.if_absent;
+    if !args.no_resume && size > args.tus_threshold {
+        let warn = |line: &str| reporter.warn(line);
+        let report = super::tus_upload::upload(
+            client,
+            policy,
+            &item.local,
+            &item.remote,
+            size,
+            &sha,
+            args.parallel_parts,
+            if_absent,
+            Arc::clone(&progress),
+            &warn,
+        )
+        .await;
+        return match report {
+            Ok(r) => result.succeeded(Some(r.meta), size, 1).with_note(format!(
+                "tus: {} parts, {} bytes resumed, {} bytes re-sent",
+                args.parallel_parts, r.resumed, r.resent
+            )),
+            Err(e) => result.failed(&e, 1),
+        };
+    }
     let (outcome, attempts) = policy
         .run(
             |_| {

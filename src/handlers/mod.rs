@@ -8,6 +8,7 @@
 //! - [`upload`], [`multipart_guard`]: `POST /api/v1/files/upload`, raw and multipart.
 //! - [`files`], [`content`], [`list`]: file operations, downloads (Range, conditional), lists.
 //! - [`sync`]: the WebSocket feed and the long-poll.
+//! - [`tus`]: tus 1.0 resumable uploads at `/api/v1/tus/`.
 //! - [`share`]: share links; [`admin`]: locks, runtime, fsck, tokens.
 //! - [`health`]: `/healthz`, `/readyz`; [`metrics`]: `GET /metrics`.
 //! - this module: request ids and the JSON-error extractors ([`ApiJson`], [`ApiPath`],
@@ -31,6 +32,7 @@ pub mod routes;
 pub mod s3;
 pub mod share;
 pub mod sync;
+pub mod tus;
 pub mod upload;
 pub mod versions;
 

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{delete, get, options, patch, post, put, MethodRouter};
 use axum::Router;
 
 use super::{
-    admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, upload, versions,
+    admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
+    versions,
 };
 use crate::app::AppState;
 use crate::error::AppError;
@@ -81,6 +82,54 @@ fn routes() -> Vec<Route> {
             post(upload::upload)
                 .layer(DefaultBodyLimit::disable())
                 .layer(axum::middleware::map_response(upload::close_after_error)),
+        ),
+        // tus 1.0 resumable uploads (handlers::tus): creation endpoint and upload URLs.
+        // OPTIONS is open (protocol discovery, browser preflight); the rest needs `write`.
+        (
+            "/api/v1/tus/",
+            Method::OPTIONS,
+            Open,
+            Bounded,
+            options(tus::options).layer(axum::middleware::from_fn(tus::tus_headers)),
+        ),
+        (
+            "/api/v1/tus/",
+            Method::POST,
+            S(Write),
+            Streamed,
+            post(tus::create)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::from_fn(tus::tus_headers)),
+        ),
+        (
+            "/api/v1/tus/{id}",
+            Method::OPTIONS,
+            Open,
+            Bounded,
+            options(tus::options).layer(axum::middleware::from_fn(tus::tus_headers)),
+        ),
+        (
+            "/api/v1/tus/{id}",
+            Method::GET,
+            S(Write),
+            Bounded,
+            get(tus::head).layer(axum::middleware::from_fn(tus::tus_headers)),
+        ),
+        (
+            "/api/v1/tus/{id}",
+            Method::PATCH,
+            S(Write),
+            Streamed,
+            patch(tus::patch)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::from_fn(tus::tus_headers)),
+        ),
+        (
+            "/api/v1/tus/{id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(tus::delete).layer(axum::middleware::from_fn(tus::tus_headers)),
         ),
         (
             "/api/v1/files/{id}",

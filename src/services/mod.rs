@@ -12,6 +12,7 @@
 //! - [`fsck`]: the data check, offline (`vaultfs fsck`) and online (`POST /api/v1/admin/fsck`).
 //! - [`upload`]: the one write entry point every front end streams a file through.
 //! - [`versions`]: old versions, the trash, recursive delete and trash expiry.
+//! - [`tus`]: tus 1.0 resumable upload sessions, completed through [`upload`].
 
 pub mod auth;
 pub mod files;
@@ -22,6 +23,7 @@ pub mod notification;
 pub mod s3_meta;
 pub mod secret;
 pub mod storage;
+pub mod tus;
 pub mod upload;
 pub mod versions;
 

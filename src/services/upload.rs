@@ -170,6 +170,17 @@ pub struct UploadOutcome {
     pub extra_digest: Option<Vec<u8>>,
 }
 
+/// A file already received in full elsewhere under the data directory, durable (fdatasynced)
+/// and not yet visible: a tus session's bytes. Its SHA-256 is usually known, computed while
+/// the bytes arrived; when not (after a restart), it is computed once here, on the blocking
+/// pool, before anything else.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// A fully received, verified file in staging, not yet visible.
 #[derive(Debug)]
 struct StagedUpload {
@@ -287,6 +298,60 @@ impl FileService {
         })
     }
 
+    /// Checks and verifies a file that is already staged ([`StagedFile`]): the same rules as
+    /// [`FileService::stage`] (prefix, precheck, declared SHA-256), with no second read of
+    /// the bytes when their digest is known. The file itself stays where it is.
+    async fn stage_file(
+        &self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        file: StagedFile,
+        options: UploadOptions,
+    ) -> Result<StagedUpload, ServiceError> {
+        let UploadOptions {
+            content_type,
+            precondition,
+            expected_sha256,
+            size_hint: _,
+            digest_sink: _,
+        } = options;
+        self.check_size_hint(Some(file.size))?;
+        ctx.check(path.as_str())?;
+        self.precheck(path, &precondition).await?;
+        let (sha256, size) = match file.sha256 {
+            Some(digest) => (hex::encode(digest), file.size),
+            None => super::storage::hash_file(file.path.clone())
+                .await
+                .map_err(|e| UploadError::Read(e.to_string()))?,
+        };
+        if size != file.size {
+            return Err(UploadError::Read(format!(
+                "the staged file has {size} bytes, not the {} expected",
+                file.size
+            ))
+            .into());
+        }
+        if let Some(expected) = expected_sha256 {
+            if hex::decode(&sha256).ok().as_deref() != Some(expected.as_slice()) {
+                return Err(UploadError::ChecksumMismatch {
+                    actual: sha256,
+                    expected: hex::encode(&expected),
+                }
+                .into());
+            }
+        }
+        let blob = super::storage::BlobRef { sha256, size };
+        let staged = self.storage().adopt_staged(&file.path, blob).await?;
+        Ok(StagedUpload {
+            path: path.clone(),
+            staged,
+            content_type,
+            precondition,
+            // An extra digest needs the bytes streamed past it: none for a staged file.
+            extra_digest: None,
+        })
+    }
+
     async fn commit_staged(
         &self,
         ctx: &RequestCtx,
@@ -367,6 +432,21 @@ impl UploadBatch {
         E: Into<UploadError>,
     {
         let staged = self.service.stage(ctx, path, part, options).await?;
+        self.staged.push(staged);
+        Ok(())
+    }
+
+    /// Adds a file that is already staged (a tus session's bytes, see [`StagedFile`]) to
+    /// the request: the prefix check, precheck and SHA-256 verification of
+    /// [`UploadBatch::stage`], under this request's permit, without streaming it again.
+    pub async fn stage_file(
+        &mut self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        file: StagedFile,
+        options: UploadOptions,
+    ) -> Result<(), ServiceError> {
+        let staged = self.service.stage_file(ctx, path, file, options).await?;
         self.staged.push(staged);
         Ok(())
     }

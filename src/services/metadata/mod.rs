@@ -25,6 +25,7 @@ pub(crate) mod rules;
 mod sql;
 pub mod postgres;
 pub mod sqlite;
+pub(crate) mod tus;
 
 /// A file as clients see it (API v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,6 +48,10 @@ mod dialect {
             3,
             include_str!("migrations/postgres/0003_versions_trash.sql"),
         ),
+        (
+            10,
+            include_str!("migrations/postgres/0010_tus_sessions.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -220,6 +224,11 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 }
 
 impl PostgresMetadata {
+    /// The tus session rows' store, on this database's pool.
+    pub(crate) fn tus_store(&self) -> super::tus::TusStore {
+        super::tus::TusStore::postgres(self.pool.clone(), self.timeout)
+    }
+
     /// Connects to `url` (`postgres://user:pass@host/db`), with at most `max_connections`,
     /// and applies pending migrations (one replica at a time).
     pub async fn open(

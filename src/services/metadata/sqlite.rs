@@ -40,6 +40,7 @@ mod dialect {
         ),
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
         (3, include_str!("migrations/sqlite/0003_versions_trash.sql")),
+        (10, include_str!("migrations/sqlite/0010_tus_sessions.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
@@ -149,6 +150,11 @@ impl SqliteMetadata {
             timeout: busy_timeout,
             retention: Arc::default(),
         })
+    }
+
+    /// The tus session rows' store, on this database's writer and readers.
+    pub(crate) fn tus_store(&self) -> super::tus::TusStore {
+        super::tus::TusStore::sqlite(self.writer.clone(), self.readers.clone(), self.timeout)
     }
 
     /// Queues a write for the group committer and waits for its outcome. Both waits have the

@@ -200,6 +200,16 @@ impl BlobStore {
         staging::begin(&self.tmp_dir, limit).await
     }
 
+    /// Stages `source`, a complete, fdatasynced file under the data directory whose content
+    /// is `blob`, for a commit, leaving `source` in place (see [`staging::adopt`]).
+    pub async fn adopt_staged(
+        &self,
+        source: &Path,
+        blob: BlobRef,
+    ) -> Result<StagedBlob, StorageError> {
+        staging::adopt(&self.tmp_dir, source, blob).await
+    }
+
     /// Whether a finished upload of content `sha256_hex` must be fdatasynced in staging (see
     /// [`BlobWriter::finish`]).
     async fn staged_needs_fsync(&self, sha256_hex: &str) -> Result<bool, StorageError> {

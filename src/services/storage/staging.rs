@@ -278,3 +278,42 @@ impl StagedBlob {
         hex::decode(&self.blob.sha256).ok()
     }
 }
+
+/// Stages a file that is already complete and durable elsewhere under the data directory (a
+/// tus session's bytes, fdatasynced as they were acknowledged) without copying it: a hard
+/// link in `tmp_dir`, which the commit renames into place and every failure path removes,
+/// while the original stays where it is until its owner removes it. Falls back to a copy
+/// (fdatasynced) where the file system has no hard links.
+pub(super) async fn adopt(
+    tmp_dir: &Path,
+    source: &Path,
+    blob: BlobRef,
+) -> Result<StagedBlob, StorageError> {
+    let path = tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+    if tokio::fs::hard_link(source, &path).await.is_err() {
+        tokio::fs::copy(source, &path)
+            .await
+            .map_err(StorageError::io("copy staged file"))?;
+        let temp = TempFile {
+            path: Some(path.clone()),
+        };
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(StorageError::io("open staged copy"))?
+            .sync_data()
+            .await
+            .map_err(StorageError::io("fsync staged copy"))?;
+        return Ok(StagedBlob {
+            temp,
+            blob,
+            synced: true,
+        });
+    }
+    Ok(StagedBlob {
+        temp: TempFile { path: Some(path) },
+        blob,
+        synced: true,
+    })
+}
