@@ -31,4 +31,6 @@ mod s3;
 mod scaleout;
 mod security;
 mod sync;
+mod tus;
 mod uploads;
+mod versions;
