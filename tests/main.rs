@@ -32,3 +32,4 @@ mod scaleout;
 mod security;
 mod sync;
 mod uploads;
+mod webui;
