@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::TestServer;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// Makes a token with the CLI on a running server's data directory.
@@ -303,14 +302,17 @@ async fn sessions_carry_the_token_and_die_with_it() {
 
     // An expiring token's session ends with it.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["token", "create", "--scope", "read", "--expires", "2s", "--data-dir"])
+        .args(["token", "create", "--scope", "read", "--expires", "5s", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "off")
         .output()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made = std::time::Instant::now();
     let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Past the rate limit of reloads on unknown ids: the server has read the new token.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = c
         .post(s.url("/api/v1/session"))
         .json(&json!({ "token": short }))
@@ -327,7 +329,7 @@ async fn sessions_carry_the_token_and_die_with_it() {
         .to_string();
     let list3 = || c.get(s.url("/api/v1/list")).header("cookie", &cookie3).send();
     assert_eq!(list3().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(5300).saturating_sub(made.elapsed())).await;
     assert_eq!(list3().await.unwrap().status(), 401);
 }
 
@@ -360,7 +362,14 @@ async fn the_browser_suite_passes_in_headless_chromium() {
         );
         return;
     };
-    let (dir, s) = TestServer::start().await;
+    // With a trash and old versions (the suite restores from both).
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(vaultfs::config::Config {
+        trash_retention: Some(Duration::from_secs(3600)),
+        versions_keep: vaultfs::services::metadata::VersionsKeep::Newest(10),
+        ..vaultfs::config::Config::for_data_dir(dir.path())
+    })
+    .await;
     let admin = cli_token(dir.path(), "admin", "").await;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var("CARGO_TARGET_DIR")

@@ -345,14 +345,13 @@ pub async fn sign_in(
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, AppError> {
     same_origin_only(&state, &headers)?;
-    if !state.auth.required() {
-        return Err(SessionError::NotRequired.into());
-    }
-    let principal = state
-        .auth
-        .authenticate(body.token.trim())
-        .await
-        .ok_or(SessionError::BadToken)?;
+    // Authenticated first: an unknown id reloads the token table (a token made moments ago
+    // by the CLI on another process makes the server require tokens).
+    let principal = match state.auth.authenticate(body.token.trim()).await {
+        Some(p) => p,
+        None if !state.auth.required() => return Err(SessionError::NotRequired.into()),
+        None => return Err(SessionError::BadToken.into()),
+    };
     let token_id = principal.token_id.clone().ok_or(SessionError::BadToken)?;
     let (cookie, info) = state.sessions.open(&token_id)?;
     let mut response = (

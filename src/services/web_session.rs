@@ -172,6 +172,7 @@ impl Sessions {
     }
 
     /// Sessions held now (live or not yet swept).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.lock().map_or(0, |t| t.len())
     }
