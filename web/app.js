@@ -150,7 +150,10 @@ function openFolder(prefix) {
     event: applyEvent,
     resync: () => loadPage(),
     unauthorized: () => showSignIn('Your session ended (the token was revoked or expired).'),
-    status: (s) => { $('live').textContent = s; },
+    status: (s) => {
+      $('live').textContent = s;
+      $('live').dataset.state = s;
+    },
   });
   state.feed = feed;
   feed.start();
@@ -212,7 +215,7 @@ function drawRows() {
     tbody.append(el('tr', { class: 'folder', dataset: { path: p } },
       el('td', { class: 'name', 'data-label': 'Name' },
         el('a', { href: href('files', p), onclick: (e) => { e.preventDefault(); go('files', p); } },
-          el('span', { class: 'icon', 'aria-hidden': 'true' }, '📁'), `${nameOf(p)}/`)),
+          el('span', { class: 'icon', 'aria-hidden': 'true' }), `${nameOf(p)}/`)),
       el('td', { class: 'size' }), el('td', { class: 'modified' }), el('td', { class: 'version' }), el('td')));
   }
   for (const f of sorted()) tbody.append(fileRow(f));
