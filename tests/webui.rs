@@ -50,13 +50,19 @@ async fn the_page_is_embedded_cacheable_and_locked_down() {
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
     let etag = h["etag"].to_str().unwrap().to_string();
     let body = r.text().await.unwrap();
-    assert!(body.contains("/ui/app.js") && !body.contains("<script>"), "no inline script");
+    assert!(
+        body.contains("/ui/app.js") && !body.contains("<script>"),
+        "no inline script"
+    );
     let r = s
         .client
         .get(s.url("/"))
@@ -78,7 +84,12 @@ async fn the_page_is_embedded_cacheable_and_locked_down() {
         "style.css",
         "icon.svg",
     ] {
-        let r = s.client.get(s.url(&format!("/ui/{asset}"))).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url(&format!("/ui/{asset}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{asset}");
         assert!(r.headers().contains_key("etag"), "{asset}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
@@ -168,8 +179,14 @@ async fn sessions_carry_the_token_and_die_with_it() {
 
     // Reads through the cookie carry the token's prefix.
     let get = |path: &str| c.get(s.url(path)).header("cookie", &cookie).send();
-    assert_eq!(get("/api/v1/list?prefix=team/").await.unwrap().status(), 200);
-    assert_eq!(get("/api/v1/list?prefix=other/").await.unwrap().status(), 403);
+    assert_eq!(
+        get("/api/v1/list?prefix=team/").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        get("/api/v1/list?prefix=other/").await.unwrap().status(),
+        403
+    );
     let v: Value = get("/api/v1/session").await.unwrap().json().await.unwrap();
     assert_eq!(v["signed_in"], true);
     assert_eq!(v["csrf_token"], csrf.as_str());
@@ -204,7 +221,10 @@ async fn sessions_carry_the_token_and_die_with_it() {
         assert_eq!(r.status(), 403, "{what}");
         let err: Value = r.json().await.unwrap();
         let code = err["error"]["code"].as_str().unwrap();
-        assert!(code == "csrf_failed" || code == "forbidden", "{what}: {code}");
+        assert!(
+            code == "csrf_failed" || code == "forbidden",
+            "{what}: {code}"
+        );
     }
     let r = c
         .get(s.url("/api/v1/stat?path=team/a.txt"))
@@ -213,9 +233,12 @@ async fn sessions_carry_the_token_and_die_with_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "nothing was written");
-    let r = put(vec![("origin", base.clone()), ("x-csrf-token", csrf.clone())])
-        .await
-        .unwrap();
+    let r = put(vec![
+        ("origin", base.clone()),
+        ("x-csrf-token", csrf.clone()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(r.status(), 201);
     // The token's prefix holds for the session's writes too.
     let r = c
@@ -258,8 +281,14 @@ async fn sessions_carry_the_token_and_die_with_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    assert_eq!(get("/api/v1/list?prefix=team/").await.unwrap().status(), 401);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(
+        get("/api/v1/list?prefix=team/").await.unwrap().status(),
+        401
+    );
 
     // Revoking the token ends its sessions at once.
     let r = c
@@ -302,13 +331,25 @@ async fn sessions_carry_the_token_and_die_with_it() {
 
     // An expiring token's session ends with it.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["token", "create", "--scope", "read", "--expires", "5s", "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "--scope",
+            "read",
+            "--expires",
+            "5s",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "off")
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let made = std::time::Instant::now();
     let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
     // Past the rate limit of reloads on unknown ids: the server has read the new token.
@@ -327,7 +368,11 @@ async fn sessions_carry_the_token_and_die_with_it() {
         .next()
         .unwrap()
         .to_string();
-    let list3 = || c.get(s.url("/api/v1/list")).header("cookie", &cookie3).send();
+    let list3 = || {
+        c.get(s.url("/api/v1/list"))
+            .header("cookie", &cookie3)
+            .send()
+    };
     assert_eq!(list3().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(5300).saturating_sub(made.elapsed())).await;
     assert_eq!(list3().await.unwrap().status(), 401);

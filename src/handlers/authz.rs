@@ -69,7 +69,10 @@ pub async fn authorize(
 
 enum Step {
     Done(Principal),
-    Authenticate { token: String, scope: Scope },
+    Authenticate {
+        token: String,
+        scope: Scope,
+    },
     Session {
         cookie: String,
         token_id: String,
@@ -108,7 +111,7 @@ fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
                 })
             }
             None => Err(AppError::unauthorized(
-            "unauthorized",
+                "unauthorized",
                 "this server requires a token: Authorization: Bearer <token>",
             )),
         },

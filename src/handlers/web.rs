@@ -104,7 +104,12 @@ fn etag(asset: &Asset) -> &'static str {
     let tags = TAGS.get_or_init(|| {
         std::iter::once(&INDEX)
             .chain(ASSETS.iter())
-            .map(|a| (a.name, format!("\"{}\"", hex::encode(Sha256::digest(a.body)))))
+            .map(|a| {
+                (
+                    a.name,
+                    format!("\"{}\"", hex::encode(Sha256::digest(a.body))),
+                )
+            })
             .collect()
     });
     tags.get(asset.name).map_or("\"\"", String::as_str)
@@ -287,7 +292,8 @@ fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, clear: bool
         ""
     };
     let max_age = if clear { "; Max-Age=0" } else { "" };
-    let text = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}");
+    let text =
+        format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}");
     // The value is base64url (or empty): always a valid header value.
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
