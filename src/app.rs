@@ -70,6 +70,8 @@ pub struct AppState {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// Tokens and share links.
     pub auth: Auth,
+    /// The web file browser's sessions (handlers::web).
+    pub sessions: crate::services::web_session::Sessions,
     /// Held while an online fsck runs (one at a time).
     pub fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
@@ -235,6 +237,9 @@ impl AppState {
             shutdown,
             shutdown_trigger: Arc::new(shutdown_trigger),
             draining: Arc::default(),
+            sessions: crate::services::web_session::Sessions::new(
+                auth.derive_key(crate::services::web_session::CSRF_KEY_PURPOSE),
+            ),
             auth,
             fsck_slot: Arc::default(),
             _data_dir_lock: Arc::new(lock_file),

@@ -13,6 +13,7 @@ use crate::services::lock_manager::LockError;
 use crate::services::metadata::MetadataError;
 use crate::services::storage::StorageError;
 use crate::services::upload::UploadError;
+use crate::services::web_session::SessionError;
 use crate::services::ServiceError;
 
 #[derive(Debug)]
@@ -211,6 +212,21 @@ impl From<ServiceError> for AppError {
                     "too many uploads in progress; retry later",
                 )
             },
+        }
+    }
+}
+
+impl From<SessionError> for AppError {
+    fn from(e: SessionError) -> Self {
+        let message = e.to_string();
+        match e {
+            SessionError::Unknown => AppError::unauthorized("invalid_session", message),
+            SessionError::Csrf => AppError::new(StatusCode::FORBIDDEN, "csrf_failed", message),
+            SessionError::BadToken => AppError::unauthorized("invalid_token", message),
+            SessionError::NotRequired => {
+                AppError::new(StatusCode::CONFLICT, "sign_in_not_needed", message)
+            }
+            SessionError::Random(_) => AppError::internal(&e),
         }
     }
 }

@@ -34,3 +34,4 @@ mod sync;
 mod tus;
 mod uploads;
 mod versions;
+mod webui;

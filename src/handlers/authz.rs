@@ -48,6 +48,20 @@ pub async fn authorize(
             }
             Some(p) => p,
         },
+        // A browser session's cookie (handlers::web): the token it maps to, looked up now.
+        Ok(Step::Session {
+            cookie,
+            token_id,
+            scope,
+        }) => match super::web::session_principal(&state, &cookie, &token_id).await {
+            Err(e) => return e.into_response(),
+            Ok(p) if !p.scopes.allows(scope) => return lacks(scope).into_response(),
+            Ok(p) if scope == Scope::Admin && !p.prefix.is_empty() => {
+                return AppError::forbidden("admin routes need an admin token without a prefix")
+                    .into_response()
+            }
+            Ok(p) => p,
+        },
     };
     request.extensions_mut().insert(principal);
     next.run(request).await
@@ -55,7 +69,15 @@ pub async fn authorize(
 
 enum Step {
     Done(Principal),
-    Authenticate { token: String, scope: Scope },
+    Authenticate {
+        token: String,
+        scope: Scope,
+    },
+    Session {
+        cookie: String,
+        token_id: String,
+        scope: Scope,
+    },
 }
 
 fn lacks(scope: Scope) -> AppError {
@@ -79,10 +101,20 @@ fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
             token: token.to_string(),
             scope,
         }),
-        None if state.auth.required() => Err(AppError::unauthorized(
-            "unauthorized",
-            "this server requires a token: Authorization: Bearer <token>",
-        )),
+        None if state.auth.required() => match super::web::session_cookie(request.headers()) {
+            Some(cookie) => {
+                let (cookie, token_id) = super::web::session_for(state, request, cookie)?;
+                Ok(Step::Session {
+                    cookie,
+                    token_id,
+                    scope,
+                })
+            }
+            None => Err(AppError::unauthorized(
+                "unauthorized",
+                "this server requires a token: Authorization: Bearer <token>",
+            )),
+        },
         None => Ok(Step::Done(Principal::open())),
     }
 }
@@ -133,7 +165,7 @@ fn credential<'a>(request: &'a Request, route: &str) -> Result<Option<&'a str>, 
 
 /// A browser's request (it has an `Origin`) must come from an allowed origin: one of
 /// `allowed_origins` when set, else the server's own origin.
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+pub(crate) fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(()); // not a browser (CLI, CI scripts, tungstenite)
     };
@@ -165,7 +197,7 @@ fn origin_refused() -> AppError {
 /// page on another site that re-points its own name at 127.0.0.1 (DNS rebinding) sends its
 /// own name. Whatever the auth mode: `--insecure-no-auth` does not turn this off. A listener
 /// on another address is reached under names the operator chose; no check there.
-fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+pub(crate) fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
     if !state.config.listen.ip().is_loopback() {
         return Ok(());
     }

@@ -10,6 +10,7 @@
 //! - [`sync`]: the WebSocket feed and the long-poll.
 //! - [`tus`]: tus 1.0 resumable uploads at `/api/v1/tus/`.
 //! - [`share`]: share links; [`admin`]: locks, runtime, fsck, tokens.
+//! - [`web`]: the web file browser (`GET /`, embedded assets) and its session endpoints.
 //! - [`health`]: `/healthz`, `/readyz`; [`metrics`]: `GET /metrics`.
 //! - this module: request ids and the JSON-error extractors ([`ApiJson`], [`ApiPath`],
 //!   [`ApiQuery`]).
@@ -35,6 +36,7 @@ pub mod sync;
 pub mod tus;
 pub mod upload;
 pub mod versions;
+pub mod web;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

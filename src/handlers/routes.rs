@@ -11,7 +11,7 @@ use axum::Router;
 
 use super::{
     admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
-    versions,
+    versions, web,
 };
 use crate::app::AppState;
 use crate::error::AppError;
@@ -66,6 +66,31 @@ fn routes() -> Vec<Route> {
     use Scope::{Admin, Read, Write};
     vec![
         ("/healthz", Method::GET, Open, Bounded, get(health::healthz)),
+        // The web file browser (handlers::web): the page and its assets hold no data; the
+        // session endpoints check the token, Origin, Host and CSRF token themselves.
+        ("/", Method::GET, Open, Bounded, get(web::index)),
+        ("/ui/{asset}", Method::GET, Open, Bounded, get(web::asset)),
+        (
+            "/api/v1/session",
+            Method::GET,
+            Open,
+            Bounded,
+            get(web::get_session),
+        ),
+        (
+            "/api/v1/session",
+            Method::POST,
+            Open,
+            Bounded,
+            post(web::sign_in),
+        ),
+        (
+            "/api/v1/session",
+            Method::DELETE,
+            Open,
+            Bounded,
+            delete(web::sign_out),
+        ),
         ("/readyz", Method::GET, Open, Bounded, get(health::readyz)),
         (
             "/metrics",
@@ -380,7 +405,9 @@ pub fn router(state: AppState) -> Router {
 pub(crate) fn probe_router(state: AppState) -> Router {
     let probes = routes()
         .into_iter()
-        .filter(|(_, _, access, _, _)| *access == Access::Open)
+        .filter(|(path, _, access, _, _)| {
+            *access == Access::Open && matches!(*path, "/healthz" | "/readyz")
+        })
         .collect();
     build(state, probes)
 }

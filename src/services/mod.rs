@@ -26,6 +26,7 @@ pub mod storage;
 pub mod tus;
 pub mod upload;
 pub mod versions;
+pub mod web_session;
 
 use lock_manager::LockError;
 use metadata::MetadataError;
