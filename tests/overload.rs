@@ -210,6 +210,7 @@ async fn every_json_route_has_an_idle_and_a_total_body_deadline() {
     assert_eq!(
         json_routes,
         [
+            "/api/v1/session",
             "/api/v1/trash/0123456789abcdef0123456789abcdef/restore",
             "/api/v1/files/f_unknown/move",
             "/api/v1/files/f_unknown/copy",

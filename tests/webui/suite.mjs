@@ -270,7 +270,13 @@ async function run(browser) {
   await rowButton(page, 'web/b.bin', 'Share').click();
   await page.locator('#dialog').getByLabel('Expires in').selectOption('1d');
   await page.locator('#dialog').getByRole('button', { name: 'Create link' }).click();
-  const link = await page.locator('#dialog').getByLabel('Share link').inputValue();
+  // The link arrives with the answer to the request the click sent: wait for it.
+  const linkField = page.locator('#dialog').getByLabel('Share link');
+  let link = '';
+  for (let i = 0; i < 100 && !link; i++) {
+    link = await linkField.inputValue();
+    if (!link) await page.waitForTimeout(50);
+  }
   check(link.startsWith(`${BASE}/api/v1/shared/`), `link ${link}`);
   await page.getByRole('button', { name: 'Close' }).click();
   const fresh = await browser.newContext({ acceptDownloads: true });
