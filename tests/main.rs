@@ -31,4 +31,5 @@ mod s3;
 mod scaleout;
 mod security;
 mod sync;
+mod tus;
 mod uploads;
