@@ -964,14 +964,35 @@ async fn any_replica_continues_any_upload_on_postgres_and_s3() {
     // A: 5 MiB (a tail only), then 8 MiB more (the first part fills; a new tail).
     let r = patch(&a.client, &on_a, 0, body[..5 * MIB].to_vec(), None).await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    let r = patch(&a.client, &on_a, 5 * MIB as u64, body[5 * MIB..13 * MIB].to_vec(), None).await;
+    let r = patch(
+        &a.client,
+        &on_a,
+        5 * MIB as u64,
+        body[5 * MIB..13 * MIB].to_vec(),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 204);
-    assert_eq!(staged_sessions(da.path()).await, 0, "nothing staged on A's disk");
-    assert!(!s3_tus_keys(&blob_store).await.is_empty(), "the tail is in the bucket");
+    assert_eq!(
+        staged_sessions(da.path()).await,
+        0,
+        "nothing staged on A's disk"
+    );
+    assert!(
+        !s3_tus_keys(&blob_store).await.is_empty(),
+        "the tail is in the bucket"
+    );
     // B knows the offset and goes on from it (with a checksum), to the end.
     assert_eq!(offset_of(&b.client, &on_b).await, 13 * MIB as u64);
     let rest = body[13 * MIB..].to_vec();
-    let r = patch(&b.client, &on_b, 13 * MIB as u64, rest.clone(), Some(sha1_b64(&rest))).await;
+    let r = patch(
+        &b.client,
+        &on_b,
+        13 * MIB as u64,
+        rest.clone(),
+        Some(sha1_b64(&rest)),
+    )
+    .await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     assert_eq!(
         r.headers()["upload-offset"].to_str().unwrap(),
@@ -982,13 +1003,22 @@ async fn any_replica_continues_any_upload_on_postgres_and_s3() {
         assert_eq!(status, 200);
         assert!(got == body, "byte-exact through {}", s.base);
     }
-    let r = a.client.head(a.url("/api/v1/fs/x/big.bin")).send().await.unwrap();
+    let r = a
+        .client
+        .head(a.url("/api/v1/fs/x/big.bin"))
+        .send()
+        .await
+        .unwrap();
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     assert!(
         etag.contains(&sha256_hex(&body)),
         "content address from the carried hash: {etag}"
     );
-    assert_eq!(staged_sessions(db.path()).await, 0, "nothing staged on B's disk");
+    assert_eq!(
+        staged_sessions(db.path()).await,
+        0,
+        "nothing staged on B's disk"
+    );
     assert!(
         s3_tus_keys(&blob_store).await.is_empty(),
         "staging collected: {:?}",
@@ -1003,9 +1033,23 @@ async fn any_replica_continues_any_upload_on_postgres_and_s3() {
     let u2 = create_partial(&a.client, &a.base, p2.len() as u64).await;
     let r = patch(&a.client, &format!("{}{u1}", a.base), 0, p1.to_vec(), None).await;
     assert_eq!(r.status(), 204);
-    let r = patch(&a.client, &format!("{}{u2}", a.base), 0, p2[..MIB].to_vec(), None).await;
+    let r = patch(
+        &a.client,
+        &format!("{}{u2}", a.base),
+        0,
+        p2[..MIB].to_vec(),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 204);
-    let r = patch(&b.client, &format!("{}{u2}", b.base), MIB as u64, p2[MIB..].to_vec(), None).await;
+    let r = patch(
+        &b.client,
+        &format!("{}{u2}", b.base),
+        MIB as u64,
+        p2[MIB..].to_vec(),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 204);
     let r = b
         .client
@@ -1022,8 +1066,14 @@ async fn any_replica_continues_any_upload_on_postgres_and_s3() {
         assert_eq!(status, 200);
         assert!(got == whole, "concatenation byte-exact through {}", s.base);
     }
-    assert!(s3_tus_keys(&blob_store).await.is_empty(), "staging collected");
-    assert_eq!(staged_sessions(da.path()).await + staged_sessions(db.path()).await, 0);
+    assert!(
+        s3_tus_keys(&blob_store).await.is_empty(),
+        "staging collected"
+    );
+    assert_eq!(
+        staged_sessions(da.path()).await + staged_sessions(db.path()).await,
+        0
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -1099,7 +1149,9 @@ async fn a_revoked_tokens_patch_stops_and_keeps_only_acknowledged_bytes() {
         .body(reqwest::Body::wrap_stream(stream));
     let answer = tokio::spawn(req.send());
     for i in 1..3 {
-        tx.send(body[i * MIB..(i + 1) * MIB].to_vec()).await.unwrap();
+        tx.send(body[i * MIB..(i + 1) * MIB].to_vec())
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!answer.is_finished(), "still streaming");

@@ -37,15 +37,15 @@ use tokio_util::sync::CancellationToken;
 mod remote;
 
 use super::files::{FileService, RequestCtx};
-use super::storage::TusStaging;
 use super::metadata::tus::{SessionRow, SessionState, TusStore};
 use super::metadata::{now_ms, EtagMatch, MetadataError, Precondition};
+use super::storage::TusStaging;
 use super::upload::{
     StagedFile, StagedObject, UploadBatch, UploadError, UploadOptions, UploadOutcome,
 };
-use remote::Remote;
 use super::ServiceError;
 use crate::paths::VPath;
+use remote::Remote;
 
 /// Bytes gathered from the body before one write (and hash) on the blocking pool.
 const WRITE_BLOCK: usize = 512 * 1024;
@@ -601,8 +601,7 @@ impl TusService {
                 stop.cancel();
             }
         });
-        let task =
-            tokio::spawn(async move { inner.append(&ctx, &id, request, body, &stop).await });
+        let task = tokio::spawn(async move { inner.append(&ctx, &id, request, body, &stop).await });
         let result = task.await;
         watcher.abort();
         match result {
@@ -873,7 +872,15 @@ impl Inner {
             (Some(staging), Some(record)) => {
                 let record = Remote::parse(record)?;
                 let (offset, record, failure) = self
-                    .receive_remote(staging, &row, record, limit, request.checksum.as_ref(), body, &stops)
+                    .receive_remote(
+                        staging,
+                        &row,
+                        record,
+                        limit,
+                        request.checksum.as_ref(),
+                        body,
+                        &stops,
+                    )
                     .await?;
                 row.remote = Some(record.to_text());
                 (offset, None, failure)

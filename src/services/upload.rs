@@ -513,7 +513,10 @@ impl UploadBatch {
         object: StagedObject,
         options: UploadOptions,
     ) -> Result<(), ServiceError> {
-        let staged = self.service.stage_object(ctx, path, object, options).await?;
+        let staged = self
+            .service
+            .stage_object(ctx, path, object, options)
+            .await?;
         self.staged.push(staged);
         Ok(())
     }

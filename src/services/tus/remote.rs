@@ -63,7 +63,10 @@ impl MidSha {
     pub(super) fn update(&mut self, data: &[u8]) {
         debug_assert_eq!(data.len() % 64, 0);
         for block in data.chunks_exact(64) {
-            sha2::compress256(&mut self.h, std::slice::from_ref(GenericArray::from_slice(block)));
+            sha2::compress256(
+                &mut self.h,
+                std::slice::from_ref(GenericArray::from_slice(block)),
+            );
         }
         self.len += data.len() as u64;
     }
@@ -80,7 +83,10 @@ impl MidSha {
         }
         last.extend_from_slice(&total_bits.to_be_bytes());
         for block in last.chunks_exact(64) {
-            sha2::compress256(&mut self.h, std::slice::from_ref(GenericArray::from_slice(block)));
+            sha2::compress256(
+                &mut self.h,
+                std::slice::from_ref(GenericArray::from_slice(block)),
+            );
         }
         let mut out = [0u8; 32];
         for (i, word) in self.h.iter().enumerate() {
@@ -194,7 +200,10 @@ mod tests {
 
     #[test]
     fn part_size_fits_the_part_limit() {
-        assert_eq!(Remote::new(String::new(), String::new(), 1 << 30).part_size, MIN_PART);
+        assert_eq!(
+            Remote::new(String::new(), String::new(), 1 << 30).part_size,
+            MIN_PART
+        );
         let big = 200u64 << 30;
         let r = Remote::new(String::new(), String::new(), big);
         assert!(r.part_size * MAX_PARTS >= big && r.part_size % (1 << 20) == 0);
@@ -383,7 +392,11 @@ impl Inner {
             moved?;
             return Err(TusError::NotFound);
         }
-        if let Some(old) = record.tail.as_ref().filter(|t| next.tail.as_ref() != Some(*t)) {
+        if let Some(old) = record
+            .tail
+            .as_ref()
+            .filter(|t| next.tail.as_ref() != Some(*t))
+        {
             if let Err(e) = staging.delete(old).await {
                 tracing::warn!(id = %row.id, error = %e, "could not remove an old tus tail");
             }
