@@ -2,7 +2,8 @@
 //! creation-defer-length, expiration, checksum, termination, concatenation).
 //!
 //! - **State.** A session's row (offset, length, metadata, target, owner, expiry) lives in the
-//!   metadata store ([`TusStore`]); its bytes in `<data_dir>/tus/<id>`. A PATCH appends,
+//!   metadata store ([`TusStore`]); its bytes in `<data_dir>/tus/<id>` (with the S3 blob
+//!   store: in the bucket, see [`remote`], so any replica continues it). A PATCH appends,
 //!   fdatasyncs, and only then moves the row's offset: an acknowledged offset survives a
 //!   SIGKILL, and bytes past it (a crash between the fsync and the row) are cut off by the
 //!   next PATCH, which always starts by truncating the file to the row's offset.
@@ -91,7 +92,7 @@ pub enum TusError {
     #[error("the upload is still held by an earlier request; retry")]
     Busy,
     #[error(
-        "the upload's staged bytes are missing (another replica holds them, or they were lost)"
+        "the upload's staged bytes are missing (lost, or staged where this server cannot reach them)"
     )]
     StagingLost,
     #[error("staging I/O error: {0}")]
