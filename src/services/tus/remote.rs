@@ -168,48 +168,6 @@ pub(super) async fn hash_part(mut mid: MidSha, part: Bytes) -> std::io::Result<M
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-
-    #[test]
-    fn mid_state_matches_sha256_at_every_split() {
-        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
-        for cut in [0usize, 64, 128, 640, 4992] {
-            for end in [cut, cut + 1, cut + 55, cut + 56, cut + 64, 5000] {
-                let end = end.min(data.len());
-                let mut mid = MidSha::new();
-                mid.update(&data[..cut]);
-                // Through the stored form, as another replica would.
-                let r = Remote {
-                    parts: vec![String::new(); cut / 64],
-                    part_size: 64,
-                    sha: mid.h,
-                    ..Remote::new("k".into(), "u".into(), 0)
-                };
-                let back = Remote::parse(&r.to_text()).unwrap().mid();
-                assert_eq!(back, mid);
-                let got = back.finalize(&data[cut..end]);
-                let want: [u8; 32] = Sha256::digest(&data[..end]).into();
-                assert_eq!(got, want, "cut {cut} end {end}");
-            }
-        }
-    }
-
-    #[test]
-    fn part_size_fits_the_part_limit() {
-        assert_eq!(
-            Remote::new(String::new(), String::new(), 1 << 30).part_size,
-            MIN_PART
-        );
-        let big = 200u64 << 30;
-        let r = Remote::new(String::new(), String::new(), big);
-        assert!(r.part_size * MAX_PARTS >= big && r.part_size % (1 << 20) == 0);
-    }
-}
-
 use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -567,4 +525,46 @@ async fn hash_chunk(mut sha: Sha256, chunk: Bytes) -> std::io::Result<Sha256> {
         Ok(sha)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn mid_state_matches_sha256_at_every_split() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for cut in [0usize, 64, 128, 640, 4992] {
+            for end in [cut, cut + 1, cut + 55, cut + 56, cut + 64, 5000] {
+                let end = end.min(data.len());
+                let mut mid = MidSha::new();
+                mid.update(&data[..cut]);
+                // Through the stored form, as another replica would.
+                let r = Remote {
+                    parts: vec![String::new(); cut / 64],
+                    part_size: 64,
+                    sha: mid.h,
+                    ..Remote::new("k".into(), "u".into(), 0)
+                };
+                let back = Remote::parse(&r.to_text()).unwrap().mid();
+                assert_eq!(back, mid);
+                let got = back.finalize(&data[cut..end]);
+                let want: [u8; 32] = Sha256::digest(&data[..end]).into();
+                assert_eq!(got, want, "cut {cut} end {end}");
+            }
+        }
+    }
+
+    #[test]
+    fn part_size_fits_the_part_limit() {
+        assert_eq!(
+            Remote::new(String::new(), String::new(), 1 << 30).part_size,
+            MIN_PART
+        );
+        let big = 200u64 << 30;
+        let r = Remote::new(String::new(), String::new(), big);
+        assert!(r.part_size * MAX_PARTS >= big && r.part_size.is_multiple_of(1 << 20));
+    }
 }
