@@ -58,6 +58,9 @@ schemathesis.openapi.format(
     ),
 )
 
+# tus PATCH and creation-with-upload bodies: raw bytes.
+schemathesis.openapi.media_type("application/offset+octet-stream", st.binary(max_size=4096))
+
 _UPLOADS = {("POST", "/api/v1/files/upload"), ("PUT", "/api/v1/fs/{path}")}
 
 
@@ -75,10 +78,39 @@ def _body_bytes(case):
     return None
 
 
+def _tus_create(case):
+    """A positive tus creation as a client sends it: `Tus-Resumable: 1.0.0`, one of
+    Upload-Length (the body's length when there is one) and Upload-Defer-Length, a valid
+    `path` in Upload-Metadata, and no concatenation or checksum (their valid values name
+    other uploads and digests, which a generator cannot know)."""
+    headers = {k: v for k, v in (case.headers or {}).items()
+               if k.lower() not in ("upload-concat", "upload-checksum", "upload-metadata",
+                                    "upload-length", "upload-defer-length", "tus-resumable")}
+    body = _body_bytes(case) if case.body is not NOT_SET else b""
+    headers["Tus-Resumable"] = "1.0.0"
+    headers["Upload-Length"] = str(len(body or b""))
+    name = hashlib.sha256(repr((case.headers, body)).encode()).hexdigest()[:16]
+    headers["Upload-Metadata"] = "path " + base64.b64encode(f"schemathesis/tus/{name}".encode()).decode()
+    case.headers = headers
+    case.query = {}
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
+        return
+    if (case.operation.method.upper(), case.operation.path) == ("POST", "/api/v1/tus/"):
+        _tus_create(case)
+        return
+    if (case.operation.method.upper(), case.operation.path) == ("PATCH", "/api/v1/tus/{id}"):
+        # A client's PATCH: the checksum is of the body it sends (a generated digest would
+        # be a 460), and the length was fixed at creation.
+        headers = {k: v for k, v in (case.headers or {}).items()
+                   if k.lower() not in ("upload-checksum", "upload-length")}
+        body = _body_bytes(case) if case.body is not NOT_SET else b""
+        headers["Upload-Checksum"] = "sha256 " + base64.b64encode(hashlib.sha256(body or b"").digest()).decode()
+        case.headers = headers
         return
     if (case.operation.method.upper(), case.operation.path) not in _UPLOADS:
         return

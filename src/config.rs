@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::services::metadata::{RetentionPolicy, RetentionRule, VersionsKeep};
+use crate::retention::{RetentionPolicy, RetentionRule, VersionsKeep};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -28,6 +28,7 @@ pub mod faults;
 pub mod handlers;
 pub mod metrics;
 pub mod paths;
+pub mod retention;
 pub mod server;
 pub mod services;
 pub mod tls;

@@ -33,3 +33,4 @@ mod security;
 mod sync;
 mod tus;
 mod uploads;
+mod versions;

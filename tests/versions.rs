@@ -2,7 +2,7 @@
 //! SQLite and (with `VAULTFS_TEST_POSTGRES_URL`) PostgreSQL metadata.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

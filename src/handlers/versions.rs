@@ -39,6 +39,17 @@ fn parse_version(n: &str) -> Result<i64, AppError> {
         .ok_or_else(AppError::not_found)
 }
 
+/// A page size: the default when absent, and 400 for 0 (as on `/api/v1/list`).
+fn page_limit(limit: Option<usize>) -> Result<usize, AppError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(AppError::bad_request(
+            "invalid_query",
+            "limit must be at least 1",
+        )),
+        n => Ok(n),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
     cursor: Option<String>,
@@ -53,7 +64,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<VersionPage>, AppError> {
     check_hex_id(&id)?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = page_limit(q.limit)?;
     Ok(Json(
         state
             .files
@@ -177,7 +188,7 @@ pub async fn trash_list(
     ApiQuery(q): ApiQuery<TrashQuery>,
 ) -> Result<Json<TrashPage>, AppError> {
     let prefix = validate_prefix(&q.prefix)?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = page_limit(q.limit)?;
     Ok(Json(
         state
             .files

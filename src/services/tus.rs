@@ -569,6 +569,24 @@ impl TusService {
     /// The session's state (HEAD).
     pub async fn status(&self, ctx: &RequestCtx, id: &str) -> Result<SessionView, TusError> {
         let row = self.inner.visible_row(&owner_of(ctx), id).await?;
+        // Every byte acknowledged but no commit (the server died between the last PATCH's
+        // fsync and its commit): a client that sees offset == length is done and sends
+        // nothing more, so the commit happens here, as an empty PATCH at the end would do it.
+        if row.state == SessionState::Open
+            && row.length == Some(row.offset)
+            && Concat::of(&row) == Concat::None
+        {
+            let finish = Append {
+                offset: row.offset,
+                length: None,
+                checksum: None,
+                content_length: Some(0),
+            };
+            let nothing = futures_util::stream::empty::<Result<Bytes, UploadError>>();
+            return self
+                .append(ctx, id, finish, nothing, std::future::pending::<()>())
+                .await;
+        }
         Ok(SessionView::of(&row))
     }
 
