@@ -889,3 +889,324 @@ async fn sessions_live_in_postgres_too() {
     assert!(s.get_bytes("/api/v1/fs/pg/a.bin").await.1 == body);
     s.stop().await;
 }
+
+/// A client of the test's S3 location (`s3://bucket/prefix?endpoint=..&region=..`) and the
+/// keys under its `tus/` staging prefix.
+async fn s3_tus_keys(blob_store: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    use object_store::ObjectStore;
+    let rest = blob_store.strip_prefix("s3://").unwrap();
+    let (location, query) = rest.split_once('?').unwrap();
+    let (bucket, prefix) = location.split_once('/').unwrap();
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap();
+        builder = match k {
+            "endpoint" => builder
+                .with_endpoint(v)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false),
+            _ => builder.with_region(v),
+        };
+    }
+    let store = builder.build().unwrap();
+    let tus = object_store::path::Path::from(format!("{}/tus", prefix.trim_matches('/')));
+    store
+        .list(Some(&tus))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn create_partial(client: &reqwest::Client, base: &str, length: u64) -> String {
+    let r = client
+        .post(format!("{base}/api/v1/tus/"))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-concat", "partial")
+        .header("upload-length", length.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Two replicas on one PostgreSQL and one bucket: an upload started on A continues on B
+/// (its bytes are staged in the object store, its state in the row), the result is
+/// byte-exact on both, no replica stages anything on its disk, and the staging objects are
+/// gone afterwards. The same for a concatenation whose partial uploads go through different
+/// replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_continues_any_upload_on_postgres_and_s3() {
+    let test = "any_replica_continues_any_upload_on_postgres_and_s3";
+    let Some(metadata_url) = common::test_postgres_url(test).await else {
+        return;
+    };
+    let Some(blob_store) = common::test_s3_url(test) else {
+        return;
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &Path| Config {
+        metadata_url: Some(metadata_url.clone()),
+        blob_store: Some(blob_store.clone()),
+        ..Config::for_data_dir(dir)
+    };
+    let a = TestServer::start_with(config(da.path())).await;
+    let b = TestServer::start_with(config(db.path())).await;
+    const MIB: usize = 1024 * 1024;
+
+    // 21 MiB and a bit: two full 8 MiB parts and a tail.
+    let body = data(21 * MIB + 12_345, 5);
+    let on_a = create_url(&a.client, &a.base, body.len() as u64, "x/big.bin").await;
+    let path = on_a.trim_start_matches(&a.base).to_string();
+    let on_b = format!("{}{path}", b.base);
+    // A: 5 MiB (a tail only), then 8 MiB more (the first part fills; a new tail).
+    let r = patch(&a.client, &on_a, 0, body[..5 * MIB].to_vec(), None).await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    let r = patch(
+        &a.client,
+        &on_a,
+        5 * MIB as u64,
+        body[5 * MIB..13 * MIB].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        staged_sessions(da.path()).await,
+        0,
+        "nothing staged on A's disk"
+    );
+    assert!(
+        !s3_tus_keys(&blob_store).await.is_empty(),
+        "the tail is in the bucket"
+    );
+    // B knows the offset and goes on from it (with a checksum), to the end.
+    assert_eq!(offset_of(&b.client, &on_b).await, 13 * MIB as u64);
+    let rest = body[13 * MIB..].to_vec();
+    let r = patch(
+        &b.client,
+        &on_b,
+        13 * MIB as u64,
+        rest.clone(),
+        Some(sha1_b64(&rest)),
+    )
+    .await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert_eq!(
+        r.headers()["upload-offset"].to_str().unwrap(),
+        body.len().to_string()
+    );
+    for s in [&a, &b] {
+        let (status, got) = s.get_bytes("/api/v1/fs/x/big.bin").await;
+        assert_eq!(status, 200);
+        assert!(got == body, "byte-exact through {}", s.base);
+    }
+    let r = a
+        .client
+        .head(a.url("/api/v1/fs/x/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(
+        etag.contains(&sha256_hex(&body)),
+        "content address from the carried hash: {etag}"
+    );
+    assert_eq!(
+        staged_sessions(db.path()).await,
+        0,
+        "nothing staged on B's disk"
+    );
+    assert!(
+        s3_tus_keys(&blob_store).await.is_empty(),
+        "staging collected: {:?}",
+        s3_tus_keys(&blob_store).await
+    );
+
+    // A concatenation: partial 1 on A, partial 2 started on A and finished on B, the final
+    // created on B.
+    let whole = data(19 * MIB + 7, 9);
+    let (p1, p2) = whole.split_at(9 * MIB + 3);
+    let u1 = create_partial(&a.client, &a.base, p1.len() as u64).await;
+    let u2 = create_partial(&a.client, &a.base, p2.len() as u64).await;
+    let r = patch(&a.client, &format!("{}{u1}", a.base), 0, p1.to_vec(), None).await;
+    assert_eq!(r.status(), 204);
+    let r = patch(
+        &a.client,
+        &format!("{}{u2}", a.base),
+        0,
+        p2[..MIB].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = patch(
+        &b.client,
+        &format!("{}{u2}", b.base),
+        MIB as u64,
+        p2[MIB..].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = b
+        .client
+        .post(format!("{}/api/v1/tus/", b.base))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-concat", format!("final;{u1} {u2}"))
+        .header("upload-metadata", meta_path("x/concat.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    for s in [&a, &b] {
+        let (status, got) = s.get_bytes("/api/v1/fs/x/concat.bin").await;
+        assert_eq!(status, 200);
+        assert!(got == whole, "concatenation byte-exact through {}", s.base);
+    }
+    assert!(
+        s3_tus_keys(&blob_store).await.is_empty(),
+        "staging collected"
+    );
+    assert_eq!(
+        staged_sessions(da.path()).await + staged_sessions(db.path()).await,
+        0
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A PATCH streaming when its token is revoked stops within a second with 401; the session
+/// keeps exactly the bytes acknowledged before, and later requests with the token fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tokens_patch_stops_and_keeps_only_acknowledged_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+        .args(["token", "create", "--scope", "admin", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    let c = &s.client;
+    let r = c
+        .post(s.url("/api/v1/admin/tokens"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"scopes": "read,write"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let (writer, id) = (
+        created["token"].as_str().unwrap().to_string(),
+        created["id"].as_str().unwrap().to_string(),
+    );
+    const MIB: usize = 1024 * 1024;
+    let body = data(8 * MIB, 3);
+    let r = c
+        .post(s.url("/api/v1/tus/"))
+        .bearer_auth(&writer)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", body.len().to_string())
+        .header("upload-metadata", meta_path("r/f.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let upload = s.url(r.headers()["location"].to_str().unwrap());
+    let session = upload.rsplit('/').next().unwrap().to_string();
+    let r = c
+        .patch(&upload)
+        .bearer_auth(&writer)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", OCTETS)
+        .header("upload-offset", "0")
+        .body(body[..MIB].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "1 MiB acknowledged");
+
+    // A PATCH that keeps streaming (the test feeds it), revoked in the middle.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    let req = c
+        .patch(&upload)
+        .bearer_auth(&writer)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", OCTETS)
+        .header("upload-offset", MIB.to_string())
+        .body(reqwest::Body::wrap_stream(stream));
+    let answer = tokio::spawn(req.send());
+    for i in 1..3 {
+        tx.send(body[i * MIB..(i + 1) * MIB].to_vec())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!answer.is_finished(), "still streaming");
+    let r = c
+        .delete(s.url(&format!("/api/v1/admin/tokens/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Keep feeding: the server must stop on its own, not because the body ended.
+    let feeder = tokio::spawn(async move {
+        let mut i = 0;
+        while tx.send(vec![7u8; 64 * 1024]).await.is_ok() && i < 1000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            i += 1;
+        }
+    });
+    let r = tokio::time::timeout(Duration::from_secs(2), answer)
+        .await
+        .expect("the PATCH stops within 2 s of the revocation")
+        .unwrap();
+    match r {
+        Ok(r) => assert_eq!(r.status(), 401, "{:?}", r.text().await),
+        // The server may close the connection while the client is still sending.
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+    feeder.abort();
+    // Later requests with the token fail.
+    let r = c
+        .head(&upload)
+        .bearer_auth(&writer)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .patch(&upload)
+        .bearer_auth(&writer)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", OCTETS)
+        .header("upload-offset", MIB.to_string())
+        .body(body[MIB..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The staged bytes are the acknowledged ones, nothing of the revoked PATCH.
+    let staged = tokio::fs::metadata(dir.path().join("tus").join(&session))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(staged, MIB as u64, "only the acknowledged MiB is kept");
+    let r = s.get_as("/api/v1/fs/r/f.bin", &admin).await;
+    assert_eq!(r.status(), 404, "nothing committed");
+    s.stop().await;
+}

@@ -263,7 +263,11 @@ async fn create_inner(
             content_length: number(headers, "content-length")?,
         };
         let body = request.into_body().into_data_stream().map_err(read_error);
-        match state.tus.append(ctx, &view.id, append, body).await {
+        match state
+            .tus
+            .append(ctx, &view.id, append, body, revoked(state, ctx))
+            .await
+        {
             Ok(v) => view = v,
             Err(e) => {
                 let mut response = AppError::from(e).into_response();
@@ -351,7 +355,10 @@ async fn patch_inner(
         content_length: number(headers, "content-length")?,
     };
     let body = request.into_body().into_data_stream().map_err(read_error);
-    let view = state.tus.append(ctx, id, append, body).await?;
+    let view = state
+        .tus
+        .append(ctx, id, append, body, revoked(state, ctx))
+        .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     describe(&mut response, &view, false);
     Ok(response)
@@ -371,6 +378,12 @@ pub async fn delete(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => AppError::from(e).into_response(),
     }
+}
+
+/// Resolves when the request's token is revoked or expires: a PATCH streaming then stops.
+fn revoked(state: &AppState, ctx: &RequestCtx) -> impl std::future::Future<Output = ()> + Send {
+    let (auth, principal) = (state.auth.clone(), ctx.principal.clone());
+    async move { auth.until_invalid(&principal).await }
 }
 
 fn read_error(e: axum::Error) -> UploadError {
@@ -410,6 +423,7 @@ impl From<TusError> for AppError {
                 AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "staging_quota", message)
             }
             TusError::Interrupted => AppError::bad_request("interrupted", message),
+            TusError::Revoked => AppError::unauthorized("token_revoked", message),
             TusError::Busy => AppError {
                 retry_after: Some(1),
                 ..AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)

@@ -2,7 +2,8 @@
 //! creation-defer-length, expiration, checksum, termination, concatenation).
 //!
 //! - **State.** A session's row (offset, length, metadata, target, owner, expiry) lives in the
-//!   metadata store ([`TusStore`]); its bytes in `<data_dir>/tus/<id>`. A PATCH appends,
+//!   metadata store ([`TusStore`]); its bytes in `<data_dir>/tus/<id>` (with the S3 blob
+//!   store: in the bucket, see [`remote`], so any replica continues it). A PATCH appends,
 //!   fdatasyncs, and only then moves the row's offset: an acknowledged offset survives a
 //!   SIGKILL, and bytes past it (a crash between the fsync and the row) are cut off by the
 //!   next PATCH, which always starts by truncating the file to the row's offset.
@@ -34,12 +35,18 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+mod remote;
+
 use super::files::{FileService, RequestCtx};
 use super::metadata::tus::{SessionRow, SessionState, TusStore};
 use super::metadata::{now_ms, EtagMatch, MetadataError, Precondition};
-use super::upload::{StagedFile, UploadBatch, UploadError, UploadOptions, UploadOutcome};
+use super::storage::TusStaging;
+use super::upload::{
+    StagedFile, StagedObject, UploadBatch, UploadError, UploadOptions, UploadOutcome,
+};
 use super::ServiceError;
 use crate::paths::VPath;
+use remote::Remote;
 
 /// Bytes gathered from the body before one write (and hash) on the blocking pool.
 const WRITE_BLOCK: usize = 512 * 1024;
@@ -80,10 +87,12 @@ pub enum TusError {
     StagingQuota { limit: u64 },
     #[error("a newer request for this upload took it over")]
     Interrupted,
+    #[error("the token was revoked (or expired) while the upload was in progress")]
+    Revoked,
     #[error("the upload is still held by an earlier request; retry")]
     Busy,
     #[error(
-        "the upload's staged bytes are missing (another replica holds them, or they were lost)"
+        "the upload's staged bytes are missing (lost, or staged where this server cannot reach them)"
     )]
     StagingLost,
     #[error("staging I/O error: {0}")]
@@ -351,8 +360,10 @@ impl std::fmt::Debug for TusService {
 struct Inner {
     files: FileService,
     store: TusStore,
-    /// `<data_dir>/tus`: one file per open session.
+    /// `<data_dir>/tus`: one file per open session staged on local disk.
     dir: PathBuf,
+    /// The object store's tus staging (S3 blob store): new sessions stage there.
+    remote: Option<TusStaging>,
     limits: TusLimits,
     /// Guards the in-process state of the sessions that had a request here, by id.
     live: Mutex<HashMap<String, Arc<Live>>>,
@@ -366,6 +377,8 @@ enum End {
     Body(UploadError),
     /// A newer request took the session over.
     Cancelled,
+    /// The request's token was revoked (or expired).
+    Revoked,
     /// More bytes than the upload's length.
     TooLong,
     /// Writing or hashing failed.
@@ -415,11 +428,13 @@ impl TusService {
     ) -> Result<Self, io::Error> {
         let dir = data_dir.join("tus");
         tokio::fs::create_dir_all(&dir).await?;
+        let remote = files.storage().tus_staging();
         let service = TusService {
             inner: Arc::new(Inner {
                 files,
                 store,
                 dir,
+                remote,
                 limits,
                 live: Mutex::new(HashMap::new()),
             }),
@@ -514,14 +529,33 @@ impl TusService {
             file_id: None,
             created_at: now,
             expires_at: now.saturating_add(inner.expiry_ms()),
+            remote: None,
         };
-        inner.store.insert(&row).await?;
+        let mut row = row;
+        let staged_remotely = match (&inner.remote, &creation.concat) {
+            (Some(_), Concat::Final(_)) => partials.iter().any(|p| p.remote.is_some()),
+            (Some(_), _) => length != Some(0),
+            (None, _) => false,
+        };
+        if staged_remotely && partials.is_empty() {
+            let max_len = length.unwrap_or(limit);
+            row.remote = Some(inner.start_remote(&row.id, max_len).await?.to_text());
+        }
+        if let Err(e) = inner.store.insert(&row).await {
+            inner.drop_remote(&row).await;
+            return Err(e.into());
+        }
         if !partials.is_empty() {
+            if staged_remotely {
+                return inner.concatenate_remote(ctx, row, partials).await;
+            }
             return inner.concatenate(ctx, row, partials).await;
         }
-        if let Err(e) = inner.create_file(&row.id).await {
-            let _ = inner.store.delete(&row.id).await;
-            return Err(e.into());
+        if row.remote.is_none() {
+            if let Err(e) = inner.create_file(&row.id).await {
+                let _ = inner.store.delete(&row.id).await;
+                return Err(e.into());
+            }
         }
         metrics::counter!("vaultfs_tus_sessions_created_total").increment(1);
         if length == Some(0) && creation.concat == Concat::None {
@@ -549,7 +583,9 @@ impl TusService {
                 content_length: Some(0),
             };
             let nothing = futures_util::stream::empty::<Result<Bytes, UploadError>>();
-            return self.append(ctx, id, finish, nothing).await;
+            return self
+                .append(ctx, id, finish, nothing, std::future::pending::<()>())
+                .await;
         }
         Ok(SessionView::of(&row))
     }
@@ -557,21 +593,37 @@ impl TusService {
     /// Appends `body` at `request.offset` (PATCH). Runs in a task of its own, so that a
     /// client going away mid-request cannot cut the bookkeeping short: what arrived is
     /// fsynced and acknowledged in the row even when nobody reads the answer.
-    pub async fn append<S, E>(
+    ///
+    /// `revoked` resolves when the request's token is revoked or expires
+    /// ([`crate::services::auth::Auth::until_invalid`]): the body stops at its next chunk,
+    /// nothing of this request is acknowledged, and the answer is [`TusError::Revoked`].
+    pub async fn append<S, E, R>(
         &self,
         ctx: &RequestCtx,
         id: &str,
         request: Append,
         body: S,
+        revoked: R,
     ) -> Result<SessionView, TusError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<UploadError> + 'static,
+        R: std::future::Future<Output = ()> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         let (ctx, id) = (ctx.clone(), id.to_string());
-        let task = tokio::spawn(async move { inner.append(&ctx, &id, request, body).await });
-        match task.await {
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                revoked.await;
+                stop.cancel();
+            }
+        });
+        let task = tokio::spawn(async move { inner.append(&ctx, &id, request, body, &stop).await });
+        let result = task.await;
+        watcher.abort();
+        match result {
             Ok(result) => result,
             Err(e) => Err(TusError::Io(io::Error::other(format!(
                 "tus append task failed: {e}"
@@ -589,6 +641,7 @@ impl TusService {
             .filter(|r| r.owner == owner_of(ctx))
             .ok_or(TusError::NotFound)?;
         inner.forget(&row.id).await;
+        inner.drop_remote(&row).await;
         inner.store.delete(&row.id).await?;
         metrics::counter!("vaultfs_tus_sessions_terminated_total").increment(1);
         Ok(())
@@ -610,6 +663,7 @@ impl TusService {
                         .await?
                     {
                         inner.forget(&row.id).await;
+                        inner.drop_remote(&row).await;
                         expired += 1;
                     }
                 }
@@ -628,6 +682,20 @@ impl TusService {
                 .is_some_and(|r| r.state == SessionState::Open);
             if !open {
                 remove_file(&entry.path()).await;
+            }
+        }
+        if let Some(staging) = &inner.remote {
+            // Objects of sessions that are no longer open (a replica died between the row
+            // and the removal): removed. Multipart uploads are aborted with their session.
+            for id in staging.sessions().await.map_err(ServiceError::from)? {
+                let open = inner
+                    .store
+                    .get(&id)
+                    .await?
+                    .is_some_and(|r| r.state == SessionState::Open);
+                if !open {
+                    inner.remove_objects(staging, &id).await;
+                }
             }
         }
         if expired > 0 {
@@ -728,6 +796,7 @@ impl Inner {
         id: &str,
         request: Append,
         body: S,
+        revoked: &CancellationToken,
     ) -> Result<SessionView, TusError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -777,6 +846,9 @@ impl Inner {
             if Concat::of(&row) == Concat::Partial {
                 return Ok(SessionView::of(&row));
             }
+            if revoked.is_cancelled() {
+                return Err(TusError::Revoked);
+            }
             let sha = live.hasher_at(row.offset);
             return self.complete(ctx, batch, row, sha).await;
         }
@@ -811,12 +883,39 @@ impl Inner {
             }
         }
         let body = batch.body(body);
-        let (offset, sha, failure) = self
-            .receive(&live, &row, limit, request.checksum.as_ref(), body, &token)
-            .await?;
+        let stops = Stops {
+            takeover: &token,
+            revoked,
+        };
+        let (offset, sha, failure) = match (&self.remote, &row.remote) {
+            (Some(staging), Some(record)) => {
+                let record = Remote::parse(record)?;
+                let (offset, record, failure) = self
+                    .receive_remote(
+                        staging,
+                        &row,
+                        record,
+                        limit,
+                        request.checksum.as_ref(),
+                        body,
+                        &stops,
+                    )
+                    .await?;
+                row.remote = Some(record.to_text());
+                (offset, None, failure)
+            }
+            (None, Some(_)) => return Err(TusError::StagingLost),
+            (_, None) => {
+                self.receive(&live, &row, limit, request.checksum.as_ref(), body, &stops)
+                    .await?
+            }
+        };
         row.offset = offset;
         if let Some(e) = failure {
             return Err(e);
+        }
+        if revoked.is_cancelled() {
+            return Err(TusError::Revoked);
         }
         row.expires_at = now_ms().saturating_add(self.expiry_ms());
         if row.length == Some(row.offset) && Concat::of(&row) == Concat::None {
@@ -873,7 +972,7 @@ impl Inner {
         limit: u64,
         checksum: Option<&Checksum>,
         body: impl Stream<Item = Result<Bytes, UploadError>> + Send,
-        token: &CancellationToken,
+        stops: &Stops<'_>,
     ) -> Result<(u64, Option<Sha256>, Option<TusError>), TusError> {
         let start = row.offset;
         let path = self.file_path(&row.id);
@@ -894,7 +993,8 @@ impl Inner {
         let end = loop {
             let next = tokio::select! {
                 biased;
-                () = token.cancelled() => break End::Cancelled,
+                () = stops.takeover.cancelled() => break End::Cancelled,
+                () = stops.revoked.cancelled() => break End::Revoked,
                 next = body.next() => next,
             };
             let chunk = match next {
@@ -925,10 +1025,17 @@ impl Inner {
         let keep = match &end {
             End::Complete => true,
             End::Body(_) => checksum.is_none(),
-            End::Cancelled | End::TooLong | End::Write(_) => false,
+            End::Cancelled | End::Revoked | End::TooLong | End::Write(_) => false,
         };
         if !keep {
             // Nothing of this request is acknowledged; the next one truncates the file back.
+            // A revoked token's bytes go at once: there may be no next request.
+            if let (End::Revoked, Some(s)) = (&end, sink.take()) {
+                let cut = crate::blocking::run(move || s.file.set_len(start)).await;
+                if let Err(e) = cut {
+                    tracing::warn!(id = %row.id, error = %e, "could not cut a revoked PATCH's bytes");
+                }
+            }
             live.put_hasher(
                 start,
                 if matches!(end, End::Write(_)) {
@@ -942,6 +1049,7 @@ impl Inner {
                 None,
                 Some(match end {
                     End::Cancelled => TusError::Interrupted,
+                    End::Revoked => TusError::Revoked,
                     End::TooLong => TusError::LengthExceeded { length: limit },
                     End::Write(e) => TusError::Io(e),
                     End::Body(e) => TusError::Service(e.into()),
@@ -1011,6 +1119,7 @@ impl Inner {
                     .finish(&row.id, Some(&outcome.meta.id), keep)
                     .await?;
                 self.forget(&row.id).await;
+                self.drop_remote(&row).await;
                 metrics::counter!("vaultfs_tus_uploads_committed_total").increment(1);
                 let mut view = SessionView::of(&row);
                 view.expires_at = None;
@@ -1021,6 +1130,7 @@ impl Inner {
                 if is_final_refusal(&e) {
                     tracing::info!(id = %row.id, error = %e, "tus upload refused at completion; session ended");
                     self.forget(&row.id).await;
+                    self.drop_remote(&row).await;
                     let _ = self.store.delete(&row.id).await;
                 }
                 Err(e)
@@ -1039,6 +1149,24 @@ impl Inner {
         let options = upload_options(&meta)?;
         let target = VPath::parse(&row.target)
             .map_err(|e| TusError::Invalid(format!("the upload's target path: {e}")))?;
+        if let Some(record) = &row.remote {
+            let staging = self.remote.as_ref().ok_or(TusError::StagingLost)?;
+            let record = Remote::parse(record)?;
+            let object = match sha {
+                // A final concatenation: assembled, hashed while it was.
+                Some(sha) if record.assembled => StagedObject {
+                    key: record.key,
+                    size: row.length.unwrap_or(row.offset),
+                    sha256: sha.finalize().into(),
+                },
+                _ => self.assemble(staging, row, record).await?,
+            };
+            batch.stage_object(ctx, &target, object, options).await?;
+            let mut outcomes = batch.commit(ctx).await?;
+            return outcomes
+                .pop()
+                .ok_or_else(|| TusError::Io(io::Error::other("the commit returned no file")));
+        }
         let file = StagedFile {
             path: self.file_path(&row.id),
             size: row.length.unwrap_or(row.offset),
@@ -1094,6 +1222,14 @@ impl Inner {
         }
         Ok(view)
     }
+}
+
+/// What ends a PATCH body early.
+struct Stops<'a> {
+    /// A newer request took the session over.
+    takeover: &'a CancellationToken,
+    /// The request's token was revoked or expired.
+    revoked: &'a CancellationToken,
 }
 
 /// Refusals a retry cannot change: the session is ended.
@@ -1363,6 +1499,7 @@ mod tests {
             file_id: None,
             created_at: 0,
             expires_at: 0,
+            remote: None,
         };
         assert_eq!(Concat::of(&row), c);
     }

@@ -181,6 +181,16 @@ pub struct StagedFile {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// Content already assembled as an object in the blob store's bucket (a tus session staged
+/// there), its SHA-256 computed while the bytes arrived; not yet visible.
+#[derive(Debug, Clone)]
+pub struct StagedObject {
+    /// The object's key in the bucket.
+    pub key: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
 /// A fully received, verified file in staging, not yet visible.
 #[derive(Debug)]
 struct StagedUpload {
@@ -352,6 +362,50 @@ impl FileService {
         })
     }
 
+    /// Like [`FileService::stage_file`] for content assembled in the object store (a tus
+    /// session staged there, see [`super::storage::TusStaging`]): its digest is known, the
+    /// object stays where it is, and the commit copies it into place inside the store.
+    async fn stage_object(
+        &self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        object: StagedObject,
+        options: UploadOptions,
+    ) -> Result<StagedUpload, ServiceError> {
+        let UploadOptions {
+            content_type,
+            precondition,
+            expected_sha256,
+            size_hint: _,
+            digest_sink: _,
+        } = options;
+        self.check_size_hint(Some(object.size))?;
+        ctx.check(path.as_str())?;
+        self.precheck(path, &precondition).await?;
+        let sha256 = hex::encode(object.sha256);
+        if let Some(expected) = expected_sha256 {
+            if expected.as_slice() != object.sha256.as_slice() {
+                return Err(UploadError::ChecksumMismatch {
+                    actual: sha256,
+                    expected: hex::encode(&expected),
+                }
+                .into());
+            }
+        }
+        let blob = super::storage::BlobRef {
+            sha256,
+            size: object.size,
+        };
+        let staged = self.storage().adopt_remote(object.key, blob);
+        Ok(StagedUpload {
+            path: path.clone(),
+            staged,
+            content_type,
+            precondition,
+            extra_digest: None,
+        })
+    }
+
     async fn commit_staged(
         &self,
         ctx: &RequestCtx,
@@ -447,6 +501,22 @@ impl UploadBatch {
         options: UploadOptions,
     ) -> Result<(), ServiceError> {
         let staged = self.service.stage_file(ctx, path, file, options).await?;
+        self.staged.push(staged);
+        Ok(())
+    }
+
+    /// [`UploadBatch::stage_file`] for content assembled in the blob store's bucket.
+    pub async fn stage_object(
+        &mut self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        object: StagedObject,
+        options: UploadOptions,
+    ) -> Result<(), ServiceError> {
+        let staged = self
+            .service
+            .stage_object(ctx, path, object, options)
+            .await?;
         self.staged.push(staged);
         Ok(())
     }

@@ -52,6 +52,10 @@ mod dialect {
             10,
             include_str!("migrations/postgres/0010_tus_sessions.sql"),
         ),
+        (
+            11,
+            include_str!("migrations/postgres/0011_tus_remote_staging.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

@@ -70,6 +70,8 @@ pub(crate) struct SessionRow {
     /// Milliseconds since the epoch.
     pub created_at: i64,
     pub expires_at: i64,
+    /// Staging in the object store (`services::tus::remote`'s JSON); `None`: on local disk.
+    pub remote: Option<String>,
 }
 
 /// The open sessions of one owner: how many, and the staging bytes they reserve (their
@@ -97,7 +99,7 @@ pub(crate) struct TusStore {
 }
 
 const COLUMNS: &str = "id, owner, upload_length, upload_offset, target, metadata, concat, \
-                       state, file_id, created_at, expires_at";
+                       state, file_id, created_at, expires_at, remote";
 
 /// Runs `$body` with `$pool` bound to the backend's writer (`write`) or a reader (`read`):
 /// the same code, type-checked once per backend.
@@ -161,6 +163,7 @@ macro_rules! decode_row {
             file_id: row.try_get(8).map_err(map_err)?,
             created_at: row.try_get(9).map_err(map_err)?,
             expires_at: row.try_get(10).map_err(map_err)?,
+            remote: row.try_get(11).map_err(map_err)?,
         })
     }};
 }
@@ -193,7 +196,7 @@ impl TusStore {
     /// Stores a new session (`AlreadyExists` is not expected: ids are random).
     pub(crate) async fn insert(&self, s: &SessionRow) -> Result<(), MetadataError> {
         let sql = format!(
-            "INSERT INTO tus_sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO tus_sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         let length = s.length.map(to_i64).transpose()?;
         let offset = to_i64(s.offset)?;
@@ -209,6 +212,7 @@ impl TusStore {
             .bind(&s.file_id)
             .bind(s.created_at)
             .bind(s.expires_at)
+            .bind(&s.remote)
             .execute(pool), |_r| ());
         Ok(())
     }
@@ -238,6 +242,30 @@ impl TusStore {
         let done = on_pool!(self, write, pool => sqlx::query(sql)
             .bind(to)
             .bind(expires_at)
+            .bind(id)
+            .bind(from)
+            .execute(pool), |r| r.rows_affected());
+        Ok(done == 1)
+    }
+
+    /// [`TusStore::advance`] for a session staged in the object store: its staging record
+    /// `remote` moves with the offset, in the same statement, so the row always names what
+    /// is durable there.
+    pub(crate) async fn advance_remote(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        expires_at: i64,
+        remote: &str,
+    ) -> Result<bool, MetadataError> {
+        let sql = "UPDATE tus_sessions SET upload_offset = $1, expires_at = $2, remote = $3 \
+                   WHERE id = $4 AND upload_offset = $5 AND state = 'open'";
+        let (from, to) = (to_i64(from)?, to_i64(to)?);
+        let done = on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(to)
+            .bind(expires_at)
+            .bind(remote)
             .bind(id)
             .bind(from)
             .execute(pool), |r| r.rows_affected());

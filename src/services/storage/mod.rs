@@ -16,6 +16,7 @@
 mod local;
 mod s3;
 mod staging;
+mod tus_staging;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use staging::{hash_file, hash_to_end, BlobWriter, StagedBlob, INLINE_HASH_LIMIT};
+pub use tus_staging::TusStaging;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -208,6 +210,26 @@ impl BlobStore {
         blob: BlobRef,
     ) -> Result<StagedBlob, StorageError> {
         staging::adopt(&self.tmp_dir, source, blob).await
+    }
+
+    /// Where tus sessions stage their bytes in the object store (`None` on local disk).
+    pub fn tus_staging(&self) -> Option<TusStaging> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::S3(b) => Some(b.tus().clone()),
+        }
+    }
+
+    /// Stages the object `key` of this store's bucket (a tus upload assembled there), whose
+    /// content is `blob`, for a commit: the commit copies it into place inside the object
+    /// store. The object stays where it is; its owner removes it.
+    pub fn adopt_remote(&self, key: String, blob: BlobRef) -> StagedBlob {
+        StagedBlob {
+            temp: staging::TempFile::none(),
+            blob,
+            synced: true,
+            remote: Some(key),
+        }
     }
 
     /// Whether a finished upload of content `sha256_hex` must be fdatasynced in staging (see

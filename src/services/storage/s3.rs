@@ -28,6 +28,8 @@ const REMOTE_UPLOAD_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub(super) struct S3Store {
     store: Arc<dyn object_store::ObjectStore>,
+    /// tus session staging, on the same bucket and prefix.
+    tus: super::tus_staging::TusStaging,
     prefix: String,
     description: String,
     /// Uploads to the object store at once (each holds up to 5 parts in memory).
@@ -84,12 +86,18 @@ impl S3Store {
         } else {
             format!("{prefix}/")
         };
+        let store = Arc::new(store);
         Ok(S3Store {
-            store: Arc::new(store),
+            tus: super::tus_staging::TusStaging::new(Arc::clone(&store), prefix.clone()),
+            store,
             prefix,
             description: format!("s3://{location}"),
             uploads: Arc::new(tokio::sync::Semaphore::new(REMOTE_UPLOADS)),
         })
+    }
+
+    pub(super) fn tus(&self) -> &super::tus_staging::TusStaging {
+        &self.tus
     }
 
     fn key(&self, sha256_hex: &str) -> object_store::path::Path {
@@ -196,6 +204,14 @@ impl S3Store {
         if self.stat(&staged.blob.sha256).await? == Some(staged.blob.size) {
             return Ok(staged.blob.clone());
         }
+        if let Some(source) = &staged.remote {
+            // A tus session assembled in the bucket: copied inside the object store.
+            crate::faults::check(crate::faults::Point::BeforeRename)
+                .map_err(StorageError::io("upload blob"))?;
+            self.copy_in(source, &staged.blob.sha256, staged.blob.size)
+                .await?;
+            return Ok(staged.blob.clone());
+        }
         let Some(temp_path) = staged.temp.path() else {
             return Err(StorageError::Io {
                 op: "commit blob",
@@ -268,6 +284,68 @@ impl S3Store {
                     .map_err(remote_err("upload part"))?;
                 writer.put(Bytes::from(chunk));
             }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(remote_err("complete multipart upload"))?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "could not abort a multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the object `source` (of `size` bytes) to the blob's content address inside the
+    /// object store: one `CopyObject` up to its 5 GiB limit, no bytes through this process;
+    /// past it (object_store has no `UploadPartCopy`), streamed through it once.
+    async fn copy_in(&self, source: &str, sha256_hex: &str, size: u64) -> Result<(), StorageError> {
+        let from = object_store::path::Path::from(source);
+        let to = self.key(sha256_hex);
+        if size <= super::tus_staging::MAX_COPY {
+            return self
+                .store
+                .copy(&from, &to)
+                .await
+                .map_err(remote_err("copy tus upload into place"));
+        }
+        use futures_util::StreamExt;
+        let _slot = tokio::time::timeout(
+            REMOTE_UPLOAD_WAIT,
+            Arc::clone(&self.uploads).acquire_owned(),
+        )
+        .await
+        .map_err(|_| StorageError::Busy("object-store uploads backed up"))?
+        .map_err(|_| StorageError::Busy("object-store upload slots closed"))?;
+        let mut stream = self
+            .store
+            .get(&from)
+            .await
+            .map_err(remote_err("read tus upload"))?
+            .into_stream();
+        let upload = self
+            .store
+            .put_multipart(&to)
+            .await
+            .map_err(remote_err("start multipart upload"))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let result: Result<(), StorageError> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(remote_err("read tus upload"))?;
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(remote_err("upload part"))?;
+                writer.write(&chunk);
+            }
+            Ok(())
         }
         .await;
         match result {

@@ -124,6 +124,11 @@ pub(super) struct TempFile {
 }
 
 impl TempFile {
+    /// No file at all (a blob staged elsewhere, see [`StagedBlob::remote`]).
+    pub(super) fn none() -> Self {
+        TempFile { path: None }
+    }
+
     /// The file's path while it is still owned (not taken and not yet removed).
     pub(super) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -249,6 +254,7 @@ impl BlobWriter {
                 size: self.size,
             },
             synced,
+            remote: None,
         })
     }
 }
@@ -270,6 +276,9 @@ pub struct StagedBlob {
     pub blob: BlobRef,
     /// Whether the temp file's data is on disk (fdatasync done).
     pub(super) synced: bool,
+    /// Instead of a temp file: an object in the blob store's bucket holding the content (a
+    /// tus session staged there), copied into place by the commit.
+    pub(super) remote: Option<String>,
 }
 
 impl StagedBlob {
@@ -309,11 +318,13 @@ pub(super) async fn adopt(
             temp,
             blob,
             synced: true,
+            remote: None,
         });
     }
     Ok(StagedBlob {
         temp: TempFile { path: Some(path) },
         blob,
         synced: true,
+        remote: None,
     })
 }
