@@ -44,6 +44,7 @@ mod dialect {
             2,
             include_str!("migrations/postgres/0002_events_path_prefix.sql"),
         ),
+        (20, include_str!("migrations/postgres/0020_s3_tables.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

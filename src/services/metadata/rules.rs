@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use super::{
     now_ms, rfc3339, AuditProblem, ChangeOutcome, EventKind, FileMeta, MetadataAudit,
-    MetadataError, Precondition, PutOutcome, PutRequest, AUDIT_LIMIT,
+    MetadataError, Precondition, PutOutcome, PutRequest, S3ObjectRow, AUDIT_LIMIT,
 };
 use crate::services::storage::BlobRef;
 
@@ -42,6 +42,17 @@ pub(crate) trait Tx: Send {
         from_path: Option<&str>,
         at: i64,
     ) -> Result<i64, MetadataError>;
+    /// Writes the S3 record of the file at `path` (content `sha256`), replacing any.
+    async fn put_s3_object(
+        &mut self,
+        path: &str,
+        sha256: &str,
+        row: &S3ObjectRow,
+    ) -> Result<(), MetadataError>;
+    /// Removes the S3 record at `path`, if any.
+    async fn forget_s3_object(&mut self, path: &str) -> Result<(), MetadataError>;
+    /// Moves the S3 record at `from` to `to` (replacing one there), if any.
+    async fn move_s3_object(&mut self, from: &str, to: &str) -> Result<(), MetadataError>;
 }
 
 /// One write, as a backend queues or retries it.
@@ -66,6 +77,8 @@ pub(crate) struct Transfer {
     pub(crate) expected_path: String,
     pub(crate) to: String,
     pub(crate) overwrite: bool,
+    /// A copy's S3 record (a move takes the source's along).
+    pub(crate) s3: Option<S3ObjectRow>,
 }
 
 impl Transfer {
@@ -75,6 +88,7 @@ impl Transfer {
             expected_path: expected_path.to_string(),
             to: to.to_string(),
             overwrite,
+            s3: None,
         }
     }
 }
@@ -151,6 +165,10 @@ async fn put<T: Tx + ?Sized>(
     let existing = tx.file_by_path(&req.path).await?;
     check_put_precondition(&req.precondition, existing.as_ref())?;
     tx.add_blob_ref(&req.blob.sha256, req.blob.size).await?;
+    match &req.s3 {
+        Some(row) => tx.put_s3_object(&req.path, &req.blob.sha256, row).await?,
+        None => tx.forget_s3_object(&req.path).await?,
+    }
     Ok(match existing {
         Some(cur) => {
             let released = release(tx, &cur.sha256).await?;
@@ -214,6 +232,7 @@ async fn rename<T: Tx + ?Sized>(
     }
     let released = clear_target(tx, t, now).await?;
     tx.update_path(&t.id, to).await?;
+    tx.move_s3_object(&cur.path, to).await?;
     let from = cur.path.clone();
     let meta = FileMeta {
         path: to.to_string(),
@@ -242,6 +261,10 @@ async fn copy<T: Tx + ?Sized>(
     let meta = new_file(&t.to, &blob, &src.content_type, now);
     tx.add_blob_ref(&meta.sha256, meta.size).await?;
     tx.insert_file(&meta).await?;
+    match &t.s3 {
+        Some(row) => tx.put_s3_object(&t.to, &meta.sha256, row).await?,
+        None => tx.forget_s3_object(&t.to).await?,
+    }
     tx.append_event(EventKind::Copied, &meta, Some(&src.path), now)
         .await?;
     // Releasing the target's blob cannot free the source's: the copy holds a reference.
@@ -289,6 +312,7 @@ async fn delete_row<T: Tx + ?Sized>(
     released: &mut Vec<String>,
 ) -> Result<(), MetadataError> {
     tx.delete_file(&victim.id).await?;
+    tx.forget_s3_object(&victim.path).await?;
     released.extend(release(tx, &victim.sha256).await?);
     tx.append_event(EventKind::Deleted, victim, None, now)
         .await?;

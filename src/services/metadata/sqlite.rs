@@ -38,6 +38,7 @@ mod dialect {
             include_str!("migrations/sqlite/0001_files_blobs_events.sql"),
         ),
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
+        (20, include_str!("migrations/sqlite/0020_s3_tables.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
