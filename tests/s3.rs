@@ -713,6 +713,40 @@ mod records {
         store.close().await;
     }
 
+    /// Part directories whose upload the database no longer knows (finished through another
+    /// replica) are removed once idle; those of live uploads stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_orphaned_part_directories_are_swept() {
+        use vaultfs::services::s3_meta::UploadRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(dir.path(), TIMEOUT, 2).await.unwrap();
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        let live = UploadRecord {
+            id: "live".into(),
+            path: "b/k".into(),
+            token_id: String::new(),
+            created_ms: 0,
+            attrs: ObjectAttrs::default(),
+        };
+        meta.create_upload(&live).await.unwrap();
+        std::fs::write(meta.part_path("live", 1), b"part").unwrap();
+        let orphan = dir.path().join("s3-uploads/orphan");
+        std::fs::create_dir_all(&orphan).unwrap();
+        std::fs::write(orphan.join("00001"), b"part").unwrap();
+        assert_eq!(
+            meta.sweep_orphan_parts(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "not idle long enough"
+        );
+        assert_eq!(meta.sweep_orphan_parts(Duration::ZERO).await.unwrap(), 1);
+        assert!(!orphan.exists());
+        assert!(meta.part_path("live", 1).exists());
+        meta.close().await;
+        store.close().await;
+    }
+
     /// The S3 tables as releases before migration 20 made them (`s3_meta::SCHEMA`), in
     /// `s3.db` or in the PostgreSQL metadata database.
     const EARLIER_RELEASE_SCHEMA: &[&str] = &[

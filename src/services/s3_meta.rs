@@ -516,6 +516,35 @@ impl S3Meta {
             .collect()
     }
 
+    /// Removes the part directories, untouched for `max_age`, of uploads the database no
+    /// longer knows: completed, aborted or collected through another replica (which cannot
+    /// remove this replica's files). Returns how many it removed.
+    pub async fn sweep_orphan_parts(&self, max_age: Duration) -> Result<usize, MetadataError> {
+        let io = |e: std::io::Error| MetadataError::Backend(format!("s3-uploads: {e}"));
+        let mut dir = tokio::fs::read_dir(&self.staging).await.map_err(io)?;
+        let mut removed = 0;
+        while let Some(entry) = dir.next_entry().await.map_err(io)? {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let idle = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok());
+            if idle.is_none_or(|idle| idle < max_age) || self.upload(&id).await?.is_some() {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Forgets an upload and removes its staged parts.
     pub async fn remove_upload(&self, id: &str) -> Result<(), MetadataError> {
         let _: Done = on_pool!(

@@ -58,6 +58,13 @@ pub fn spawn_sweeper(
                 }
                 Err(e) => tracing::warn!(error = %e, "multipart sweep failed"),
             }
+            match meta.sweep_orphan_parts(max_age).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(dirs = n, "removed the staged parts of finished S3 uploads")
+                }
+                Err(e) => tracing::warn!(error = %e, "multipart part sweep failed"),
+            }
         }
     });
 }
