@@ -110,7 +110,7 @@ row() { # workload label key amount unit
     printf '| %s | %s | %.2f | %.1f %s | %.2f |\n' "$1" "$2" "$m" "$(echo "$4 / $m" | bc -l)" "$5" \
         "$(echo "$m / $base" | bc -l)"
 }
-echo "aws-cli: $("$AWS" --version 2>&1); s3s-fs 0.14.1; vaultfs $("$BIN" --version 2>&1); $REPS reps, median"
+echo "aws-cli: $("$AWS" --version 2>&1); s3s-fs 0.14.1; $("$BIN" --version 2>&1); $REPS reps, median"
 echo
 echo "| workload | server (client) | seconds | throughput | time / VaultFS S3 |"
 echo "|---|---|---|---|---|"
