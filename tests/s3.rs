@@ -626,12 +626,18 @@ mod records {
             .await;
         assert!(batch.is_err());
         assert_eq!(record(meta, "b/new", 3).await, None);
-        // A native write (no record) of the same content: the version has no record.
+        // A native write (no record) of other content: the record no longer shows; of the
+        // same content again, it describes it again.
+        store
+            .put(put("b/a", 5, Precondition::None, None))
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/a", 5).await, None);
         store
             .put(put("b/a", 1, Precondition::None, None))
             .await
             .unwrap();
-        assert_eq!(record(meta, "b/a", 1).await, None);
+        assert_eq!(record(meta, "b/a", 1).await, is("e1", "first"));
         let a2 = store
             .put(put("b/a", 1, Precondition::None, Some(row("e4", "again"))))
             .await

@@ -135,8 +135,8 @@ pub struct PutRequest {
     pub content_type: String,
     pub precondition: Precondition,
     /// The S3 API's record of this version, written in the same transaction. `None` (every
-    /// native write): the version has none, and a record left from an earlier version of
-    /// the path is removed with it.
+    /// native write): nothing is written; a record of the path's earlier content no longer
+    /// matches its SHA-256 and is ignored.
     pub s3: Option<S3ObjectRow>,
 }
 
