@@ -870,21 +870,19 @@ async fn postgres_migrates_a_database_of_the_previous_release_forward() {
         .await
         .unwrap();
     // The highest migration this binary has (each file is `NNNN_name.sql`).
-    let highest = std::fs::read_dir(
+    let mut dir = tokio::fs::read_dir(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/services/metadata/migrations/postgres"),
     )
-    .unwrap()
-    .filter_map(|e| {
-        e.unwrap()
-            .file_name()
-            .to_str()?
-            .get(..4)?
-            .parse::<i64>()
-            .ok()
-    })
-    .max()
+    .await
     .unwrap();
+    let mut highest = 0;
+    while let Some(entry) = dir.next_entry().await.unwrap() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.get(..4).and_then(|n| n.parse::<i64>().ok()) {
+            highest = highest.max(n);
+        }
+    }
     assert_eq!(version, highest, "migrated forward");
     let indexes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'

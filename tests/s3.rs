@@ -735,10 +735,14 @@ mod records {
             attrs: ObjectAttrs::default(),
         };
         meta.create_upload(&live).await.unwrap();
-        std::fs::write(meta.part_path("live", 1), b"part").unwrap();
+        tokio::fs::write(meta.part_path("live", 1), b"part")
+            .await
+            .unwrap();
         let orphan = dir.path().join("s3-uploads/orphan");
-        std::fs::create_dir_all(&orphan).unwrap();
-        std::fs::write(orphan.join("00001"), b"part").unwrap();
+        tokio::fs::create_dir_all(&orphan).await.unwrap();
+        tokio::fs::write(orphan.join("00001"), b"part")
+            .await
+            .unwrap();
         assert_eq!(
             meta.sweep_orphan_parts(Duration::from_secs(3600))
                 .await
@@ -821,7 +825,9 @@ mod records {
         make_legacy_db(&dir.path().join("s3.db")).await;
         let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
         meta.close().await;
-        std::fs::rename(dir.path().join("s3.db.imported"), dir.path().join("s3.db")).unwrap();
+        tokio::fs::rename(dir.path().join("s3.db.imported"), dir.path().join("s3.db"))
+            .await
+            .unwrap();
         let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
         earlier_release_data_is_there(&meta).await;
         assert_eq!(meta.buckets().await.unwrap().len(), 1);
