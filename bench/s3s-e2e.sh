@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 VERSION=0.14.1
 ROOT="${S3S_E2E_ROOT:-$HOME/.cache/vaultfs-s3s-e2e}"
 if [ ! -x "$ROOT/bin/s3s-e2e" ]; then
-    cargo install s3s-e2e --version "=$VERSION" --locked --root "$ROOT"
+    # Its own target directory under ~/.cache: the AWS SDK it compiles is large (about 20
+    # minutes on the 2-core machine), and a rebuild of VaultFS should not evict it.
+    CARGO_TARGET_DIR="${S3S_E2E_TARGET:-$HOME/.cache/vaultfs-s3s-build}" \
+        cargo install s3s-e2e --version "=$VERSION" --locked --root "$ROOT"
 fi
 BIN="${1:-${CARGO_TARGET_DIR:-target}/release/vaultfs}"
 shift $(( $# > 0 ? 1 : 0 ))
@@ -27,4 +30,5 @@ for _ in $(seq 100); do
     (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
     sleep 0.1
 done
-"$ROOT/bin/s3s-e2e" "$@" 2>&1 | tee "$DIR/e2e.log" | tail -40
+# One line per case (PASSED/FAILED with its error), then per fixture and suite.
+NO_COLOR=1 "$ROOT/bin/s3s-e2e" "$@" 2>&1 | tee "$DIR/e2e.log" | grep -v '^\s*$' || true

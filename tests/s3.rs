@@ -539,3 +539,346 @@ async fn s3_overload_is_slow_down() {
     assert_eq!(r.status(), 404, "nothing stored");
     server.stop().await;
 }
+
+// The S3 tables in the metadata database (migration 20): an object's record commits in the
+// transaction of the version it describes, and the tables of an earlier release are kept.
+
+mod records {
+    use super::common;
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use vaultfs::services::metadata::postgres::PostgresMetadata;
+    use vaultfs::services::metadata::sqlite::SqliteMetadata;
+    use vaultfs::services::metadata::{
+        MetadataError, MetadataStore, Precondition, PutRequest, S3ObjectRow,
+    };
+    use vaultfs::services::s3_meta::{ObjectAttrs, ObjectRecord, S3Meta};
+    use vaultfs::services::storage::BlobRef;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn sha(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    fn row(etag: &str, user: &str) -> S3ObjectRow {
+        let mut attrs = ObjectAttrs::default();
+        attrs.user.insert("who".into(), user.into());
+        attrs.row(etag.into()).unwrap()
+    }
+
+    fn put(
+        path: &str,
+        blob: u8,
+        precondition: Precondition,
+        s3: Option<S3ObjectRow>,
+    ) -> PutRequest {
+        PutRequest {
+            path: path.into(),
+            blob: BlobRef {
+                sha256: sha(blob),
+                size: u64::from(blob),
+            },
+            content_type: "application/octet-stream".into(),
+            precondition,
+            s3,
+        }
+    }
+
+    /// The record at `path` for content `blob`: (etag, the `who` user metadata).
+    async fn record(meta: &S3Meta, path: &str, blob: u8) -> Option<(String, String)> {
+        meta.object(path, &sha(blob))
+            .await
+            .unwrap()
+            .map(|r| (r.etag, r.attrs.user["who"].clone()))
+    }
+
+    fn is(etag: &str, who: &str) -> Option<(String, String)> {
+        Some((etag.into(), who.into()))
+    }
+
+    /// Every write that carries, keeps, moves or drops a record, on one backend.
+    async fn records_commit_with_their_version(store: &dyn MetadataStore, meta: &S3Meta) {
+        let a = store
+            .put(put("b/a", 1, Precondition::None, Some(row("e1", "first"))))
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/a", 1).await, is("e1", "first"));
+        // A write refused by its precondition leaves the record as it was.
+        let refused = store
+            .put(put(
+                "b/a",
+                2,
+                Precondition::MustNotExist,
+                Some(row("e2", "no")),
+            ))
+            .await;
+        assert!(matches!(refused, Err(MetadataError::PreconditionFailed)));
+        assert_eq!(record(meta, "b/a", 1).await, is("e1", "first"));
+        // A batch that fails as a whole leaves no record of its first put.
+        let batch = store
+            .put_many(vec![
+                put("b/new", 3, Precondition::None, Some(row("e3", "batch"))),
+                put("b/a", 4, Precondition::MustNotExist, None),
+            ])
+            .await;
+        assert!(batch.is_err());
+        assert_eq!(record(meta, "b/new", 3).await, None);
+        // A native write (no record) of other content: the record no longer shows; of the
+        // same content again, it describes it again.
+        store
+            .put(put("b/a", 5, Precondition::None, None))
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/a", 5).await, None);
+        store
+            .put(put("b/a", 1, Precondition::None, None))
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/a", 1).await, is("e1", "first"));
+        let a2 = store
+            .put(put("b/a", 1, Precondition::None, Some(row("e4", "again"))))
+            .await
+            .unwrap();
+        assert_eq!(a2.meta.id, a.meta.id);
+        assert_eq!(record(meta, "b/a", 1).await, is("e4", "again"));
+        // A move takes the record along.
+        store
+            .rename(&a.meta.id, "b/a", "b/moved", false)
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/a", 1).await, None);
+        assert_eq!(record(meta, "b/moved", 1).await, is("e4", "again"));
+        // A copy gets the record it is given, or none.
+        store
+            .copy_with_s3(
+                &a.meta.id,
+                "b/moved",
+                "b/copy",
+                false,
+                Some(row("e5", "copy")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/copy", 1).await, is("e5", "copy"));
+        store
+            .copy(&a.meta.id, "b/moved", "b/plain", false)
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/plain", 1).await, None);
+        // A metadata-only change applies only to the content it was read for.
+        let mut attrs = ObjectAttrs::default();
+        attrs.user.insert("who".into(), "replaced".into());
+        let stale = ObjectRecord {
+            sha256: sha(9),
+            etag: "e6".into(),
+            attrs: attrs.clone(),
+        };
+        assert!(!meta.update_in_place("b/copy", &stale).await.unwrap());
+        assert_eq!(record(meta, "b/copy", 1).await, is("e5", "copy"));
+        let fresh = ObjectRecord {
+            sha256: sha(1),
+            ..stale
+        };
+        assert!(meta.update_in_place("b/copy", &fresh).await.unwrap());
+        assert_eq!(record(meta, "b/copy", 1).await, is("e6", "replaced"));
+        // A delete removes it.
+        let copy = store.get_by_path("b/copy").await.unwrap().unwrap();
+        store
+            .delete(&copy.id, "b/copy", &Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(record(meta, "b/copy", 1).await, None);
+        assert_eq!(store.audit().await.unwrap().problems, vec![]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_records_commit_with_their_version_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(dir.path(), TIMEOUT, 2).await.unwrap();
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        records_commit_with_their_version(&store, &meta).await;
+        meta.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_records_commit_with_their_version_postgres() {
+        let Some(url) =
+            common::test_postgres_url("s3_records_commit_with_their_version_postgres").await
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = PostgresMetadata::open(&url, TIMEOUT, 4).await.unwrap();
+        let meta = S3Meta::open(dir.path(), Some(&url), TIMEOUT).await.unwrap();
+        records_commit_with_their_version(&store, &meta).await;
+        meta.close().await;
+        store.close().await;
+    }
+
+    /// Part directories whose upload the database no longer knows (finished through another
+    /// replica) are removed once idle; those of live uploads stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_orphaned_part_directories_are_swept() {
+        use vaultfs::services::s3_meta::UploadRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(dir.path(), TIMEOUT, 2).await.unwrap();
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        let live = UploadRecord {
+            id: "live".into(),
+            path: "b/k".into(),
+            token_id: String::new(),
+            created_ms: 0,
+            attrs: ObjectAttrs::default(),
+        };
+        meta.create_upload(&live).await.unwrap();
+        tokio::fs::write(meta.part_path("live", 1), b"part")
+            .await
+            .unwrap();
+        let orphan = dir.path().join("s3-uploads/orphan");
+        tokio::fs::create_dir_all(&orphan).await.unwrap();
+        tokio::fs::write(orphan.join("00001"), b"part")
+            .await
+            .unwrap();
+        assert_eq!(
+            meta.sweep_orphan_parts(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "not idle long enough"
+        );
+        assert_eq!(meta.sweep_orphan_parts(Duration::ZERO).await.unwrap(), 1);
+        assert!(!orphan.exists());
+        assert!(meta.part_path("live", 1).exists());
+        meta.close().await;
+        store.close().await;
+    }
+
+    /// The S3 tables as releases before migration 20 made them (`s3_meta::SCHEMA`), in
+    /// `s3.db` or in the PostgreSQL metadata database.
+    const EARLIER_RELEASE_SCHEMA: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS s3_objects (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, \
+         etag TEXT NOT NULL, attrs TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS s3_buckets (name TEXT PRIMARY KEY, created_ms BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS s3_uploads (id TEXT PRIMARY KEY, path TEXT NOT NULL, \
+         token_id TEXT NOT NULL, created_ms BIGINT NOT NULL, attrs TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS s3_parts (upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, \
+         size BIGINT NOT NULL, md5 TEXT NOT NULL, checksums TEXT NOT NULL, modified_ms BIGINT NOT NULL, \
+         PRIMARY KEY (upload_id, part_number))",
+        "CREATE INDEX IF NOT EXISTS s3_uploads_path ON s3_uploads (path, id)",
+    ];
+
+    const EARLIER_RELEASE_ROWS: &[&str] = &[
+        "INSERT INTO s3_objects VALUES ('old/a', \
+         '0101010101010101010101010101010101010101010101010101010101010101', \
+         'd41d8cd98f00b204e9800998ecf8427e', '{\"user\":{\"who\":\"kept\"},\"cache_control\":\"no-cache\"}')",
+        "INSERT INTO s3_buckets VALUES ('empty-bucket', 1000)",
+        "INSERT INTO s3_uploads VALUES ('u1', 'old/big', '', 2000, '{}')",
+        "INSERT INTO s3_parts VALUES ('u1', 1, 5242880, 'aa', '{}', 2000)",
+    ];
+
+    /// What an upgraded server must still find.
+    async fn earlier_release_data_is_there(meta: &S3Meta) {
+        let obj = meta.object("old/a", &sha(1)).await.unwrap().unwrap();
+        assert_eq!(obj.etag, "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(obj.attrs.user["who"], "kept");
+        assert_eq!(obj.attrs.cache_control.as_deref(), Some("no-cache"));
+        assert_eq!(meta.bucket("empty-bucket").await.unwrap(), Some(1000));
+        let up = meta.upload("u1").await.unwrap().unwrap();
+        assert_eq!((up.path.as_str(), up.created_ms), ("old/big", 2000));
+        let parts = meta.parts("u1").await.unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!((parts[0].part_number, parts[0].size), (1, 5_242_880));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_tables_of_an_earlier_release_are_imported_from_s3_db() {
+        let dir = tempfile::tempdir().unwrap();
+        make_legacy_db(&dir.path().join("s3.db")).await;
+        let store = SqliteMetadata::open(dir.path(), TIMEOUT, 2).await.unwrap();
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        earlier_release_data_is_there(&meta).await;
+        assert!(!dir.path().join("s3.db").exists(), "imported once");
+        assert!(dir.path().join("s3.db.imported").exists(), "kept aside");
+        // A row the upgraded server writes, then a restart: nothing is imported again
+        // over it, and the imported data stays.
+        store
+            .put(put("old/a", 1, Precondition::None, Some(row("new", "new"))))
+            .await
+            .unwrap();
+        meta.close().await;
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        assert_eq!(record(&meta, "old/a", 1).await, is("new", "new"));
+        assert_eq!(meta.bucket("empty-bucket").await.unwrap(), Some(1000));
+        meta.close().await;
+        store.close().await;
+    }
+
+    /// Re-running an interrupted import (a crash before the rename) changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_db_import_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(dir.path(), TIMEOUT, 2).await.unwrap();
+        make_legacy_db(&dir.path().join("s3.db")).await;
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        meta.close().await;
+        tokio::fs::rename(dir.path().join("s3.db.imported"), dir.path().join("s3.db"))
+            .await
+            .unwrap();
+        let meta = S3Meta::open(dir.path(), None, TIMEOUT).await.unwrap();
+        earlier_release_data_is_there(&meta).await;
+        assert_eq!(meta.buckets().await.unwrap().len(), 1);
+        meta.close().await;
+        store.close().await;
+    }
+
+    /// An `s3.db` as the earlier release left it (WAL, as it opened it).
+    async fn make_legacy_db(path: &Path) {
+        use sqlx::sqlite::SqliteConnectOptions;
+        use sqlx::{ConnectOptions, Connection};
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .connect()
+            .await
+            .unwrap();
+        for statement in EARLIER_RELEASE_SCHEMA.iter().chain(EARLIER_RELEASE_ROWS) {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_tables_of_an_earlier_release_are_adopted_on_postgres() {
+        use sqlx::Connection;
+        let Some(url) =
+            common::test_postgres_url("s3_tables_of_an_earlier_release_are_adopted_on_postgres")
+                .await
+        else {
+            return;
+        };
+        // The S3 tables and rows as the earlier release's S3 listener made them in the
+        // metadata database (beside the store's own tables, which do not depend on them).
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        for statement in EARLIER_RELEASE_SCHEMA.iter().chain(EARLIER_RELEASE_ROWS) {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        let store = PostgresMetadata::open(&url, TIMEOUT, 4).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let meta = S3Meta::open(dir.path(), Some(&url), TIMEOUT).await.unwrap();
+        earlier_release_data_is_there(&meta).await;
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert!(applied.contains(&20), "{applied:?}");
+        meta.close().await;
+        store.close().await;
+        conn.close().await.unwrap();
+    }
+}

@@ -414,6 +414,7 @@ async fn prefix_long_poll_over_a_long_log_is_bounded() {
             blob: blob.clone(),
             content_type: "application/octet-stream".into(),
             precondition: Precondition::None,
+            s3: None,
         })
         .collect();
     store.put_many(reqs).await.unwrap();

@@ -14,6 +14,7 @@ use super::auth::{Narrowed, Principal};
 use super::lock_manager::{LockManager, LockOwner, LockRequest};
 use super::metadata::{
     ChangeOutcome, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest,
+    S3ObjectRow,
 };
 use super::notification::Notifier;
 use super::storage::{BlobStore, BlobWriter, StagedBlob};
@@ -70,6 +71,8 @@ pub struct StagedFile {
     pub staged: StagedBlob,
     pub content_type: String,
     pub precondition: Precondition,
+    /// The S3 record committed with the version (S3 writes only).
+    pub s3: Option<S3ObjectRow>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -296,6 +299,7 @@ impl FileService {
             staged,
             content_type,
             precondition,
+            s3: None,
         };
         let mut outcomes = self.commit_many(vec![item], ctx).await?;
         outcomes
@@ -341,6 +345,7 @@ impl FileService {
                         blob,
                         content_type: file.content_type,
                         precondition: file.precondition,
+                        s3: file.s3,
                     }),
                     Err(e) => {
                         failed = Some(e);
@@ -476,14 +481,28 @@ impl FileService {
         overwrite: bool,
         ctx: &RequestCtx,
     ) -> Result<FileMeta, ServiceError> {
+        self.copy_file_with_s3(id, to, overwrite, None, ctx).await
+    }
+
+    /// [`copy_file`](Self::copy_file), committing `s3` as the copy's S3 record in the
+    /// copy's transaction (S3 CopyObject).
+    pub async fn copy_file_with_s3(
+        &self,
+        id: &str,
+        to: &VPath,
+        overwrite: bool,
+        s3: Option<S3ObjectRow>,
+        ctx: &RequestCtx,
+    ) -> Result<FileMeta, ServiceError> {
         ctx.check(to.as_str())?;
+        let s3 = &s3;
         let outcome = self
             .with_current_path(id, ctx, |service, from| async move {
                 let request = LockRequest::new().read_path(&from).write_path(to);
                 let _guard = service.locks.acquire(request, ctx.owner("copy")).await?;
                 Ok(service
                     .meta
-                    .copy(id, from.as_str(), to.as_str(), overwrite)
+                    .copy_with_s3(id, from.as_str(), to.as_str(), overwrite, s3.clone())
                     .await?)
             })
             .await?;

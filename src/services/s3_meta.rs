@@ -6,9 +6,15 @@
 //! so a file replaced or deleted through the native API simply stops matching its row (the
 //! S3 API then shows the native defaults), and no native code path has to know about S3.
 //!
-//! Storage: the tables in [`SCHEMA`] live in `s3.db` in the data directory (SQLite), or in the
-//! PostgreSQL metadata database when one is configured. Part contents are staged under
-//! `s3-uploads/<upload id>/` in the data directory, fsynced before the part is acknowledged.
+//! Storage: the tables of migration 20 (`metadata/migrations/*/0020_s3_tables.sql`) in the
+//! metadata database (`meta.db`, or PostgreSQL when configured). An object's record is
+//! written by the metadata store itself, in the transaction that commits the version it
+//! describes ([`crate::services::metadata::PutRequest::s3`]), so an object never exists
+//! without it; it is removed with the file and moved with it. This module reads records and
+//! keeps the other tables (buckets, uploads, parts). Releases before migration 20 kept the
+//! tables in `s3.db` beside `meta.db`: [`S3Meta::open`] imports that file once and renames
+//! it `s3.db.imported`. Part contents are staged under `s3-uploads/<upload id>/` in the data
+//! directory, fsynced before the part is acknowledged.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,20 +22,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::metadata::{now_ms, MetadataError};
+use super::metadata::{now_ms, MetadataError, S3ObjectRow};
 
-/// The S3 tables (the same SQL for SQLite and PostgreSQL). For the lead: when the metadata
-/// migrations move to `.sql` files per backend, this becomes one migration of each.
-pub const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS s3_objects (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, \
-     etag TEXT NOT NULL, attrs TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS s3_buckets (name TEXT PRIMARY KEY, created_ms BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS s3_uploads (id TEXT PRIMARY KEY, path TEXT NOT NULL, \
-     token_id TEXT NOT NULL, created_ms BIGINT NOT NULL, attrs TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS s3_parts (upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, \
-     size BIGINT NOT NULL, md5 TEXT NOT NULL, checksums TEXT NOT NULL, modified_ms BIGINT NOT NULL, \
-     PRIMARY KEY (upload_id, part_number))",
-    "CREATE INDEX IF NOT EXISTS s3_uploads_path ON s3_uploads (path, id)",
+/// The tables as releases before migration 20 made them in `s3.db` (the same columns as
+/// migration 20's): what [`S3Meta::open`] imports.
+const LEGACY_TABLES: &[(&str, &str)] = &[
+    ("s3_objects", "path, sha256, etag, attrs"),
+    ("s3_buckets", "name, created_ms"),
+    ("s3_uploads", "id, path, token_id, created_ms, attrs"),
+    (
+        "s3_parts",
+        "upload_id, part_number, size, md5, checksums, modified_ms",
+    ),
 ];
 
 /// Flexible checksums, base64 as on the wire.
@@ -81,6 +85,16 @@ pub struct ObjectRecord {
     /// Without quotes: an MD5 hex, or `md5-of-part-md5s-N`.
     pub etag: String,
     pub attrs: ObjectAttrs,
+}
+
+impl ObjectAttrs {
+    /// The record the metadata store commits with a version: `etag` and these attributes.
+    pub fn row(&self, etag: String) -> Result<S3ObjectRow, MetadataError> {
+        Ok(S3ObjectRow {
+            etag,
+            attrs: serde_json::to_string(self).map_err(json_err)?,
+        })
+    }
 }
 
 /// A multipart upload in progress.
@@ -199,8 +213,10 @@ impl From<sqlx::postgres::PgQueryResult> for Done {
 }
 
 impl S3Meta {
-    /// Opens (creating) the S3 tables: in PostgreSQL at `metadata_url` when given, else in
-    /// `s3.db` in `data_dir`.
+    /// Opens the S3 tables in the metadata database: PostgreSQL at `metadata_url` when
+    /// given, else `meta.db` in `data_dir`. The metadata store must have been opened first
+    /// (it applies the migrations that make the tables). An `s3.db` left by an earlier
+    /// release is imported once, then renamed.
     pub async fn open(
         data_dir: &Path,
         metadata_url: Option<&str>,
@@ -216,12 +232,8 @@ impl S3Meta {
                     .map_err(db_err)?,
             ),
             None => {
-                let options = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(data_dir.join("s3.db"))
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-                    .busy_timeout(timeout);
+                let options = Self::sqlite_options(&data_dir.join("meta.db"), timeout);
+                import_legacy_sqlite(data_dir, options.clone()).await?;
                 Pool::Sqlite(
                     sqlx::sqlite::SqlitePoolOptions::new()
                         .max_connections(4)
@@ -236,13 +248,22 @@ impl S3Meta {
             pool,
             staging: data_dir.join("s3-uploads"),
         };
-        for statement in SCHEMA {
-            let _: Done = on_pool!(&meta.pool, execute, statement)?;
-        }
         tokio::fs::create_dir_all(&meta.staging)
             .await
             .map_err(|e| MetadataError::Backend(format!("create s3-uploads: {e}")))?;
         Ok(meta)
+    }
+
+    /// `meta.db`, as the metadata store made it (WAL); the S3 tables' own writes (buckets,
+    /// uploads, parts) are durable at commit. They wait for the store's writer with
+    /// SQLite's busy timeout, bounded by the metadata deadline.
+    fn sqlite_options(db: &Path, timeout: Duration) -> sqlx::sqlite::SqliteConnectOptions {
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .create_if_missing(false)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .busy_timeout(timeout)
     }
 
     pub async fn close(&self) {
@@ -298,12 +319,21 @@ impl S3Meta {
         Ok(out)
     }
 
-    pub async fn put_object(&self, path: &str, rec: &ObjectRecord) -> Result<(), MetadataError> {
+    /// Replaces the attributes of the object at `path` without a new version (a copy onto
+    /// itself with `REPLACE`), if the file there still has content `rec.sha256`: one
+    /// statement that checks the files table, so a version committed meanwhile keeps its
+    /// own record. False when the file changed (or went).
+    pub async fn update_in_place(
+        &self,
+        path: &str,
+        rec: &ObjectRecord,
+    ) -> Result<bool, MetadataError> {
         let attrs = serde_json::to_string(&rec.attrs).map_err(json_err)?;
-        let _: Done = on_pool!(
+        let done: Done = on_pool!(
             &self.pool,
             execute,
-            "INSERT INTO s3_objects (path, sha256, etag, attrs) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO s3_objects (path, sha256, etag, attrs) SELECT $1, $2, $3, $4 \
+             WHERE EXISTS (SELECT 1 FROM files WHERE path = $1 AND sha256 = $2) \
              ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, etag = excluded.etag, \
              attrs = excluded.attrs",
             path,
@@ -311,17 +341,7 @@ impl S3Meta {
             rec.etag.as_str(),
             attrs
         )?;
-        Ok(())
-    }
-
-    pub async fn forget_object(&self, path: &str) -> Result<(), MetadataError> {
-        let _: Done = on_pool!(
-            &self.pool,
-            execute,
-            "DELETE FROM s3_objects WHERE path = $1",
-            path
-        )?;
-        Ok(())
+        Ok(done.0 > 0)
     }
 
     /// Buckets made by `CreateBucket` (name, creation ms).
@@ -496,6 +516,35 @@ impl S3Meta {
             .collect()
     }
 
+    /// Removes the part directories, untouched for `max_age`, of uploads the database no
+    /// longer knows: completed, aborted or collected through another replica (which cannot
+    /// remove this replica's files). Returns how many it removed.
+    pub async fn sweep_orphan_parts(&self, max_age: Duration) -> Result<usize, MetadataError> {
+        let io = |e: std::io::Error| MetadataError::Backend(format!("s3-uploads: {e}"));
+        let mut dir = tokio::fs::read_dir(&self.staging).await.map_err(io)?;
+        let mut removed = 0;
+        while let Some(entry) = dir.next_entry().await.map_err(io)? {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let idle = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok());
+            if idle.is_none_or(|idle| idle < max_age) || self.upload(&id).await?.is_some() {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(entry.path()).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Forgets an upload and removes its staged parts.
     pub async fn remove_upload(&self, id: &str) -> Result<(), MetadataError> {
         let _: Done = on_pool!(
@@ -516,4 +565,75 @@ impl S3Meta {
             Err(e) => Err(MetadataError::Backend(format!("remove upload dir: {e}"))),
         }
     }
+}
+
+/// Imports the S3 tables of an `s3.db` left by a release before migration 20 into
+/// `meta.db` (rows already there win: the import is idempotent), in one transaction, then
+/// renames `s3.db` (and its `-wal`/`-shm`) to `s3.db.imported`. A crash before the rename
+/// imports again at the next start, harmlessly.
+async fn import_legacy_sqlite(
+    data_dir: &Path,
+    options: sqlx::sqlite::SqliteConnectOptions,
+) -> Result<(), MetadataError> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let legacy = data_dir.join("s3.db");
+    match tokio::fs::try_exists(&legacy).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(e) => return Err(MetadataError::Backend(format!("look for s3.db: {e}"))),
+    }
+    let legacy_name = legacy
+        .to_str()
+        .ok_or_else(|| MetadataError::Backend("the data directory is not UTF-8".into()))?
+        .to_string();
+    let mut conn = options.connect().await.map_err(db_err)?;
+    sqlx::query("ATTACH DATABASE $1 AS legacy")
+        .bind(&legacy_name)
+        .execute(&mut conn)
+        .await
+        .map_err(db_err)?;
+    let mut imported = 0;
+    {
+        let mut tx = conn.begin().await.map_err(db_err)?;
+        for (table, columns) in LEGACY_TABLES {
+            let present: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM legacy.sqlite_master WHERE type = 'table' AND name = $1",
+            )
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if present == 0 {
+                continue;
+            }
+            let done = sqlx::query(&format!(
+                "INSERT INTO main.{table} ({columns}) SELECT {columns} FROM legacy.{table} \
+                 WHERE true ON CONFLICT DO NOTHING"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            imported += done.rows_affected();
+        }
+        tx.commit().await.map_err(db_err)?;
+    }
+    sqlx::query("DETACH DATABASE legacy")
+        .execute(&mut conn)
+        .await
+        .map_err(db_err)?;
+    conn.close().await.map_err(db_err)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data_dir.join(format!("s3.db{suffix}"));
+        let to = data_dir.join(format!("s3.db.imported{suffix}"));
+        match tokio::fs::rename(&from, &to).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(MetadataError::Backend(format!("rename s3.db: {e}"))),
+        }
+    }
+    tracing::info!(
+        rows = imported,
+        "imported the S3 tables of s3.db into meta.db"
+    );
+    Ok(())
 }

@@ -25,7 +25,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::files::{FileService, RequestCtx};
-use super::metadata::{FileMeta, Precondition};
+use super::metadata::{FileMeta, MetadataError, Precondition, S3ObjectRow};
 use super::storage::StagedBlob;
 use super::ServiceError;
 use crate::paths::VPath;
@@ -128,6 +128,14 @@ pub trait DigestSink: Send + 'static {
     /// The digest, once the body is complete and before the commit: an error
     /// ([`UploadError::DigestRejected`]) discards the upload.
     fn finalize(self: Box<Self>) -> Result<Vec<u8>, UploadError>;
+    /// [`finalize`](Self::finalize), and the S3 record the commit writes with the version,
+    /// in its transaction (a front end whose record depends on the digests: the S3 API's
+    /// MD5 ETag and checksums). The pipeline calls this one.
+    fn finalize_with_record(
+        self: Box<Self>,
+    ) -> Result<(Vec<u8>, Option<S3ObjectRow>), UploadError> {
+        self.finalize().map(|digest| (digest, None))
+    }
 }
 
 /// How one file is to be written.
@@ -199,6 +207,7 @@ struct StagedUpload {
     content_type: String,
     precondition: Precondition,
     extra_digest: Option<Vec<u8>>,
+    s3: Option<S3ObjectRow>,
 }
 
 impl FileService {
@@ -299,12 +308,20 @@ impl FileService {
                 .into());
             }
         }
+        let (extra_digest, s3) = match digest_sink {
+            Some(sink) => {
+                let (digest, s3) = sink.finalize_with_record()?;
+                (Some(digest), s3)
+            }
+            None => (None, None),
+        };
         Ok(StagedUpload {
             path: path.clone(),
             staged,
             content_type,
             precondition,
-            extra_digest: digest_sink.map(DigestSink::finalize).transpose()?,
+            extra_digest,
+            s3,
         })
     }
 
@@ -359,6 +376,8 @@ impl FileService {
             precondition,
             // An extra digest needs the bytes streamed past it: none for a staged file.
             extra_digest: None,
+            // A staged source (tus) carries no S3 record.
+            s3: None,
         })
     }
 
@@ -403,6 +422,8 @@ impl FileService {
             content_type,
             precondition,
             extra_digest: None,
+            // A staged source (tus) carries no S3 record.
+            s3: None,
         })
     }
 
@@ -411,15 +432,18 @@ impl FileService {
         ctx: &RequestCtx,
         upload: StagedUpload,
     ) -> Result<UploadOutcome, ServiceError> {
+        let file = super::files::StagedFile {
+            path: upload.path,
+            staged: upload.staged,
+            content_type: upload.content_type,
+            precondition: upload.precondition,
+            s3: upload.s3,
+        };
         let outcome = self
-            .commit_upload(
-                &upload.path,
-                upload.staged,
-                upload.content_type,
-                upload.precondition,
-                ctx,
-            )
-            .await?;
+            .commit_many(vec![file], ctx)
+            .await?
+            .pop()
+            .ok_or_else(|| MetadataError::Backend("a put answered no outcome".into()))?;
         Ok(UploadOutcome {
             meta: outcome.meta,
             created: outcome.created,
@@ -534,6 +558,7 @@ impl UploadBatch {
                 staged: upload.staged,
                 content_type: upload.content_type,
                 precondition: upload.precondition,
+                s3: upload.s3,
             });
         }
         let outcomes = self.service.commit_many(files, ctx).await?;

@@ -13,6 +13,24 @@
 //!
 //! A bucket is a top-level path segment: object `k` in bucket `b` is the file `b/k`.
 
+/// An output struct (`$output`) with the flexible checksums `$sums` (a `Checksums`) and
+/// the other fields given (`$extra`): PutObject, UploadPart, GetObject and HeadObject show
+/// checksums alike.
+macro_rules! with_checksums {
+    ($output:ident, $sums:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let c: crate::services::s3_meta::Checksums = $sums;
+        $output {
+            $($field: $value,)*
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        }
+    }};
+}
+
 pub mod auth;
 pub mod buckets;
 pub mod errors;

@@ -16,7 +16,7 @@ use super::ops::{
     declared_checksums, object_path, strip_quotes, timestamp, verify_digests, wanted_checksums,
     VaultS3,
 };
-use super::write::{write_object, Hashing, WriteOptions};
+use super::write::{write_object, Hashing, Record, WriteOptions};
 use crate::services::files::RequestCtx;
 use crate::services::metadata::now_ms;
 use crate::services::s3_meta::{ObjectAttrs, PartRecord, S3Meta, UploadRecord};
@@ -57,6 +57,13 @@ pub fn spawn_sweeper(
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "multipart sweep failed"),
+            }
+            match meta.sweep_orphan_parts(max_age).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(dirs = n, "removed the staged parts of finished S3 uploads")
+                }
+                Err(e) => tracing::warn!(error = %e, "multipart part sweep failed"),
             }
         }
     });
@@ -260,16 +267,11 @@ impl VaultS3 {
                 Box::new(move |d| verify_digests(declared, content_md5, trailers, d)),
             )
             .await?;
-        let c = part.checksums;
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(part.md5)),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksums!(
+            UploadPartOutput,
+            part.checksums,
+            { e_tag: Some(ETag::Strong(part.md5)) }
+        )))
     }
 
     pub(super) async fn mpu_upload_part_copy(
@@ -414,6 +416,10 @@ impl VaultS3 {
         let etag = format!("{}-{}", hex::encode(etag_md5.finalize()), chosen.len());
         let total: u64 = chosen.iter().map(|p| p.size).sum();
         let body = assemble(&self.meta, &up.id, &chosen);
+        let mut attrs = up.attrs.clone();
+        attrs.content_type = None;
+        attrs.checksum_algorithm = None;
+        attrs.parts = u32::try_from(chosen.len()).ok();
         let opts = WriteOptions {
             content_type: up
                 .attrs
@@ -432,13 +438,13 @@ impl VaultS3 {
                     )))
                 }
             }),
+            record: Record {
+                attrs,
+                etag: Some(etag.clone()),
+                body_checksums: false,
+            },
         };
-        let written = write_object(&self.state, &ctx, &path, body, opts).await?;
-        let mut attrs = up.attrs.clone();
-        attrs.content_type = None;
-        attrs.checksum_algorithm = None;
-        attrs.parts = u32::try_from(chosen.len()).ok();
-        self.record(&written.meta, etag.clone(), attrs).await;
+        write_object(&self.state, &ctx, &path, body, opts).await?;
         if let Err(e) = self.meta.remove_upload(&up.id).await {
             tracing::warn!(upload_id = %up.id, error = %e, "could not remove a completed upload's parts");
         }

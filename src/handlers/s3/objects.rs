@@ -5,11 +5,35 @@ use s3s::{s3_error, S3Request, S3Response, S3Result};
 
 use super::errors::from_service;
 use super::ops::*;
-use super::write::{write_object, WriteOptions};
+use super::write::{write_object, Record, WriteOptions};
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{MetadataError, Precondition};
-use crate::services::s3_meta::Checksums;
+use crate::services::s3_meta::{Checksums, ObjectRecord};
 use crate::services::ServiceError;
+
+/// GetObject's or HeadObject's output (`$output`): the headers both take from the object
+/// (`$shown`), its attributes and the request's (`$input`) `response-*` overrides, the
+/// checksums to show (`$sums`), and the fields only one of them has (`$extra`).
+macro_rules! object_output {
+    ($output:ident, $shown:expr, $input:ident, $sums:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let shown: &Shown = $shown;
+        let a = &shown.attrs;
+        let pick = |asked: Option<String>, stored: &Option<String>| asked.or_else(|| stored.clone());
+        with_checksums!($output, $sums, {
+            $($field: $value,)*
+            accept_ranges: Some("bytes".into()),
+            content_type: pick($input.response_content_type, &Some(shown.meta.content_type.clone())),
+            content_disposition: pick($input.response_content_disposition, &a.content_disposition),
+            cache_control: pick($input.response_cache_control, &a.cache_control),
+            content_encoding: pick($input.response_content_encoding, &a.content_encoding),
+            content_language: pick($input.response_content_language, &a.content_language),
+            e_tag: Some(ETag::Strong(shown.etag.clone())),
+            last_modified: Some(timestamp(shown.meta.modified_ms)),
+            metadata: user_metadata(a),
+            parts_count: a.parts.and_then(|p| i32::try_from(p).ok()),
+        })
+    }};
+}
 
 impl VaultS3 {
     pub(super) async fn s3_put_object(
@@ -54,6 +78,13 @@ impl VaultS3 {
         );
         let checksums = wanted_checksums(&headers, &declared, input.checksum_algorithm.as_ref());
         let content_md5 = input.content_md5;
+        let attrs = attrs_from(
+            input.metadata,
+            input.content_disposition,
+            input.cache_control,
+            input.content_encoding,
+            input.content_language,
+        );
         let opts = WriteOptions {
             content_type: input
                 .content_type
@@ -62,28 +93,19 @@ impl VaultS3 {
             md5: true,
             checksums,
             verify: Box::new(move |d| verify_digests(declared, content_md5, trailers, d)),
+            record: Record {
+                attrs,
+                etag: None,
+                body_checksums: true,
+            },
         };
         let written = write_object(&self.state, &ctx, &path, body, opts).await?;
         let etag = written.digests.md5.clone().unwrap_or_default();
-        let mut attrs = attrs_from(
-            input.metadata,
-            input.content_disposition,
-            input.cache_control,
-            input.content_encoding,
-            input.content_language,
-        );
-        attrs.checksums = written.digests.checksums.clone();
-        self.record(&written.meta, etag.clone(), attrs).await;
-        let c = written.digests.checksums;
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(ETag::Strong(etag)),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(with_checksums!(
+            PutObjectOutput,
+            written.digests.checksums,
+            { e_tag: Some(ETag::Strong(etag)) }
+        )))
     }
 
     pub(super) async fn s3_get_object(
@@ -123,52 +145,19 @@ impl VaultS3 {
             .await
             .map_err(from_service)?;
         let body = StreamingBlob::wrap(sync_wrapper::SyncStream::new(stream));
-        let whole = len == size;
-        let want_sums = whole
-            && input
-                .checksum_mode
-                .as_ref()
-                .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let c = if want_sums {
-            shown.attrs.checksums.clone()
-        } else {
-            Checksums::default()
-        };
-        let a = &shown.attrs;
-        Ok(S3Response::new(GetObjectOutput {
-            body: Some(body),
-            content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            content_type: Some(
-                input
-                    .response_content_type
-                    .unwrap_or_else(|| shown.meta.content_type.clone()),
-            ),
-            content_disposition: input
-                .response_content_disposition
-                .or_else(|| a.content_disposition.clone()),
-            cache_control: input
-                .response_cache_control
-                .or_else(|| a.cache_control.clone()),
-            content_encoding: input
-                .response_content_encoding
-                .or_else(|| a.content_encoding.clone()),
-            content_language: input
-                .response_content_language
-                .or_else(|| a.content_language.clone()),
-            expires: input.response_expires,
-            e_tag: Some(ETag::Strong(shown.etag.clone())),
-            last_modified: Some(timestamp(shown.meta.modified_ms)),
-            metadata: user_metadata(a),
-            parts_count: a.parts.and_then(|p| i32::try_from(p).ok()),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        }))
+        let sums = shown_checksums(&shown, input.checksum_mode.as_ref(), len == size);
+        Ok(S3Response::new(object_output!(
+            GetObjectOutput,
+            &shown,
+            input,
+            sums,
+            {
+                body: Some(body),
+                content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
+                content_range: content_range,
+                expires: input.response_expires,
+            }
+        )))
     }
 
     pub(super) async fn s3_head_object(
@@ -185,47 +174,15 @@ impl VaultS3 {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let want_sums = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let c = if want_sums {
-            shown.attrs.checksums.clone()
-        } else {
-            Checksums::default()
-        };
-        let a = &shown.attrs;
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(i64::try_from(shown.meta.size).unwrap_or(i64::MAX)),
-            accept_ranges: Some("bytes".into()),
-            content_type: Some(
-                input
-                    .response_content_type
-                    .unwrap_or_else(|| shown.meta.content_type.clone()),
-            ),
-            content_disposition: input
-                .response_content_disposition
-                .or_else(|| a.content_disposition.clone()),
-            cache_control: input
-                .response_cache_control
-                .or_else(|| a.cache_control.clone()),
-            content_encoding: input
-                .response_content_encoding
-                .or_else(|| a.content_encoding.clone()),
-            content_language: input
-                .response_content_language
-                .or_else(|| a.content_language.clone()),
-            e_tag: Some(ETag::Strong(shown.etag.clone())),
-            last_modified: Some(timestamp(shown.meta.modified_ms)),
-            metadata: user_metadata(a),
-            parts_count: a.parts.and_then(|p| i32::try_from(p).ok()),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        }))
+        let sums = shown_checksums(&shown, input.checksum_mode.as_ref(), true);
+        let size = shown.meta.size;
+        Ok(S3Response::new(object_output!(
+            HeadObjectOutput,
+            &shown,
+            input,
+            sums,
+            { content_length: Some(i64::try_from(size).unwrap_or(i64::MAX)) }
+        )))
     }
 
     pub(super) async fn s3_delete_object(
@@ -373,21 +330,44 @@ impl VaultS3 {
                 md5: false,
                 checksums: s3s::checksum::ChecksumHasher::default(),
                 verify: Box::new(|_| Ok(())),
+                record: Record {
+                    attrs,
+                    etag: Some(src.etag.clone()),
+                    body_checksums: false,
+                },
             };
             write_object(&self.state, &ctx, &dst, stream, opts)
                 .await?
                 .meta
         } else if same {
             // Metadata only (rclone sets mtime this way): no new version, no event.
+            let rec = ObjectRecord {
+                sha256: src.meta.sha256.clone(),
+                etag: src.etag.clone(),
+                attrs,
+            };
+            let updated = self
+                .meta
+                .update_in_place(&src.meta.path, &rec)
+                .await
+                .map_err(|e| from_service(e.into()))?;
+            if !updated {
+                return Err(s3_error!(
+                    OperationAborted,
+                    "the object changed during the copy; try again"
+                ));
+            }
             src.meta.clone()
         } else {
+            let row = attrs
+                .row(src.etag.clone())
+                .map_err(|e| from_service(e.into()))?;
             self.state
                 .files
-                .copy_file(&src.meta.id, &dst, true, &ctx)
+                .copy_file_with_s3(&src.meta.id, &dst, true, Some(row), &ctx)
                 .await
                 .map_err(from_service)?
         };
-        self.record(&meta, src.etag.clone(), attrs).await;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(src.etag)),
@@ -419,9 +399,16 @@ impl VaultS3 {
             Ok(_) | Err(ServiceError::Metadata(MetadataError::NotFound)) => {}
             Err(e) => return Err(from_service(e)),
         }
-        if let Err(e) = self.meta.forget_object(path.as_str()).await {
-            tracing::debug!(error = %e, "could not forget S3 attributes");
-        }
         Ok(())
+    }
+}
+
+/// The stored checksums, when `x-amz-checksum-mode: ENABLED` asks and the whole object is
+/// sent.
+fn shown_checksums(shown: &Shown, mode: Option<&ChecksumMode>, whole: bool) -> Checksums {
+    if whole && mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED) {
+        shown.attrs.checksums.clone()
+    } else {
+        Checksums::default()
     }
 }

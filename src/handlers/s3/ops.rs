@@ -12,7 +12,7 @@ use crate::paths::VPath;
 use crate::services::auth::Narrowed;
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{EtagMatch, FileMeta, MetadataError, Precondition};
-use crate::services::s3_meta::{Checksums, ObjectAttrs, ObjectRecord, S3Meta};
+use crate::services::s3_meta::{Checksums, ObjectAttrs, S3Meta};
 use crate::services::ServiceError;
 
 /// Most keys one listing page returns (S3's own maximum).
@@ -200,19 +200,6 @@ impl VaultS3 {
         Ok(Precondition::MustMatch(EtagMatch::OneOf(vec![
             current.meta.sha256,
         ])))
-    }
-
-    /// Records an object's S3 view after a committed write.
-    pub(super) async fn record(&self, meta: &FileMeta, etag: String, attrs: ObjectAttrs) {
-        let rec = ObjectRecord {
-            sha256: meta.sha256.clone(),
-            etag,
-            attrs,
-        };
-        // The file is committed; without its record it shows the native ETag.
-        if let Err(e) = self.meta.put_object(&meta.path, &rec).await {
-            tracing::warn!(path = %meta.path, error = %e, "could not record S3 attributes");
-        }
     }
 }
 

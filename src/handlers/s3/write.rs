@@ -19,8 +19,9 @@ use super::errors::from_service;
 use crate::app::AppState;
 use crate::paths::VPath;
 use crate::services::files::RequestCtx;
+use crate::services::metadata::S3ObjectRow;
 use crate::services::metadata::{FileMeta, Precondition};
-use crate::services::s3_meta::Checksums;
+use crate::services::s3_meta::{Checksums, ObjectAttrs};
 use crate::services::storage::INLINE_HASH_LIMIT;
 use crate::services::upload::{DigestSink, UploadError, UploadOptions};
 
@@ -44,6 +45,17 @@ pub struct WriteOptions {
     /// Which flexible checksums to compute.
     pub checksums: ChecksumHasher,
     pub verify: Verify,
+    /// The object's S3 record, committed in the version's transaction.
+    pub record: Record,
+}
+
+/// What the S3 record of a written object will be.
+pub struct Record {
+    pub attrs: ObjectAttrs,
+    /// The ETag; `None`: the MD5 computed from the body.
+    pub etag: Option<String>,
+    /// Store the checksums computed from the body (else `attrs.checksums` as given).
+    pub body_checksums: bool,
 }
 
 /// A committed write.
@@ -125,6 +137,7 @@ struct S3Digests {
     sums: ChecksumHasher,
     size: u64,
     verify: Option<Verify>,
+    record: Option<Record>,
     /// Written once, by `finalize`; read by `write_object` after the upload returns.
     out: Arc<Mutex<Option<S3Result<Digests>>>>,
 }
@@ -139,7 +152,15 @@ impl DigestSink for S3Digests {
     }
 
     fn finalize(self: Box<Self>) -> Result<Vec<u8>, UploadError> {
-        let this = *self;
+        self.finalize_with_record().map(|(digest, _)| digest)
+    }
+
+    /// The digests, checked; and the object's record, built from them.
+    fn finalize_with_record(
+        self: Box<Self>,
+    ) -> Result<(Vec<u8>, Option<S3ObjectRow>), UploadError> {
+        let mut this = *self;
+        let record = this.record.take();
         let sums = this.sums.finalize();
         let digests = Digests {
             md5: this.md5.map(|m| hex::encode(m.finalize())),
@@ -156,12 +177,29 @@ impl DigestSink for S3Digests {
             Some(verify) => verify(&digests).map(|()| digests),
             None => Ok(digests),
         };
-        let rejected = verdict.as_ref().err().map(|e| format!("{e:?}"));
-        *lock(&this.out) = Some(verdict);
-        match rejected {
-            Some(why) => Err(UploadError::DigestRejected(why)),
-            None => Ok(Vec::new()),
-        }
+        let verdict = verdict.and_then(|digests| {
+            let row = match record {
+                None => None,
+                Some(r) => {
+                    let mut attrs = r.attrs;
+                    if r.body_checksums {
+                        attrs.checksums = digests.checksums.clone();
+                    }
+                    let etag = r.etag.or_else(|| digests.md5.clone()).unwrap_or_default();
+                    Some(attrs.row(etag).map_err(S3Error::internal_error)?)
+                }
+            };
+            Ok((digests, row))
+        });
+        let (slot, result) = match verdict {
+            Ok((digests, row)) => (Ok(digests), Ok((Vec::new(), row))),
+            Err(e) => {
+                let why = format!("{e:?}");
+                (Err(e), Err(UploadError::DigestRejected(why)))
+            }
+        };
+        *lock(&this.out) = Some(slot);
+        result
     }
 }
 
@@ -202,6 +240,7 @@ where
         sums: opts.checksums,
         size: 0,
         verify: Some(opts.verify),
+        record: Some(opts.record),
         out: Arc::clone(&out),
     };
     let options = UploadOptions {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{
     BatchOutcome, BlobFence, ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError,
     MetadataStore, Precondition, PutOutcome, PutRequest, RetentionPolicy, RetentionStats,
-    TokenRecord, TrashEntry,
+    S3ObjectRow, TokenRecord, TrashEntry,
 };
 use crate::metrics::timed;
 
@@ -80,6 +80,19 @@ impl MetadataStore for InstrumentedMetadata {
         overwrite: bool,
     ) -> Result<ChangeOutcome, MetadataError> {
         timed(M, "copy", self.inner.copy(id, expected_path, to, overwrite)).await
+    }
+    async fn copy_with_s3(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+        s3: Option<S3ObjectRow>,
+    ) -> Result<ChangeOutcome, MetadataError> {
+        let copy = self
+            .inner
+            .copy_with_s3(id, expected_path, to, overwrite, s3);
+        timed(M, "copy", copy).await
     }
     async fn scan(
         &self,

@@ -182,6 +182,22 @@ pub struct PutRequest {
     pub blob: BlobRef,
     pub content_type: String,
     pub precondition: Precondition,
+    /// The S3 API's record of this version, written in the same transaction. `None` (every
+    /// native write): nothing is written; a record of the path's earlier content no longer
+    /// matches its SHA-256 and is ignored.
+    pub s3: Option<S3ObjectRow>,
+}
+
+/// What the S3 API knows about one file version beyond its metadata (the MD5 ETag, user
+/// metadata, stored headers, checksums). It is committed with the version it describes
+/// (table `s3_objects`, keyed by path, valid while the file there has the same SHA-256),
+/// removed with the file, and moved with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3ObjectRow {
+    /// Without quotes: an MD5 hex, or `md5-of-part-md5s-N`.
+    pub etag: String,
+    /// The attributes as JSON (`s3_meta::ObjectAttrs`).
+    pub attrs: String,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +357,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         expected_path: &str,
         to: &str,
         overwrite: bool,
+    ) -> Result<ChangeOutcome, MetadataError>;
+
+    /// [`copy`](Self::copy), with `s3` as the new file's S3 record, in the same transaction.
+    async fn copy_with_s3(
+        &self,
+        id: &str,
+        expected_path: &str,
+        to: &str,
+        overwrite: bool,
+        s3: Option<S3ObjectRow>,
     ) -> Result<ChangeOutcome, MetadataError>;
 
     /// Files with `path > after` (or `>= from` when `inclusive`), by path, at most `limit`.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use super::{
     now_ms, rfc3339, AuditProblem, BatchOutcome, ChangeOutcome, EventKind, EventNote, FileMeta,
     MetadataAudit, MetadataError, Precondition, PutOutcome, PutRequest, RetentionPolicy,
-    TrashEntry, AUDIT_LIMIT,
+    S3ObjectRow, TrashEntry, AUDIT_LIMIT,
 };
 use crate::services::storage::BlobRef;
 
@@ -80,6 +80,17 @@ pub(crate) trait Tx: Send {
     async fn delete_trash(&mut self, trash_id: &str) -> Result<(), MetadataError>;
     /// Files whose path starts with `prefix`, in path order.
     async fn files_under(&mut self, prefix: &str) -> Result<Vec<FileMeta>, MetadataError>;
+    /// Writes the S3 record of the file at `path` (content `sha256`), replacing any.
+    async fn put_s3_object(
+        &mut self,
+        path: &str,
+        sha256: &str,
+        row: &S3ObjectRow,
+    ) -> Result<(), MetadataError>;
+    /// Removes the S3 record at `path`, if any.
+    async fn forget_s3_object(&mut self, path: &str) -> Result<(), MetadataError>;
+    /// Moves the S3 record at `from` to `to` (replacing one there), if any.
+    async fn move_s3_object(&mut self, from: &str, to: &str) -> Result<(), MetadataError>;
 }
 
 /// One write, as a backend queues or retries it.
@@ -132,6 +143,8 @@ pub(crate) struct Transfer {
     pub(crate) expected_path: String,
     pub(crate) to: String,
     pub(crate) overwrite: bool,
+    /// A copy's S3 record (a move takes the source's along).
+    pub(crate) s3: Option<S3ObjectRow>,
 }
 
 impl Transfer {
@@ -141,6 +154,7 @@ impl Transfer {
             expected_path: expected_path.to_string(),
             to: to.to_string(),
             overwrite,
+            s3: None,
         }
     }
 }
@@ -296,6 +310,12 @@ impl Writer<'_> {
         let existing = tx.file_by_path(&req.path).await?;
         check_put_precondition(&req.precondition, existing.as_ref())?;
         tx.add_blob_ref(&req.blob.sha256, req.blob.size).await?;
+        // A native write (no record) costs no statement: a record of other content is ignored
+        // by its readers (records are keyed by path and SHA-256), and one of the same content
+        // still describes it.
+        if let Some(row) = &req.s3 {
+            tx.put_s3_object(&req.path, &req.blob.sha256, row).await?;
+        }
         let note = EventNote::default();
         Ok(match existing {
             Some(cur) => {
@@ -404,6 +424,7 @@ impl Writer<'_> {
         }
         let released = self.clear_target(tx, t).await?;
         tx.update_path(&t.id, to).await?;
+        tx.move_s3_object(&cur.path, to).await?;
         let from = cur.path.clone();
         let meta = FileMeta {
             path: to.to_string(),
@@ -433,6 +454,10 @@ impl Writer<'_> {
         let meta = new_file(&t.to, &blob, &src.content_type, self.now);
         tx.add_blob_ref(&meta.sha256, meta.size).await?;
         tx.insert_file(&meta).await?;
+        match &t.s3 {
+            Some(row) => tx.put_s3_object(&t.to, &meta.sha256, row).await?,
+            None => tx.forget_s3_object(&t.to).await?,
+        }
         let note = EventNote::default();
         tx.append_event(EventKind::Copied, &meta, Some(&src.path), &note, self.now)
             .await?;
@@ -606,6 +631,7 @@ impl Writer<'_> {
         } else {
             self.policy.trash_retention_for(&victim.path)
         };
+        tx.forget_s3_object(&victim.path).await?;
         let note = match keep {
             Some(ms) => {
                 let entry = TrashEntry {

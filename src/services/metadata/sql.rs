@@ -31,9 +31,7 @@ macro_rules! sql_layer {
             self, AuditSource, LastEventMismatch, Transfer, Tx, WriteOp,
         };
         use $crate::services::metadata::{
-            now_ms, rfc3339, BatchOutcome, ChangeOutcome, Event, EventKind, EventNote, FileMeta,
-            MetadataAudit, MetadataError, Precondition, PutOutcome, PutRequest, RetentionPolicy,
-            RetentionStats, TokenRecord, TrashEntry,
+            now_ms, rfc3339, BatchOutcome, ChangeOutcome, Event, EventKind, EventNote, FileMeta, MetadataAudit, MetadataError, Precondition, PutOutcome, PutRequest, RetentionPolicy, RetentionStats, TokenRecord, TrashEntry, S3ObjectRow,
         };
 
         fn size_i64(size: u64) -> Result<i64, MetadataError> {
@@ -362,6 +360,30 @@ macro_rules! sql_layer {
                     .await
                     .map_err(map_err)?;
                 rows.iter().map(row_to_meta).collect()
+            }
+
+            async fn put_s3_object(
+                &mut self,
+                path: &str,
+                sha256: &str,
+                row: &S3ObjectRow,
+            ) -> Result<(), MetadataError> {
+                let q = sqlx::query(dialect::PUT_S3_OBJECT)
+                    .bind(path)
+                    .bind(sha256)
+                    .bind(&row.etag)
+                    .bind(&row.attrs);
+                self.run(q).await
+            }
+
+            async fn forget_s3_object(&mut self, path: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query(dialect::FORGET_S3_OBJECT).bind(path)).await
+            }
+
+            async fn move_s3_object(&mut self, from: &str, to: &str) -> Result<(), MetadataError> {
+                self.forget_s3_object(to).await?;
+                self.run(sqlx::query(dialect::MOVE_S3_OBJECT).bind(from).bind(to))
+                    .await
             }
         }
 
@@ -728,6 +750,19 @@ macro_rules! sql_layer {
                 self.write(op).await?.into_change()
             }
 
+            async fn copy_with_s3(
+                &self,
+                id: &str,
+                expected_path: &str,
+                to: &str,
+                overwrite: bool,
+                s3: Option<S3ObjectRow>,
+            ) -> Result<ChangeOutcome, MetadataError> {
+                let mut transfer = Transfer::new(id, expected_path, to, overwrite);
+                transfer.s3 = s3;
+                self.write(WriteOp::Copy(transfer)).await?.into_change()
+            }
+
             async fn scan(
                 &self,
                 start: &str,
@@ -966,7 +1001,14 @@ macro_rules! sql_layer {
                      refusing to start"
                 )));
             }
-            for (version, sql) in dialect::MIGRATIONS.iter().filter(|m| m.0 > current) {
+            // Every known migration not yet recorded, in order (not only those above the
+            // highest applied: branches add migrations with gaps between their numbers, and a
+            // database that ran a higher one first still gets the lower one).
+            let applied: Vec<i64> = sqlx::query_scalar(dialect::APPLIED_MIGRATIONS)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            for (version, sql) in dialect::MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(map_err)?;
                 // One statement at a time: `raw_sql(..).execute(&mut conn)` defeats Send
                 // inference inside tokio::spawn (sqlx issue #3150). Migrations contain no ';'

@@ -38,6 +38,13 @@ pub(crate) const REVOKE_TOKEN: &str =
 pub(crate) const INSERT_SECRET: &str =
     "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 pub(crate) const SECRET: &str = "SELECT value FROM server_secrets WHERE name = $1";
+/// The S3 record of a version (migration 20), written in the version's transaction.
+pub(crate) const PUT_S3_OBJECT: &str = "INSERT INTO s3_objects (path, sha256, etag, attrs)
+     VALUES ($1, $2, $3, $4) ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,
+     etag = excluded.etag, attrs = excluded.attrs";
+pub(crate) const FORGET_S3_OBJECT: &str = "DELETE FROM s3_objects WHERE path = $1";
+pub(crate) const MOVE_S3_OBJECT: &str = "UPDATE s3_objects SET path = $2 WHERE path = $1";
+pub(crate) const APPLIED_MIGRATIONS: &str = "SELECT version FROM schema_migrations";
 pub(crate) const CURRENT_SCHEMA: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 pub(crate) const RECORD_MIGRATION: &str =
     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)";

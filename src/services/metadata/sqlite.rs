@@ -45,6 +45,7 @@ mod dialect {
             11,
             include_str!("migrations/sqlite/0011_tus_remote_staging.sql"),
         ),
+        (20, include_str!("migrations/sqlite/0020_s3_tables.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
