@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod commits;
 pub(crate) mod body;
 pub mod content;
 pub mod files;

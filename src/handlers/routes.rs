@@ -10,7 +10,7 @@ use axum::routing::{delete, get, options, patch, post, put, MethodRouter};
 use axum::Router;
 
 use super::{
-    admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
+    admin, authz, body, commits, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
     versions,
 };
 use crate::app::AppState;
@@ -337,6 +337,63 @@ fn routes() -> Vec<Route> {
             Bounded,
             delete(admin::revoke_token),
         ),
+        // Commits and leases (issue 21, handlers::commits).
+        (
+            "/api/v1/commits",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::create),
+        ),
+        (
+            "/api/v1/commits/{id}",
+            Method::GET,
+            S(Write),
+            Bounded,
+            get(commits::get),
+        ),
+        (
+            "/api/v1/commits/{id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(commits::abort),
+        ),
+        (
+            "/api/v1/commits/{id}/finish",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::finish),
+        ),
+        (
+            "/api/v1/leases",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::acquire),
+        ),
+        (
+            "/api/v1/leases/{id}/renew",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::renew),
+        ),
+        (
+            "/api/v1/leases/{id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(commits::release),
+        ),
+        (
+            "/api/v1/admin/leases",
+            Method::GET,
+            S(Admin),
+            Bounded,
+            get(commits::list),
+        ),
     ]
 }
 
@@ -404,6 +461,7 @@ fn build(state: AppState, routes: Vec<Route>) -> Router {
             state.clone(),
             authz::authorize,
         ))
+        .route_layer(axum::middleware::from_fn(commits::fence_scope))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async {
             AppError::new(
