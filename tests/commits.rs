@@ -92,6 +92,7 @@ async fn cluster(test: &str) -> Option<(TestServer, TestServer, Vec<tempfile::Te
     let config = |dir: &Path| Config {
         metadata_url: Some(metadata_url.clone()),
         blob_store: Some(blob_store.clone()),
+        trash_retention: Some(Duration::from_secs(3600)),
         ..Config::for_data_dir(dir)
     };
     let a = TestServer::start_with(config(da.path())).await;
@@ -248,7 +249,12 @@ async fn local_blob_count(s: &TestServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_lifecycle_on_sqlite() {
-    let (_dir, s) = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Config {
+        trash_retention: Some(Duration::from_secs(3600)),
+        ..Config::for_data_dir(dir.path())
+    })
+    .await;
     commit_lifecycle(&s, &s).await;
     // Aborted and expired content is gone from disk within seconds: 3 files' blobs left
     // plus the 2 trashed ones.

@@ -1234,8 +1234,9 @@ async fn postgres_migrates_a_database_of_the_previous_release_forward() {
         .await
         .unwrap();
     assert_eq!(
-        version, 10,
-        "migrated forward (0002 indexes, 0003 versions and trash, 0010 tus sessions)"
+        version, 30,
+        "migrated forward (0002 indexes, 0003 versions and trash, 0010 tus sessions, \
+         0030 commits and leases)"
     );
     let indexes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events'

@@ -389,10 +389,11 @@ async fn lease_run(
         tokio::select! {
             status = child.wait() => break status,
             _ = tick.tick(), if !lost => {
+                let renew_path = format!("/api/v1/leases/{lease_id}/renew");
                 let renew = json_call(
                     &client,
                     reqwest::Method::POST,
-                    &format!("/api/v1/leases/{lease_id}/renew"),
+                    &renew_path,
                     Some(json!({"ttl": ttl})),
                 );
                 match tokio::time::timeout(every, renew).await {

@@ -457,11 +457,12 @@ fn build(state: AppState, routes: Vec<Route>) -> Router {
         router = router.route(path, method_router);
     }
     router
+        // Inside the authorization layer: a write's X-Vaultfs-Fence, in scope for its future.
+        .route_layer(axum::middleware::from_fn(commits::fence_scope))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authz::authorize,
         ))
-        .route_layer(axum::middleware::from_fn(commits::fence_scope))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async {
             AppError::new(

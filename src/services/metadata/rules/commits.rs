@@ -209,13 +209,16 @@ impl Writer<'_> {
                 AtomicDone::Lease(row.lease().ok_or(MetadataError::LeaseExpired)?)
             }
             AtomicOp::RenewLease { lease_id, ttl_ms } => {
+                // Unknown (released, or taken over since): NotFound; lapsed: LeaseExpired.
                 let row = self
                     .guard
                     .rows
                     .iter()
                     .find(|r| r.lease_id.as_deref() == Some(lease_id.as_str()))
-                    .filter(|r| r.live(self.now))
-                    .ok_or(MetadataError::LeaseExpired)?;
+                    .ok_or(MetadataError::NotFound)?;
+                if !row.live(self.now) {
+                    return Err(MetadataError::LeaseExpired);
+                }
                 let row = LeaseRow {
                     expires_at_ms: self.now.saturating_add(*ttl_ms),
                     ..row.clone()

@@ -1,5 +1,5 @@
 -- Atomic multi-file commits and leases with fencing tokens (issue 21).
--- A commit is open until finished, aborted or expired; its staged files each hold one
+-- A commit is open until finished, aborted or expired, and its staged files each hold one
 -- reference to their blob (counted in blobs.refcount) until the commit ends.
 CREATE TABLE commits (
     id              TEXT PRIMARY KEY,
@@ -19,7 +19,7 @@ CREATE TABLE commit_files (
     PRIMARY KEY (commit_id, path)
 ) WITHOUT ROWID;
 -- One row per lease path, kept after the lease ends: `fence` is the newest fence issued
--- for the path; `lease_id` and `expires_at` are its current holder's, if any.
+-- for the path, and `lease_id` and `expires_at` are its current holder's, if any.
 CREATE TABLE leases (
     path       TEXT PRIMARY KEY,
     fence      INTEGER NOT NULL,
