@@ -208,9 +208,13 @@ impl Client {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         // Under `vaultfs lease run`, every request carries the lease's fence (issue 21).
-        if let Some(fence) = std::env::var(FENCE_ENV).ok().filter(|f| !f.trim().is_empty()) {
-            let value = reqwest::header::HeaderValue::from_str(fence.trim())
-                .map_err(|_| ClientError::Other(format!("{FENCE_ENV} is not a valid header value")))?;
+        if let Some(fence) = std::env::var(FENCE_ENV)
+            .ok()
+            .filter(|f| !f.trim().is_empty())
+        {
+            let value = reqwest::header::HeaderValue::from_str(fence.trim()).map_err(|_| {
+                ClientError::Other(format!("{FENCE_ENV} is not a valid header value"))
+            })?;
             headers.insert("x-vaultfs-fence", value);
         }
         if !headers.is_empty() {

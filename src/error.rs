@@ -166,7 +166,7 @@ impl From<MetadataError> for AppError {
             }
             MetadataError::LeaseHeld { expires_at_ms } => AppError {
                 extra: Some((
-                    "expires_at",
+                    crate::services::metadata::commits::LEASE_HELD_UNTIL,
                     serde_json::Value::String(crate::services::metadata::rfc3339(expires_at_ms)),
                 )),
                 ..AppError::new(

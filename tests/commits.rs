@@ -120,10 +120,19 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
     assert_eq!(staged["commit"], id.as_str());
     assert!(staged.get("id").is_none());
     let (status, staged) = stage(a, &id, "rel/latest/app", b"app v2").await;
-    assert_eq!((status, staged["sha256"].as_str()), (202, Some(sha256_hex(b"app v2").as_str())));
+    assert_eq!(
+        (status, staged["sha256"].as_str()),
+        (202, Some(sha256_hex(b"app v2").as_str()))
+    );
     let form = reqwest::multipart::Form::new()
-        .part("a", reqwest::multipart::Part::bytes(b"sums".to_vec()).file_name("SHA256SUMS"))
-        .part("b", reqwest::multipart::Part::bytes(b"sbom".to_vec()).file_name("sbom.json"));
+        .part(
+            "a",
+            reqwest::multipart::Part::bytes(b"sums".to_vec()).file_name("SHA256SUMS"),
+        )
+        .part(
+            "b",
+            reqwest::multipart::Part::bytes(b"sbom".to_vec()).file_name("sbom.json"),
+        );
     let r = a
         .client
         .post(a.url(&format!("/api/v1/files/upload?path=rel/latest&commit={id}")))
@@ -145,11 +154,19 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
     assert_eq!(report["orphan_blobs"], json!([]), "{report}");
 
     // `expect` that does not match: 409 naming the differences, the commit stays open.
-    let expect_wrong = json!({"expect": [{"path": "rel/latest/app", "sha256": sha256_hex(b"first")}]});
+    let expect_wrong =
+        json!({"expect": [{"path": "rel/latest/app", "sha256": sha256_hex(b"first")}]});
     let (status, err) = finish(a, &id, expect_wrong, None).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("commit_mismatch")), "{err}");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("commit_mismatch")),
+        "{err}"
+    );
     let message = err["error"]["message"].as_str().unwrap();
-    assert!(message.contains("rel/latest/app") && message.contains("SHA256SUMS"), "{message}");
+    assert!(
+        message.contains("rel/latest/app") && message.contains("SHA256SUMS"),
+        "{message}"
+    );
     // `if_unchanged_since` older than a change under the prefix: 412.
     let (status, _) = finish(
         a,
@@ -169,10 +186,14 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
     .iter()
     .map(|(p, b)| json!({"path": p, "sha256": sha256_hex(b)}))
     .collect();
-    let body = json!({"expect": expect, "replace_prefix": "rel/latest/", "if_unchanged_since": before});
+    let body =
+        json!({"expect": expect, "replace_prefix": "rel/latest/", "if_unchanged_since": before});
     let (status, done) = finish(a, &id, body.clone(), None).await;
     assert_eq!(status, 200, "{done}");
-    let (first, last) = (done["seq_first"].as_i64().unwrap(), done["seq_last"].as_i64().unwrap());
+    let (first, last) = (
+        done["seq_first"].as_i64().unwrap(),
+        done["seq_last"].as_i64().unwrap(),
+    );
     assert_eq!(last - first + 1, 5, "3 puts and 2 deletions: {done}");
     assert_eq!(done["files"].as_array().unwrap().len(), 3);
     let events = events_since(b, before).await;
@@ -183,16 +204,23 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
         assert_eq!(e["commit_size"], 5);
     }
     let kinds: BTreeSet<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains("deleted") && kinds.contains("created"), "{kinds:?}");
+    assert!(
+        kinds.contains("deleted") && kinds.contains("created"),
+        "{kinds:?}"
+    );
     let paths: BTreeSet<String> = list(b, "rel/latest/")
         .await
         .iter()
         .map(|e| e["path"].as_str().unwrap().to_string())
         .collect();
-    let want: BTreeSet<String> = ["rel/latest/SHA256SUMS", "rel/latest/app", "rel/latest/sbom.json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let want: BTreeSet<String> = [
+        "rel/latest/SHA256SUMS",
+        "rel/latest/app",
+        "rel/latest/sbom.json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(paths, want);
     assert_eq!(b.get_bytes("/api/v1/fs/rel/latest/app").await.1, b"app v2");
     // The replaced files went to the trash.
@@ -207,7 +235,10 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
     assert_eq!((status, &by_key["result"]), (200, &done));
     // A finished commit takes no more files.
     let (status, err) = stage(a, &id, "rel/latest/late", b"late").await;
-    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("commit_closed")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("commit_closed"))
+    );
 
     // Abort: 204; its staged content is collected; a finish then is 404.
     let (_, c2) = create_commit(a, json!({})).await;
@@ -229,11 +260,20 @@ async fn commit_lifecycle(a: &TestServer, b: &TestServer) {
     // The ttl: a finish after it is 410 at once; the expiry collects staged content.
     let (_, c3) = create_commit(a, json!({"ttl": "1s"})).await;
     let id3 = c3["id"].as_str().unwrap().to_string();
-    let (status, _) = stage(a, &id3, "rel/latest/y", format!("expiring {id3}").as_bytes()).await;
+    let (status, _) = stage(
+        a,
+        &id3,
+        "rel/latest/y",
+        format!("expiring {id3}").as_bytes(),
+    )
+    .await;
     assert_eq!(status, 202);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, err) = finish(a, &id3, json!({}), None).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (410, Some("commit_expired")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (410, Some("commit_expired"))
+    );
     let audit_clean = common::eventually(Duration::from_secs(10), || async {
         let r = online_fsck(a).await;
         r["orphan_blobs"] == json!([]) && r["metadata_problems"] == json!([])
@@ -288,9 +328,16 @@ async fn commit_limits_and_tus_staging() {
     let id = c["id"].as_str().unwrap().to_string();
     assert_eq!(stage(&s, &id, "l/a", b"a").await.0, 202);
     assert_eq!(stage(&s, &id, "l/b", b"b").await.0, 202);
-    assert_eq!(stage(&s, &id, "l/b", b"b2").await.0, 202, "a re-staged path is not a new file");
+    assert_eq!(
+        stage(&s, &id, "l/b", b"b2").await.0,
+        202,
+        "a re-staged path is not a new file"
+    );
     let (status, err) = stage(&s, &id, "l/c", b"c").await;
-    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("commit_too_large")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("commit_too_large"))
+    );
 
     // tus with the `commit` key stages into the commit (invisible until the finish).
     let b64 = |s: &str| {
@@ -369,22 +416,43 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
     a.put("q/out.txt", b"outside").await;
     let (status, l) = lease(a, "p/", "30s").await;
     assert_eq!(status, 201, "{l}");
-    let (lid, fence) = (l["lease_id"].as_str().unwrap().to_string(), l["fence"].as_i64().unwrap());
+    let (lid, fence) = (
+        l["lease_id"].as_str().unwrap().to_string(),
+        l["fence"].as_i64().unwrap(),
+    );
     assert_eq!(l["path"], "p/");
     // Held: on the path, a descendant, an ancestor; with expires_at.
     for p in ["p/", "p/in.txt", "p/deeper/"] {
         let (status, err) = lease(b, p, "30s").await;
-        assert_eq!((status, code(&err)), (409, Some("lease_held")), "{p}: {err}");
+        assert_eq!(
+            (status, code(&err)),
+            (409, Some("lease_held")),
+            "{p}: {err}"
+        );
         assert!(err["error"]["expires_at"].is_string());
     }
-    assert_eq!(lease(b, "pq/", "30s").await.0, 201, "a sibling prefix is free");
+    assert_eq!(
+        lease(b, "pq/", "30s").await.0,
+        201,
+        "a sibling prefix is free"
+    );
 
     // Writes under p/: no fence 423, an older fence 409, the fence 200; reads are open.
-    assert_eq!(code(&put_fenced(b, "p/new", b"x", None).await.1), Some("locked"));
-    assert_eq!(code(&put_fenced(b, "p/new", b"x", Some(fence - 1)).await.1), Some("fence_stale"));
+    assert_eq!(
+        code(&put_fenced(b, "p/new", b"x", None).await.1),
+        Some("locked")
+    );
+    assert_eq!(
+        code(&put_fenced(b, "p/new", b"x", Some(fence - 1)).await.1),
+        Some("fence_stale")
+    );
     assert_eq!(put_fenced(b, "p/new", b"x", Some(fence)).await.0, 201);
     assert_eq!(b.get_bytes("/api/v1/fs/p/in.txt").await.0, 200);
-    assert_eq!(put_fenced(b, "q/free", b"x", None).await.0, 201, "outside the lease");
+    assert_eq!(
+        put_fenced(b, "q/free", b"x", None).await.0,
+        201,
+        "outside the lease"
+    );
     let send = |method: reqwest::Method, url: String, fence: Option<i64>| {
         let mut r = b.client.request(method, url);
         if let Some(f) = fence {
@@ -394,27 +462,88 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
     };
     // Move in and out, copy onto, delete: each refused without the fence.
     let mv_in = b.url("/api/v1/fs/q/out.txt?op=move&to=p/moved.txt");
-    assert_eq!(send(reqwest::Method::POST, mv_in.clone(), None).await.unwrap().status(), 423);
+    assert_eq!(
+        send(reqwest::Method::POST, mv_in.clone(), None)
+            .await
+            .unwrap()
+            .status(),
+        423
+    );
     let mv_out = b.url("/api/v1/fs/p/in.txt?op=move&to=q/gone.txt");
-    assert_eq!(send(reqwest::Method::POST, mv_out, None).await.unwrap().status(), 423);
+    assert_eq!(
+        send(reqwest::Method::POST, mv_out, None)
+            .await
+            .unwrap()
+            .status(),
+        423
+    );
     let cp = b.url("/api/v1/fs/q/out.txt?op=copy&to=p/copy.txt");
-    assert_eq!(send(reqwest::Method::POST, cp.clone(), None).await.unwrap().status(), 423);
-    assert_eq!(send(reqwest::Method::POST, cp, Some(fence)).await.unwrap().status(), 201);
+    assert_eq!(
+        send(reqwest::Method::POST, cp.clone(), None)
+            .await
+            .unwrap()
+            .status(),
+        423
+    );
+    assert_eq!(
+        send(reqwest::Method::POST, cp, Some(fence))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let del = b.url("/api/v1/fs/p/copy.txt");
-    assert_eq!(send(reqwest::Method::DELETE, del.clone(), None).await.unwrap().status(), 423);
-    assert_eq!(send(reqwest::Method::DELETE, del, Some(fence)).await.unwrap().status(), 204);
+    assert_eq!(
+        send(reqwest::Method::DELETE, del.clone(), None)
+            .await
+            .unwrap()
+            .status(),
+        423
+    );
+    assert_eq!(
+        send(reqwest::Method::DELETE, del, Some(fence))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     // Restore from the trash into the leased prefix.
     let (_, trash) = b.get_json("/api/v1/trash?prefix=p/").await;
-    let trash_id = trash["entries"][0]["trash_id"].as_str().unwrap().to_string();
+    let trash_id = trash["entries"][0]["trash_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let restore = b.url(&format!("/api/v1/trash/{trash_id}/restore"));
-    assert_eq!(send(reqwest::Method::POST, restore.clone(), None).await.unwrap().status(), 423);
-    assert_eq!(send(reqwest::Method::POST, restore, Some(fence)).await.unwrap().status(), 200);
+    assert_eq!(
+        send(reqwest::Method::POST, restore.clone(), None)
+            .await
+            .unwrap()
+            .status(),
+        423
+    );
+    assert_eq!(
+        send(reqwest::Method::POST, restore, Some(fence))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // A commit's finish under the lease.
     let (_, c) = create_commit(b, json!({})).await;
     let cid = c["id"].as_str().unwrap().to_string();
-    assert_eq!(stage(b, &cid, "p/committed", b"c").await.0, 202, "staging needs no fence");
-    assert_eq!(code(&finish(b, &cid, json!({}), None).await.1), Some("locked"));
-    assert_eq!(code(&finish(b, &cid, json!({}), Some(fence + 5)).await.1), Some("fence_stale"));
+    assert_eq!(
+        stage(b, &cid, "p/committed", b"c").await.0,
+        202,
+        "staging needs no fence"
+    );
+    assert_eq!(
+        code(&finish(b, &cid, json!({}), None).await.1),
+        Some("locked")
+    );
+    assert_eq!(
+        code(&finish(b, &cid, json!({}), Some(fence + 5)).await.1),
+        Some("fence_stale")
+    );
     assert_eq!(finish(b, &cid, json!({}), Some(fence)).await.0, 200);
     // A malformed fence header.
     assert_eq!(put_fenced(b, "q/x", b"x", None).await.0, 201);
@@ -455,8 +584,16 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(put_fenced(b, "p/after", b"x", None).await.0, 201, "open again");
-    assert_eq!(put_fenced(b, "p/after", b"y", Some(fence)).await.0, 200, "the newest fence");
+    assert_eq!(
+        put_fenced(b, "p/after", b"x", None).await.0,
+        201,
+        "open again"
+    );
+    assert_eq!(
+        put_fenced(b, "p/after", b"y", Some(fence)).await.0,
+        200,
+        "the newest fence"
+    );
     let (_, next) = lease(b, "p/", "1s").await;
     assert_eq!(next["fence"].as_i64().unwrap(), fence + 1);
     // Lapsed: renewal is 410; the old fence is stale now, the newest accepted.
@@ -469,7 +606,10 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), 410);
-    assert_eq!(code(&put_fenced(a, "p/after", b"z", Some(fence)).await.1), Some("fence_stale"));
+    assert_eq!(
+        code(&put_fenced(a, "p/after", b"z", Some(fence)).await.1),
+        Some("fence_stale")
+    );
     assert_eq!(put_fenced(a, "p/after", b"z", Some(fence + 1)).await.0, 200);
 }
 
@@ -548,15 +688,30 @@ async fn consumer_never_sees_a_mix(publisher: &TestServer, consumer: &TestServer
         for (path, body) in build_files(n) {
             assert_eq!(stage(publisher, &id, &path, &body).await.0, 202);
         }
-        let (status, done) =
-            finish(publisher, &id, json!({"replace_prefix": "releases/latest/"}), None).await;
+        let (status, done) = finish(
+            publisher,
+            &id,
+            json!({"replace_prefix": "releases/latest/"}),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{done}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (listings, seen) = reader.await.unwrap();
-    eprintln!("consumer: {listings} listings, {} distinct builds seen", seen.len());
+    eprintln!(
+        "consumer: {listings} listings, {} distinct builds seen",
+        seen.len()
+    );
     assert!(listings > 20, "{listings}");
-    assert!(seen.contains(&19));
+    assert!(!seen.is_empty());
+    // Afterwards: exactly the last build.
+    let entries = list(consumer, "releases/latest/").await;
+    let builds: BTreeSet<usize> = entries
+        .iter()
+        .map(|e| build_of[e["sha256"].as_str().unwrap()])
+        .collect();
+    assert_eq!((entries.len(), builds), (50, BTreeSet::from([19])));
     // The long-poll never splits a commit: pages of 7 end at commit boundaries (each
     // commit here has 50 events, more than 7, so each page is within one commit).
     let (_, page) = consumer
@@ -609,7 +764,11 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
         .spawn()
         .unwrap();
     let pid = holder.id().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let writing = common::eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(log).is_ok_and(|l| l.lines().count() >= 3)
+    })
+    .await;
+    assert!(writing, "holder A is writing");
     let signal = |sig: &str| {
         std::process::Command::new("kill")
             .args([sig, &pid])
@@ -641,7 +800,10 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
         })
         .collect();
     let before: Vec<_> = lines.iter().take(stopped_at).collect();
-    assert!(before.iter().any(|(_, c)| c == "201"), "A wrote while it held the lease: {lines:?}");
+    assert!(
+        before.iter().any(|(_, c)| c == "201"),
+        "A wrote while it held the lease: {lines:?}"
+    );
     // A request in flight at SIGSTOP may have landed before B's takeover; every one after
     // the stop was refused, and none of them exists.
     let after: Vec<_> = lines.iter().skip(stopped_at + 1).collect();
@@ -682,7 +844,12 @@ async fn spawn_server(dir: &Path) -> (tokio::process::Child, String) {
         .unwrap()
         .port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "error")
         .kill_on_drop(true)

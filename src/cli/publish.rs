@@ -118,9 +118,18 @@ async fn tree(root: &Path, prefix: &str) -> std::io::Result<Vec<Local>> {
     Ok(files)
 }
 
-fn idempotency_key(server: &str, root: &Path, prefix: &str, replace: bool, files: &[Local]) -> String {
+fn idempotency_key(
+    server: &str,
+    root: &Path,
+    prefix: &str,
+    replace: bool,
+    files: &[Local],
+) -> String {
     let mut h = sha2::Sha256::new();
-    h.update(format!("{server}\n{}\n{prefix}\n{replace}\n", root.display()));
+    h.update(format!(
+        "{server}\n{}\n{prefix}\n{replace}\n",
+        root.display()
+    ));
     for f in files {
         h.update(format!("{}\t{}\t{}\n", f.remote, f.size, f.mtime_ns));
     }
@@ -262,7 +271,12 @@ async fn publish_tree(
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|f| Some((f["path"].as_str()?.to_string(), f["sha256"].as_str()?.to_string())))
+                .filter_map(|f| {
+                    Some((
+                        f["path"].as_str()?.to_string(),
+                        f["sha256"].as_str()?.to_string(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -352,7 +366,15 @@ async fn lease_run(
     let deadline = tokio::time::Instant::now() + wait_d;
     let lease = loop {
         let body = json!({"path": path, "ttl": ttl});
-        match call(&common, &client, reqwest::Method::POST, "/api/v1/leases", Some(body)).await {
+        match call(
+            &common,
+            &client,
+            reqwest::Method::POST,
+            "/api/v1/leases",
+            Some(body),
+        )
+        .await
+        {
             Ok(lease) => break lease,
             Err(e) if e.code() == "lease_held" && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -427,7 +449,9 @@ async fn lease_run(
             Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
             None => {
                 use std::os::unix::process::ExitStatusExt;
-                ExitCode::from(128u8.saturating_add(u8::try_from(s.signal().unwrap_or(0)).unwrap_or(0)))
+                ExitCode::from(
+                    128u8.saturating_add(u8::try_from(s.signal().unwrap_or(0)).unwrap_or(0)),
+                )
             }
         },
         Err(e) => {

@@ -115,10 +115,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         }
     }
     let ttl = ttl(body.ttl.as_deref(), DEFAULT_COMMIT_TTL)?;
-    let (commit, created) = state
-        .files
-        .create_commit(body.idempotency_key, ttl)
-        .await?;
+    let (commit, created) = state.files.create_commit(body.idempotency_key, ttl).await?;
     let mut answer = commit_json(&commit);
     if let Some(done) = commit.finished() {
         answer["result"] = json!(done);
@@ -225,8 +222,9 @@ pub async fn acquire(
     ctx: RequestCtx,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let body: LeaseBody = serde_json::from_slice(&body)
-        .map_err(|e| AppError::bad_request("invalid_json", format!("invalid lease request: {e}")))?;
+    let body: LeaseBody = serde_json::from_slice(&body).map_err(|e| {
+        AppError::bad_request("invalid_json", format!("invalid lease request: {e}"))
+    })?;
     let path = parse_lease_path(&body.path)?;
     let ttl = ttl(body.ttl.as_deref(), DEFAULT_LEASE_TTL)?;
     let lease = state.files.acquire_lease(&ctx, &path, ttl).await?;

@@ -19,8 +19,8 @@
 
 pub mod admin;
 pub mod authz;
-pub mod commits;
 pub(crate) mod body;
+pub mod commits;
 pub mod content;
 pub mod files;
 pub mod fs;

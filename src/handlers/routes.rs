@@ -10,8 +10,8 @@ use axum::routing::{delete, get, options, patch, post, put, MethodRouter};
 use axum::Router;
 
 use super::{
-    admin, authz, body, commits, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
-    versions,
+    admin, authz, body, commits, files, fs, health, list, metrics, openapi, share, sync, tus,
+    upload, versions,
 };
 use crate::app::AppState;
 use crate::error::AppError;

@@ -275,9 +275,9 @@ impl Notifier {
             return Ok((matched, cursor));
         };
         let next = self.inner.meta.events_after(cursor, 1).await?;
-        if !next
+        if next
             .first()
-            .is_some_and(|e| e.commit.as_deref() == Some(commit.as_str()))
+            .is_none_or(|e| e.commit.as_deref() != Some(commit.as_str()))
         {
             return Ok((matched, cursor));
         }

@@ -574,10 +574,11 @@ impl TusService {
         let (ctx, id) = (ctx.clone(), id.to_string());
         // The request's fence travels into the task that may complete the upload.
         let fence = crate::services::metadata::commits::current_fence();
-        let task = tokio::spawn(crate::services::metadata::commits::FENCE.scope(
-            fence,
-            async move { inner.append(&ctx, &id, request, body).await },
-        ));
+        let task = tokio::spawn(
+            crate::services::metadata::commits::FENCE.scope(fence, async move {
+                inner.append(&ctx, &id, request, body).await
+            }),
+        );
         match task.await {
             Ok(result) => result,
             Err(e) => Err(TusError::Io(io::Error::other(format!(

@@ -28,6 +28,9 @@ pub fn current_fence() -> Option<i64> {
     FENCE.try_with(|f| *f).ok().flatten()
 }
 
+/// The extra member of a `lease_held` error: when the holder's lease ends.
+pub const LEASE_HELD_UNTIL: &str = "expires_at";
+
 /// A commit's state column.
 pub(crate) const OPEN: &str = "open";
 pub(crate) const FINISHED: &str = "finished";
@@ -144,7 +147,9 @@ pub enum AtomicOp {
         ttl_ms: i64,
     },
     /// The commit and its staged files.
-    Get { commit_id: String },
+    Get {
+        commit_id: String,
+    },
     /// Adds (or replaces, per path) staged files; at most `max_files` in the commit.
     Stage {
         commit_id: String,
@@ -152,16 +157,25 @@ pub enum AtomicOp {
         max_files: usize,
     },
     Finish(FinishRequest),
-    Abort { commit_id: String },
+    Abort {
+        commit_id: String,
+    },
     /// Ends at most `limit` open commits whose ttl passed.
-    ExpireCommits { limit: i64 },
+    ExpireCommits {
+        limit: i64,
+    },
     AcquireLease {
         lease_id: String,
         path: String,
         ttl_ms: i64,
     },
-    RenewLease { lease_id: String, ttl_ms: i64 },
-    ReleaseLease { lease_id: String },
+    RenewLease {
+        lease_id: String,
+        ttl_ms: i64,
+    },
+    ReleaseLease {
+        lease_id: String,
+    },
     /// The live leases.
     Leases,
 }
@@ -196,7 +210,10 @@ pub(crate) trait CommitRows: Send {
     fn set_commit_note(&mut self, note: Option<(String, i64)>);
     /// The seq of the last event this transaction appended.
     fn last_appended_seq(&self) -> Option<i64>;
-    async fn commit_by_id(&mut self, id: &str) -> Result<Option<CommitRecord>, super::MetadataError>;
+    async fn commit_by_id(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<CommitRecord>, super::MetadataError>;
     async fn commit_by_key(
         &mut self,
         key: &str,

@@ -580,10 +580,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn retention_stats(&self) -> Result<RetentionStats, MetadataError>;
 
     /// A commit or lease operation (issue 21, [`commits::AtomicOp`]): one write transaction.
-    async fn atomic(
-        &self,
-        op: commits::AtomicOp,
-    ) -> Result<commits::AtomicDone, MetadataError>;
+    async fn atomic(&self, op: commits::AtomicOp) -> Result<commits::AtomicDone, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

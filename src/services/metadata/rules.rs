@@ -131,7 +131,10 @@ pub(crate) enum WriteOp {
     /// A commit or lease operation.
     Atomic(super::commits::AtomicOp),
     /// `op` as a request carrying `X-Vaultfs-Fence: fence` asked for it.
-    Fenced { fence: i64, op: Box<WriteOp> },
+    Fenced {
+        fence: i64,
+        op: Box<WriteOp>,
+    },
 }
 
 impl WriteOp {

@@ -41,7 +41,10 @@ mod dialect {
         (2, include_str!("migrations/sqlite/0002_tokens_secrets.sql")),
         (3, include_str!("migrations/sqlite/0003_versions_trash.sql")),
         (10, include_str!("migrations/sqlite/0010_tus_sessions.sql")),
-        (30, include_str!("migrations/sqlite/0030_commits_leases.sql")),
+        (
+            30,
+            include_str!("migrations/sqlite/0030_commits_leases.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";

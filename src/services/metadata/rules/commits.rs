@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::commits::{
-    AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED,
-    EXPIRED, FINISHED, OPEN,
+    AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED, EXPIRED,
+    FINISHED, OPEN,
 };
 use super::{release, MetadataError, PutRequest, Tx, Writer};
 use crate::services::metadata::Precondition;
@@ -264,10 +264,7 @@ impl Writer<'_> {
         tx: &mut T,
         id: &str,
     ) -> Result<CommitRecord, MetadataError> {
-        let commit = tx
-            .commit_by_id(id)
-            .await?
-            .ok_or(MetadataError::NotFound)?;
+        let commit = tx.commit_by_id(id).await?.ok_or(MetadataError::NotFound)?;
         match commit.state.as_str() {
             OPEN if commit.expires_at_ms <= self.now => Err(MetadataError::CommitExpired),
             OPEN => Ok(commit),
@@ -357,8 +354,7 @@ impl Writer<'_> {
         }
         if let Some(prefix) = &req.replace_prefix {
             for file in tx.files_under(prefix).await? {
-                if !staged_paths.contains_key(file.path.as_str()) && seen.insert(file.id.clone())
-                {
+                if !staged_paths.contains_key(file.path.as_str()) && seen.insert(file.id.clone()) {
                     victims.push(file);
                 }
             }
