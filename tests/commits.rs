@@ -765,7 +765,9 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
         .unwrap();
     let pid = holder.id().unwrap().to_string();
     let writing = common::eventually(Duration::from_secs(20), || async {
-        std::fs::read_to_string(log).is_ok_and(|l| l.lines().count() >= 3)
+        tokio::fs::read_to_string(log)
+            .await
+            .is_ok_and(|l| l.lines().count() >= 3)
     })
     .await;
     assert!(writing, "holder A is writing");
@@ -776,7 +778,11 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
             .unwrap()
     };
     assert!(signal("-STOP").success());
-    let stopped_at = std::fs::read_to_string(log).unwrap().lines().count();
+    let stopped_at = tokio::fs::read_to_string(log)
+        .await
+        .unwrap()
+        .lines()
+        .count();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // B takes over (the fence grows) and publishes under it.
     let (status, taken) = lease(b, "stale/", "30s").await;
@@ -791,7 +797,8 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
     tokio::time::sleep(Duration::from_millis(800)).await;
     holder.start_kill().unwrap();
     let _ = holder.wait().await;
-    let lines: Vec<(usize, String)> = std::fs::read_to_string(log)
+    let lines: Vec<(usize, String)> = tokio::fs::read_to_string(log)
+        .await
         .unwrap()
         .lines()
         .map(|l| {
