@@ -177,6 +177,7 @@ impl AppState {
             pg.spawn_listener(files.notifier().clone(), shutdown.clone());
         }
         files.spawn_trash_expiry(shutdown.clone());
+        crate::services::commits::spawn_commit_expiry(files.clone(), shutdown.clone());
         if files.storage().is_remote() {
             spawn_periodic_sweep(files.clone(), shutdown.clone());
         }

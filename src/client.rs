@@ -160,6 +160,9 @@ impl From<reqwest::Error> for ClientError {
     }
 }
 
+/// The environment variable whose value every request sends as `X-Vaultfs-Fence`.
+pub const FENCE_ENV: &str = "VAULTFS_FENCE";
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -197,12 +200,24 @@ impl Client {
         if let Some(t) = options.read_timeout {
             builder = builder.read_timeout(t);
         }
+        let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = options.token.as_deref().filter(|t| !t.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| ClientError::Other("the token is not a valid header value".into()))?;
             value.set_sensitive(true);
-            let mut headers = reqwest::header::HeaderMap::new();
             headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        // Under `vaultfs lease run`, every request carries the lease's fence (issue 21).
+        if let Some(fence) = std::env::var(FENCE_ENV)
+            .ok()
+            .filter(|f| !f.trim().is_empty())
+        {
+            let value = reqwest::header::HeaderValue::from_str(fence.trim()).map_err(|_| {
+                ClientError::Other(format!("{FENCE_ENV} is not a valid header value"))
+            })?;
+            headers.insert("x-vaultfs-fence", value);
+        }
+        if !headers.is_empty() {
             builder = builder.default_headers(headers);
         }
         Ok(Client {

@@ -119,6 +119,8 @@ pub struct Config {
     pub tus_max_sessions_per_token: usize,
     /// Staging bytes one token's open tus sessions may reserve (their declared lengths).
     pub tus_max_staging_per_token: u64,
+    /// Files one commit (issue 21) may hold.
+    pub commit_max_files: usize,
 }
 
 impl Default for Config {
@@ -168,6 +170,7 @@ impl Default for Config {
             tus_expiry: Duration::from_secs(24 * 3600),
             tus_max_sessions_per_token: 100,
             tus_max_staging_per_token: 64 * 1024 * 1024 * 1024,
+            commit_max_files: 10_000,
         }
     }
 }
@@ -293,6 +296,7 @@ pub struct Overrides {
     pub retention: Option<Vec<RetentionOverride>>,
     pub tus_expiry: Option<String>,
     pub tus_max_sessions_per_token: Option<SizeValue>,
+    pub commit_max_files: Option<SizeValue>,
     pub tus_max_staging_per_token: Option<SizeValue>,
 }
 
@@ -364,6 +368,7 @@ impl Overrides {
                 .map(SizeValue::Text),
             tus_max_staging_per_token: env("VAULTFS_TUS_MAX_STAGING_PER_TOKEN")
                 .map(SizeValue::Text),
+            commit_max_files: env("VAULTFS_COMMIT_MAX_FILES").map(SizeValue::Text),
         }
     }
 
@@ -583,6 +588,9 @@ impl Overrides {
         }
         if let Some(v) = &self.tus_max_sessions_per_token {
             config.tus_max_sessions_per_token = count("tus_max_sessions_per_token", v, 1)?;
+        }
+        if let Some(v) = &self.commit_max_files {
+            config.commit_max_files = count("commit_max_files", v, 1)?;
         }
         if let Some(v) = &self.tus_max_staging_per_token {
             let text = v.as_text();

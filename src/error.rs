@@ -22,6 +22,8 @@ pub struct AppError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// Further members of the error object (`lease_held`'s `expires_at`).
+    pub extra: Option<(&'static str, serde_json::Value)>,
 }
 
 impl AppError {
@@ -31,6 +33,7 @@ impl AppError {
             code,
             message: message.into(),
             retry_after: None,
+            extra: None,
         }
     }
 
@@ -69,7 +72,10 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let (Some((key, value)), Some(error)) = (self.extra, body.get_mut("error")) {
+            error[key] = value;
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -142,6 +148,48 @@ impl From<MetadataError> for AppError {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
                 "the server is out of storage space",
+            ),
+            MetadataError::CommitMismatch(_) => {
+                AppError::new(StatusCode::CONFLICT, "commit_mismatch", e.to_string())
+            }
+            MetadataError::CommitExpired => AppError::new(
+                StatusCode::GONE,
+                "commit_expired",
+                "the commit expired before its finish",
+            ),
+            MetadataError::CommitClosed => AppError::new(
+                StatusCode::CONFLICT,
+                "commit_closed",
+                "the commit is already finished",
+            ),
+            MetadataError::CommitTooLarge(_) => {
+                AppError::new(StatusCode::CONFLICT, "commit_too_large", e.to_string())
+            }
+            MetadataError::LeaseHeld { expires_at_ms } => AppError {
+                extra: Some((
+                    crate::services::metadata::commits::LEASE_HELD_UNTIL,
+                    serde_json::Value::String(crate::services::metadata::rfc3339(expires_at_ms)),
+                )),
+                ..AppError::new(
+                    StatusCode::CONFLICT,
+                    "lease_held",
+                    "another holder's lease covers the path",
+                )
+            },
+            MetadataError::LeaseExpired => AppError::new(
+                StatusCode::GONE,
+                "lease_expired",
+                "the lease lapsed or was taken over",
+            ),
+            MetadataError::FenceStale => AppError::new(
+                StatusCode::CONFLICT,
+                "fence_stale",
+                "the write's X-Vaultfs-Fence is older than the path's current fence",
+            ),
+            MetadataError::Locked => AppError::new(
+                StatusCode::LOCKED,
+                "locked",
+                "a lease covers the path; send its fence in X-Vaultfs-Fence",
             ),
             MetadataError::Schema(_) | MetadataError::Backend(_) => AppError::internal(&e),
         }

@@ -54,6 +54,10 @@ enum Command {
     Share(cli::admin::ShareArgs),
     /// Run the escalation's load against a server and verify it (exit 1 on any failure).
     Loadtest(cli::loadtest::LoadtestArgs),
+    /// Upload a directory as one commit: all its files appear at once, or none does.
+    Publish(cli::publish::PublishArgs),
+    /// Leases: `run PATH [--ttl 30s] [--wait 0s] -- COMMAND ...` (exit 75: lease lost).
+    Lease(cli::publish::LeaseArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +141,10 @@ impl Command {
             Command::Rm(a) => return a.common.load_token_file(),
             Command::Mv(a) | Command::Cp(a) => return a.common.load_token_file(),
             Command::Share(a) => return a.common.load_token_file(),
+            Command::Publish(a) => return a.common.load_token_file(),
+            Command::Lease(a) => match &mut a.command {
+                cli::publish::LeaseCommand::Run { common, .. } => return common.load_token_file(),
+            },
             Command::Versions(a) => return a.common.load_token_file(),
             Command::Restore(a) => return a.common.load_token_file(),
             Command::Trash(a) => match &mut a.command {
@@ -179,6 +187,8 @@ fn main() -> ExitCode {
         Command::Fsck(args) => run_client(cli::fsck::run(args)),
         Command::Token(args) => run_client(cli::admin::token(args)),
         Command::Share(args) => run_client(cli::admin::share(args)),
+        Command::Publish(args) => run_client(cli::publish::publish(args)),
+        Command::Lease(args) => run_client(cli::publish::lease(args)),
     }
 }
 

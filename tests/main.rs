@@ -12,6 +12,7 @@ mod api;
 mod blob_conformance;
 mod cli;
 mod cli_watch;
+mod commits;
 mod crash;
 mod deploy;
 mod durability;

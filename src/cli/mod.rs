@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod loadtest;
 pub mod ops;
 mod output;
+pub mod publish;
 mod tus_upload;
 pub mod upload;
 pub mod versions;

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod authz;
 pub(crate) mod body;
+pub mod commits;
 pub mod content;
 pub mod files;
 pub mod fs;

@@ -10,8 +10,8 @@ use axum::routing::{delete, get, options, patch, post, put, MethodRouter};
 use axum::Router;
 
 use super::{
-    admin, authz, body, files, fs, health, list, metrics, openapi, share, sync, tus, upload,
-    versions, web,
+    admin, authz, body, commits, files, fs, health, list, metrics, openapi, share, sync, tus,
+    upload, versions, web,
 };
 use crate::app::AppState;
 use crate::error::AppError;
@@ -362,6 +362,63 @@ fn routes() -> Vec<Route> {
             Bounded,
             delete(admin::revoke_token),
         ),
+        // Commits and leases (issue 21, handlers::commits).
+        (
+            "/api/v1/commits",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::create),
+        ),
+        (
+            "/api/v1/commits/{id}",
+            Method::GET,
+            S(Write),
+            Bounded,
+            get(commits::get),
+        ),
+        (
+            "/api/v1/commits/{id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(commits::abort),
+        ),
+        (
+            "/api/v1/commits/{id}/finish",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::finish),
+        ),
+        (
+            "/api/v1/leases",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::acquire),
+        ),
+        (
+            "/api/v1/leases/{id}/renew",
+            Method::POST,
+            S(Write),
+            Bounded,
+            post(commits::renew),
+        ),
+        (
+            "/api/v1/leases/{id}",
+            Method::DELETE,
+            S(Write),
+            Bounded,
+            delete(commits::release),
+        ),
+        (
+            "/api/v1/admin/leases",
+            Method::GET,
+            S(Admin),
+            Bounded,
+            get(commits::list),
+        ),
     ]
 }
 
@@ -427,6 +484,8 @@ fn build(state: AppState, routes: Vec<Route>) -> Router {
         router = router.route(path, method_router);
     }
     router
+        // Inside the authorization layer: a write's X-Vaultfs-Fence, in scope for its future.
+        .route_layer(axum::middleware::from_fn(commits::fence_scope))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authz::authorize,

@@ -26,6 +26,8 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     path: Option<String>,
+    /// Stage into this open commit (issue 21): 202, nothing visible until its finish.
+    commit: Option<String>,
 }
 
 /// An upload refused before its body was read leaves that body on the connection: say
@@ -69,6 +71,7 @@ pub async fn upload(
             base: base.as_ref(),
             precondition,
             size_hint,
+            commit: q.commit.as_deref(),
         };
         return upload_multipart(&state, &ctx, multipart, request.into_body()).await;
     }
@@ -76,6 +79,9 @@ pub async fn upload(
     let path = VPath::parse(q.path.as_deref().ok_or_else(|| {
         AppError::bad_request("invalid_path", "query parameter `path` is required")
     })?)?;
+    if let Some(commit) = q.commit.as_deref() {
+        return stage_raw(&state, &ctx, commit, &path, request).await;
+    }
     store_raw(&state, &ctx, &path, request).await
 }
 
@@ -117,6 +123,35 @@ async fn store_raw(
     Ok((status, Json(outcome.meta)).into_response())
 }
 
+/// Streams a raw body into open commit `commit` at `path`: 202 `{"commit", "path", "size",
+/// "sha256"}` (no file id: the file does not exist before the finish).
+async fn stage_raw(
+    state: &AppState,
+    ctx: &RequestCtx,
+    commit: &str,
+    path: &VPath,
+    request: Request,
+) -> Result<Response, AppError> {
+    let headers = request.headers();
+    let options = UploadOptions {
+        content_type: header_str(headers, "content-type")?
+            .unwrap_or(DEFAULT_CONTENT_TYPE)
+            .to_string(),
+        precondition: write_precondition(headers)?,
+        expected_sha256: expected_digest(headers)?,
+        size_hint: content_length(headers)?,
+        digest_sink: None,
+    };
+    let body = request.into_body().into_data_stream().map_err(read_error);
+    let max = state.config.commit_max_files;
+    let staged = state
+        .files
+        .upload_to_commit(ctx, (commit, max), path, body, options)
+        .await?;
+    let answer = json!({"commit": commit, "path": staged.path, "size": staged.size, "sha256": staged.sha256});
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
 /// The declared `Content-Length`, if any.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, AppError> {
     match header_str(headers, "content-length")? {
@@ -134,6 +169,8 @@ struct Multipart<'a> {
     base: Option<&'a VPath>,
     precondition: Precondition,
     size_hint: Option<u64>,
+    /// Stage into this commit instead of committing.
+    commit: Option<&'a str>,
 }
 
 /// Parses the parts (multer, held to the guard's bounds) and hands each file part's bytes to
@@ -185,6 +222,12 @@ async fn upload_multipart(
     }
     if batch.is_empty() {
         return Err(UploadError::NoFilePart.into());
+    }
+    if let Some(commit) = request.commit {
+        let max = state.config.commit_max_files;
+        let staged = batch.commit_to(ctx, (commit, max)).await?;
+        let answer = json!({"commit": commit, "files": staged});
+        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
     }
     let outcomes = batch.commit(ctx).await?;
     let status = if outcomes.iter().all(|o| o.created) {

@@ -13,8 +13,10 @@
 //! - [`upload`]: the one write entry point every front end streams a file through.
 //! - [`versions`]: old versions, the trash, recursive delete and trash expiry.
 //! - [`tus`]: tus 1.0 resumable upload sessions, completed through [`upload`].
+//! - [`commits`]: atomic multi-file commits and leases with fencing tokens (issue 21).
 
 pub mod auth;
+pub mod commits;
 pub mod files;
 pub mod fsck;
 pub mod lock_manager;

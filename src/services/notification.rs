@@ -232,14 +232,14 @@ impl Notifier {
                     if let Some(seen) = filter.view(e) {
                         matched.push(seen);
                         if matched.len() == limit {
-                            return Ok((matched, e.seq));
+                            return self.whole_commits(matched, e.seq).await;
                         }
                     }
                 }
                 scanned += end - cursor;
                 cursor = end;
                 if !matched.is_empty() || scanned >= POLL_SCAN_LIMIT {
-                    return Ok((matched, cursor));
+                    return self.whole_commits(matched, cursor).await;
                 }
                 if cursor < known {
                     continue; // more committed events to examine
@@ -257,6 +257,39 @@ impl Notifier {
                     }
                 }
                 () = until_true(&mut shutdown) => return Ok((Vec::new(), cursor)),
+            }
+        }
+    }
+}
+
+impl Notifier {
+    /// A long-poll page ends at a commit boundary (issue 21): when its last events belong
+    /// to a commit that continues past `cursor`, they are left for the next page, unless
+    /// the page holds nothing else (one commit larger than the page).
+    async fn whole_commits(
+        &self,
+        mut matched: Vec<Event>,
+        cursor: i64,
+    ) -> Result<(Vec<Event>, i64), SubscribeError> {
+        let Some(commit) = matched.last().and_then(|e| e.commit.clone()) else {
+            return Ok((matched, cursor));
+        };
+        let next = self.inner.meta.events_after(cursor, 1).await?;
+        if next
+            .first()
+            .is_none_or(|e| e.commit.as_deref() != Some(commit.as_str()))
+        {
+            return Ok((matched, cursor));
+        }
+        match matched
+            .iter()
+            .rposition(|e| e.commit.as_deref() != Some(commit.as_str()))
+        {
+            None => Ok((matched, cursor)),
+            Some(keep) => {
+                let resume = matched[keep + 1].seq - 1;
+                matched.truncate(keep + 1);
+                Ok((matched, resume))
             }
         }
     }

@@ -122,6 +122,8 @@ pub struct TusLimits {
     pub max_sessions: usize,
     /// Staging bytes per owner (the sum of their open sessions' lengths).
     pub max_staging: u64,
+    /// Files one commit may hold (an upload with the `commit` key stages into it).
+    pub commit_max_files: usize,
 }
 
 impl TusLimits {
@@ -130,6 +132,7 @@ impl TusLimits {
             expiry: config.tus_expiry,
             max_sessions: config.tus_max_sessions_per_token,
             max_staging: config.tus_max_staging_per_token,
+            commit_max_files: config.commit_max_files,
         }
     }
 }
@@ -457,6 +460,21 @@ impl TusService {
         let inner = &self.inner;
         let meta = parse_metadata(&creation.metadata)?;
         let options = upload_options(&meta)?;
+        if let Some(commit) = meta_value(&meta, "commit") {
+            // Refused at creation unless the commit is open to staging.
+            let open = match inner.files.commit_status(commit).await {
+                Ok((c, _)) => c.state == "open" && c.expires_at_ms > now_ms(),
+                Err(crate::services::ServiceError::Metadata(
+                    crate::services::metadata::MetadataError::NotFound,
+                )) => false,
+                Err(e) => return Err(TusError::Service(e)),
+            };
+            if !open {
+                return Err(TusError::Invalid(format!(
+                    "the `commit` metadata key names no open commit ({commit})"
+                )));
+            }
+        }
         let target =
             match target_path(&meta, creation.dir.as_deref())? {
                 Some(path) => {
@@ -620,7 +638,13 @@ impl TusService {
                 stop.cancel();
             }
         });
-        let task = tokio::spawn(async move { inner.append(&ctx, &id, request, body, &stop).await });
+        // The request's fence travels into the task that may complete the upload.
+        let fence = crate::services::metadata::commits::current_fence();
+        let task = tokio::spawn(
+            crate::services::metadata::commits::FENCE.scope(fence, async move {
+                inner.append(&ctx, &id, request, body, &stop).await
+            }),
+        );
         let result = task.await;
         watcher.abort();
         match result {
@@ -1173,6 +1197,31 @@ impl Inner {
             sha256: sha.map(|h| h.finalize().into()),
         };
         batch.stage_file(ctx, &target, file, options).await?;
+        if let Some(commit) = meta_value(&meta, "commit") {
+            // Staged in the commit (issue 21): no file exists yet, so the outcome names the
+            // staged content with an empty id and version 0.
+            let max = self.limits.commit_max_files;
+            let staged = batch
+                .commit_to(ctx, (commit, max))
+                .await?
+                .pop()
+                .ok_or_else(|| TusError::Io(io::Error::other("the commit staged no file")))?;
+            return Ok(UploadOutcome {
+                meta: crate::services::metadata::FileMeta {
+                    id: String::new(),
+                    path: staged.path,
+                    size: staged.size,
+                    sha256: staged.sha256,
+                    version: 0,
+                    content_type: staged.content_type,
+                    created_at: String::new(),
+                    modified_at: String::new(),
+                    modified_ms: 0,
+                },
+                created: false,
+                extra_digest: None,
+            });
+        }
         let mut outcomes = batch.commit(ctx).await?;
         outcomes
             .pop()
@@ -1382,15 +1431,8 @@ fn target_path(meta: &[(String, String)], dir: Option<&str>) -> Result<Option<VP
 
 /// The write's options from the metadata keys `content_type` (or tus-js-client's
 /// `filetype`), `sha256` (hex), `if_none_match` (`*`) and `if_match` (entity tags).
-/// `commit` is reserved for atomic multi-file commits and refused until they exist.
+/// `commit` (a commit id) stages the upload in that commit instead (see `commit`).
 fn upload_options(meta: &[(String, String)]) -> Result<UploadOptions, TusError> {
-    if meta_value(meta, "commit").is_some() {
-        return Err(TusError::Invalid(
-            "the `commit` metadata key is reserved for atomic multi-file commits, which this \
-             server does not support yet"
-                .into(),
-        ));
-    }
     let content_type = meta_value(meta, "content_type")
         .or_else(|| meta_value(meta, "filetype"))
         .filter(|t| !t.is_empty())
@@ -1475,8 +1517,9 @@ mod tests {
             "dir/c.txt"
         );
         assert!(parse_metadata("path !!!").is_err());
+        // `commit` stages into a commit (issue 21); it is checked at creation.
         let commit = parse_metadata(&format!("commit {}", b64("c1"))).unwrap();
-        assert!(matches!(upload_options(&commit), Err(TusError::Invalid(_))));
+        assert!(upload_options(&commit).is_ok());
         let pre = parse_metadata(&format!("if_none_match {}", b64("*"))).unwrap();
         assert_eq!(
             upload_options(&pre).unwrap().precondition,

@@ -231,6 +231,40 @@ impl FileService {
         self.commit_staged(ctx, staged).await
     }
 
+    /// Writes one file from `body` into open commit `commit_id` (issue 21): the same
+    /// admission, limits, deadlines, staging and verification as [`FileService::upload`],
+    /// then staged in the commit instead of committed; nothing becomes visible.
+    pub async fn upload_to_commit<S, E>(
+        &self,
+        ctx: &RequestCtx,
+        commit: (&str, usize),
+        path: &VPath,
+        body: S,
+        options: UploadOptions,
+    ) -> Result<super::metadata::commits::StagedEntry, ServiceError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<UploadError>,
+    {
+        self.check_size_hint(options.size_hint)?;
+        let _permit = self.admit_upload().await?;
+        let body = Deadlines::new(body, self.body_limits(), None);
+        let staged = self.stage(ctx, path, body, options).await?;
+        let file = super::files::StagedFile {
+            path: staged.path,
+            staged: staged.staged,
+            content_type: staged.content_type,
+            precondition: staged.precondition,
+            s3: staged.s3,
+        };
+        let mut entries = self
+            .stage_into_commit(ctx, commit.0, vec![file], commit.1)
+            .await?;
+        entries
+            .pop()
+            .ok_or_else(|| super::metadata::MetadataError::Backend("no staged entry".into()).into())
+    }
+
     /// Starts a request that carries several files (multipart): one permit for all of them.
     /// `size_hint` is the whole request's declared length.
     pub async fn begin_batch(&self, size_hint: Option<u64>) -> Result<UploadBatch, ServiceError> {
@@ -571,6 +605,31 @@ impl UploadBatch {
                 extra_digest,
             })
             .collect())
+    }
+}
+
+impl UploadBatch {
+    /// Stages every file of the request into open commit `commit.0` (at most `commit.1`
+    /// files in it) instead of committing them: nothing becomes visible (issue 21).
+    pub async fn commit_to(
+        self,
+        ctx: &RequestCtx,
+        commit: (&str, usize),
+    ) -> Result<Vec<super::metadata::commits::StagedEntry>, ServiceError> {
+        let files = self
+            .staged
+            .into_iter()
+            .map(|upload| super::files::StagedFile {
+                path: upload.path,
+                staged: upload.staged,
+                content_type: upload.content_type,
+                precondition: upload.precondition,
+                s3: upload.s3,
+            })
+            .collect();
+        self.service
+            .stage_into_commit(ctx, commit.0, files, commit.1)
+            .await
     }
 }
 

@@ -73,6 +73,13 @@ pub fn from_metadata(e: MetadataError) -> S3Error {
         MetadataError::PathChanged => slow_down("the object kept changing; retry"),
         MetadataError::Busy => slow_down("metadata store busy; retry shortly"),
         MetadataError::StorageFull => s3_error!(ServiceUnavailable, "out of space"),
+        // A lease (issue 21) covers the key: the S3 API sends no fence.
+        MetadataError::Locked | MetadataError::FenceStale => {
+            s3_error!(
+                AccessDenied,
+                "the key is leased; write it with the lease's fence"
+            )
+        }
         other => internal(&other),
     }
 }

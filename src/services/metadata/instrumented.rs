@@ -246,6 +246,12 @@ impl MetadataStore for InstrumentedMetadata {
     ) -> Result<(usize, Vec<String>), MetadataError> {
         timed(M, "expire_trash", self.inner.expire_trash(now_ms, limit)).await
     }
+    async fn atomic(
+        &self,
+        op: super::commits::AtomicOp,
+    ) -> Result<super::commits::AtomicDone, MetadataError> {
+        timed(M, "atomic", self.inner.atomic(op)).await
+    }
     async fn retention_stats(&self) -> Result<RetentionStats, MetadataError> {
         timed(M, "retention_stats", self.inner.retention_stats()).await
     }

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::storage::BlobRef;
 
+#[macro_use]
+pub mod commits;
 pub(crate) mod instrumented;
 pub(crate) mod rules;
 #[macro_use]
@@ -109,6 +111,12 @@ pub struct Event {
     /// On a `restored` event that made an old version current: that version's number.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub restored_from: Option<i64>,
+    /// The commit (issue 21) this event belongs to, whose events take `commit_size`
+    /// consecutive seqs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub commit_size: Option<u64>,
 }
 
 /// What an event carries besides the file's state (see [`Event`]).
@@ -235,6 +243,30 @@ pub enum MetadataError {
     StorageFull,
     #[error("metadata schema: {0}")]
     Schema(String),
+    /// A finish's `expect` does not match the staged set (the differences).
+    #[error("the staged files differ from `expect`: {}", .0.join("; "))]
+    CommitMismatch(Vec<String>),
+    /// The commit's ttl passed before its finish.
+    #[error("the commit expired")]
+    CommitExpired,
+    /// The commit was finished (or is being finished): nothing more can be staged or aborted.
+    #[error("the commit is already finished")]
+    CommitClosed,
+    /// More files than `commit_max_files`.
+    #[error("a commit holds at most {0} files")]
+    CommitTooLarge(usize),
+    /// Another holder's lease covers the path (until `expires_at_ms`).
+    #[error("the path is leased by another holder")]
+    LeaseHeld { expires_at_ms: i64 },
+    /// The lease lapsed (or was taken over) before this renewal.
+    #[error("the lease expired")]
+    LeaseExpired,
+    /// The write's fence is older than the path's current one.
+    #[error("the write's fence is stale")]
+    FenceStale,
+    /// A live lease covers the path and the write carries no fence.
+    #[error("the path is leased; the write needs the lease's fence")]
+    Locked,
     #[error("metadata store error: {0}")]
     Backend(String),
 }
@@ -503,6 +535,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(usize, Vec<String>), MetadataError>;
     async fn retention_stats(&self) -> Result<RetentionStats, MetadataError>;
+
+    /// A commit or lease operation (issue 21, [`commits::AtomicOp`]): one write transaction.
+    async fn atomic(&self, op: commits::AtomicOp) -> Result<commits::AtomicDone, MetadataError>;
 
     /// A trivial query, for readiness.
     async fn ping(&self) -> Result<(), MetadataError>;

@@ -57,6 +57,10 @@ mod dialect {
             include_str!("migrations/postgres/0011_tus_remote_staging.sql"),
         ),
         (20, include_str!("migrations/postgres/0020_s3_tables.sql")),
+        (
+            30,
+            include_str!("migrations/postgres/0030_commits_leases.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -67,8 +71,8 @@ mod dialect {
     pub(super) const APPEND_EVENT: &str =
         "WITH c AS (UPDATE event_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq)
          INSERT INTO events (seq, kind, file_id, path, from_path, version, size, sha256, at,
-                             trash_id, restored_from)
-         SELECT c.seq, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM c RETURNING seq";
+                             trash_id, restored_from, commit_id, commit_size)
+         SELECT c.seq, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM c RETURNING seq";
     pub(super) const VERSIONS_BEYOND: &str =
         "SELECT version, sha256 FROM versions WHERE file_id = $1 ORDER BY version DESC OFFSET $2";
     pub(super) const LATEST_SEQ: &str = "SELECT seq FROM event_counter WHERE id = 1";
@@ -359,6 +363,7 @@ impl PostgresMetadata {
     /// Runs `op` in a transaction holding the event counter's row lock; retried on
     /// serialization failures.
     async fn write(&self, op: WriteOp) -> Result<WriteDone, MetadataError> {
+        let op = op.fenced();
         let mut attempt = 0;
         let policy = self.policy();
         loop {

@@ -26,9 +26,14 @@ use super::{
 };
 use crate::services::storage::BlobRef;
 
+/// Commits and leases (issue 21): the finish, staging, expiry, leases, and the fence check
+/// every write makes.
+mod commits;
+use commits::FenceGuard;
+
 /// Row operations inside one open write transaction.
 #[async_trait]
-pub(crate) trait Tx: Send {
+pub(crate) trait Tx: super::commits::CommitRows + Send {
     async fn file_by_id(&mut self, id: &str) -> Result<Option<FileMeta>, MetadataError>;
     async fn file_by_path(&mut self, path: &str) -> Result<Option<FileMeta>, MetadataError>;
     /// Inserts a new row (`created_at` = `modified_at` = `meta.modified_ms`).
@@ -134,6 +139,27 @@ pub(crate) enum WriteOp {
         now: i64,
         limit: i64,
     },
+    /// A commit or lease operation.
+    Atomic(super::commits::AtomicOp),
+    /// `op` as a request carrying `X-Vaultfs-Fence: fence` asked for it.
+    Fenced {
+        fence: i64,
+        op: Box<WriteOp>,
+    },
+}
+
+impl WriteOp {
+    /// This write with the running request's fence (see [`super::commits::FENCE`]); a
+    /// backend calls it where the write is queued, in the request's task.
+    pub(crate) fn fenced(self) -> WriteOp {
+        match super::commits::current_fence() {
+            Some(fence) if !matches!(self, WriteOp::Fenced { .. }) => WriteOp::Fenced {
+                fence,
+                op: Box::new(self),
+            },
+            _ => self,
+        }
+    }
 }
 
 /// A move or copy of file `id`, locked at `expected_path`, to `to`.
@@ -168,6 +194,7 @@ pub(crate) enum WriteDone {
     Batch(BatchOutcome),
     /// Blobs released (a purge), with how many trash entries went (an expiry).
     Released(usize, Vec<String>),
+    Atomic(super::commits::AtomicDone),
 }
 
 impl WriteDone {
@@ -199,6 +226,13 @@ impl WriteDone {
         }
     }
 
+    pub(crate) fn into_atomic(self) -> Result<super::commits::AtomicDone, MetadataError> {
+        match self {
+            WriteDone::Atomic(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
     pub(crate) fn into_released(self) -> Result<(usize, Vec<String>), MetadataError> {
         match self {
             WriteDone::Released(n, r) => Ok((n, r)),
@@ -219,8 +253,15 @@ pub(crate) async fn apply<T: Tx + ?Sized>(
     policy: &RetentionPolicy,
 ) -> Result<WriteDone, MetadataError> {
     let now = now_ms();
-    let w = Writer { policy, now };
+    let (fence, op) = match op {
+        WriteOp::Fenced { fence, op } => (Some(*fence), &**op),
+        op => (None, op),
+    };
+    let guard = FenceGuard::load(tx, fence, now).await?;
+    let w = Writer { policy, now, guard };
     Ok(match op {
+        WriteOp::Fenced { .. } => return Err(unexpected()),
+        WriteOp::Atomic(a) => WriteDone::Atomic(w.atomic(tx, a).await?),
         WriteOp::Put(req) => WriteDone::Put(w.put(tx, req).await?),
         WriteOp::PutMany(reqs) => {
             let mut outcomes = Vec::with_capacity(reqs.len());
@@ -296,6 +337,8 @@ pub(crate) async fn apply<T: Tx + ?Sized>(
 struct Writer<'p> {
     policy: &'p RetentionPolicy,
     now: i64,
+    /// The leases over the paths this write touches, and the fence it carries.
+    guard: FenceGuard,
 }
 
 impl Writer<'_> {
@@ -307,6 +350,7 @@ impl Writer<'_> {
         tx: &mut T,
         req: &PutRequest,
     ) -> Result<PutOutcome, MetadataError> {
+        self.guard.check(&req.path)?;
         let existing = tx.file_by_path(&req.path).await?;
         check_put_precondition(&req.precondition, existing.as_ref())?;
         tx.add_blob_ref(&req.blob.sha256, req.blob.size).await?;
@@ -416,6 +460,8 @@ impl Writer<'_> {
         t: &Transfer,
     ) -> Result<ChangeOutcome, MetadataError> {
         let (cur, to) = (load_locked(tx, &t.id, &t.expected_path).await?, &t.to);
+        self.guard.check(&cur.path)?;
+        self.guard.check(to)?;
         if cur.path == *to {
             return Ok(ChangeOutcome {
                 meta: cur,
@@ -443,6 +489,7 @@ impl Writer<'_> {
         t: &Transfer,
     ) -> Result<ChangeOutcome, MetadataError> {
         let src = load_locked(tx, &t.id, &t.expected_path).await?;
+        self.guard.check(&t.to)?;
         if src.path == t.to {
             return Err(MetadataError::AlreadyExists);
         }
@@ -476,6 +523,7 @@ impl Writer<'_> {
         precondition: &Precondition,
     ) -> Result<ChangeOutcome, MetadataError> {
         let cur = load_locked(tx, id, expected_path).await?;
+        self.guard.check(&cur.path)?;
         check_put_precondition(precondition, Some(&cur))?;
         let src = if version == cur.version {
             cur.clone()
@@ -546,6 +594,7 @@ impl Writer<'_> {
             .filter(|e| e.expires_at_ms > self.now)
             .ok_or(MetadataError::NotFound)?;
         let target = to.unwrap_or(&entry.file.path);
+        self.guard.check(target)?;
         if let Some(occupant) = tx.file_by_path(target).await? {
             if !overwrite {
                 return Err(MetadataError::AlreadyExists);
@@ -626,6 +675,7 @@ impl Writer<'_> {
         permanent: bool,
         released: &mut Vec<String>,
     ) -> Result<(), MetadataError> {
+        self.guard.check(&victim.path)?;
         let keep = if permanent {
             None
         } else {

@@ -74,6 +74,12 @@ macro_rules! sql_layer {
                 at: rfc3339(at),
                 trash_id: row.try_get("trash_id").map_err(map_err)?,
                 restored_from: row.try_get("restored_from").map_err(map_err)?,
+                commit: row.try_get("commit_id").map_err(map_err)?,
+                commit_size: row
+                    .try_get::<Option<i64>, _>("commit_size")
+                    .map_err(map_err)?
+                    .map(size_u64)
+                    .transpose()?,
             })
         }
 
@@ -151,6 +157,8 @@ macro_rules! sql_layer {
             conn: &'c mut $conn,
             /// The seq of the last event appended, if any.
             last_seq: Option<i64>,
+            /// The commit (id, event count) the events appended now belong to.
+            commit: Option<(String, i64)>,
         }
 
         impl<'c> SqlTx<'c> {
@@ -158,6 +166,7 @@ macro_rules! sql_layer {
                 SqlTx {
                     conn,
                     last_seq: None,
+                    commit: None,
                 }
             }
 
@@ -249,6 +258,8 @@ macro_rules! sql_layer {
                     .bind(at)
                     .bind(note.trash_id.as_deref())
                     .bind(note.restored_from)
+                    .bind(self.commit.as_ref().map(|c| c.0.clone()))
+                    .bind(self.commit.as_ref().map(|c| c.1))
                     .fetch_one(&mut *self.conn)
                     .await
                     .map_err(map_err)?;
@@ -405,6 +416,8 @@ macro_rules! sql_layer {
                 .map_err(map_err)?;
             row.as_ref().map(row_to_meta).transpose()
         }
+
+        commit_rows!($row);
 
         /// The audit's queries, on a read transaction the backend opened as one snapshot.
         struct Snapshot<'c> {
@@ -965,6 +978,13 @@ macro_rules! sql_layer {
                     .fetch_one(&self.$writes)
                     .await
                     .map_err(map_err)
+            }
+
+            async fn atomic(
+                &self,
+                op: $crate::services::metadata::commits::AtomicOp,
+            ) -> Result<$crate::services::metadata::commits::AtomicDone, MetadataError> {
+                self.write(WriteOp::Atomic(op)).await?.into_atomic()
             }
 
             async fn ping(&self) -> Result<(), MetadataError> {

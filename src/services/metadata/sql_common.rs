@@ -4,7 +4,8 @@
 pub(crate) const FILE_COLUMNS: &str =
     "id, path, size, sha256, version, content_type, created_at, modified_at";
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, kind, file_id, path, from_path, version, size, sha256, at, trash_id, restored_from";
+    "seq, kind, file_id, path, from_path, version, size, sha256, at, trash_id, restored_from,
+     commit_id, commit_size";
 pub(crate) const INSERT_FILE: &str =
     "INSERT INTO files (id, path, size, sha256, version, content_type, created_at, modified_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
@@ -69,7 +70,8 @@ pub(crate) const AUDIT_FILES_WITHOUT_EVENTS: &str = "SELECT id, path FROM files
      ORDER BY path LIMIT $1";
 pub(crate) const AUDIT_REFCOUNTS: &str = "WITH used AS (SELECT sha256, COUNT(*) AS n FROM (
             SELECT sha256 FROM files UNION ALL SELECT sha256 FROM versions
-            UNION ALL SELECT sha256 FROM trash) r GROUP BY sha256)
+            UNION ALL SELECT sha256 FROM trash
+            UNION ALL SELECT sha256 FROM commit_files) r GROUP BY sha256)
      SELECT b.sha256, b.refcount, COALESCE(u.n, 0) FROM blobs b
      LEFT JOIN used u ON u.sha256 = b.sha256 WHERE b.refcount <> COALESCE(u.n, 0)
      UNION ALL

@@ -46,6 +46,10 @@ mod dialect {
             include_str!("migrations/sqlite/0011_tus_remote_staging.sql"),
         ),
         (20, include_str!("migrations/sqlite/0020_s3_tables.sql")),
+        (
+            30,
+            include_str!("migrations/sqlite/0030_commits_leases.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
@@ -54,8 +58,8 @@ mod dialect {
     /// AUTOINCREMENT gives the seq: gapless under the single writer, never reused.
     pub(super) const APPEND_EVENT: &str =
         "INSERT INTO events (kind, file_id, path, from_path, version, size, sha256, at,
-                             trash_id, restored_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq";
+                             trash_id, restored_from, commit_id, commit_size)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq";
     /// AUTOINCREMENT's counter: survives pruning, never reused.
     /// SQLite needs a LIMIT before an OFFSET (-1: none).
     pub(super) const VERSIONS_BEYOND: &str =
@@ -166,6 +170,7 @@ impl SqliteMetadata {
     /// metadata deadline; past it the caller gets [`MetadataError::Busy`]. (A write still
     /// queued then may commit later: it was not acknowledged, and it is complete if visible.)
     async fn write(&self, op: WriteOp) -> Result<WriteDone, MetadataError> {
+        let op = op.fenced();
         let (reply, answer) = oneshot::channel();
         let job = Job {
             op,

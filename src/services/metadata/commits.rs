@@ -1,0 +1,453 @@
+//! Commits (atomic multi-file publishes) and leases with fencing tokens (issue 21): their
+//! types, the one store operation that carries them ([`AtomicOp`] through
+//! [`super::MetadataStore::atomic`]), the row operations each backend supplies
+//! ([`CommitRows`], SQL in [`commit_rows!`]), and the fence a write carries.
+//!
+//! What the operations mean is in `rules/commits.rs`, next to the other write rules: a
+//! finish applies its deletions and puts with the ordinary rules, in one transaction, and
+//! every write checks the leases on its paths there (the [`FENCE`] of its request).
+//!
+//! Staged files hold one blob reference each (`commit_files` rows count in
+//! `blobs.refcount`), so collection and fsck treat staged content as referenced until the
+//! commit is finished (the reference moves to the file row), aborted or expired (dropped).
+
+use serde::{Deserialize, Serialize};
+
+use super::FileMeta;
+
+tokio::task_local! {
+    /// The `X-Vaultfs-Fence` of the request whose future runs now (set by the HTTP edge
+    /// around each request). A backend's write reads it when the write is queued, so the
+    /// check happens in the metadata transaction. Unset or `None`: the write carries no
+    /// fence (refused under a live lease with `Locked`).
+    pub static FENCE: Option<i64>;
+}
+
+/// The fence of the running request, if any.
+pub fn current_fence() -> Option<i64> {
+    FENCE.try_with(|f| *f).ok().flatten()
+}
+
+/// The extra member of a `lease_held` error: when the holder's lease ends.
+pub const LEASE_HELD_UNTIL: &str = "expires_at";
+
+/// A commit's state column.
+pub(crate) const OPEN: &str = "open";
+pub(crate) const FINISHED: &str = "finished";
+pub(crate) const ABORTED: &str = "aborted";
+pub(crate) const EXPIRED: &str = "expired";
+
+/// A commit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRecord {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    /// `open`, `finished`, `aborted` or `expired`.
+    pub state: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The finish's answer (JSON of [`FinishOutcome`]) once finished.
+    pub result: Option<String>,
+}
+
+impl CommitRecord {
+    /// The stored finish answer.
+    pub fn finished(&self) -> Option<FinishOutcome> {
+        self.result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+    }
+}
+
+/// A file staged in a commit: invisible until the finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(skip)]
+    pub content_type: String,
+}
+
+/// What a finish applies, besides the staged files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishRequest {
+    pub commit_id: String,
+    /// (path, sha256): the staged set must be exactly this.
+    pub expect: Option<Vec<(String, String)>>,
+    /// Paths removed in the same transaction (missing ones are skipped).
+    pub delete: Vec<String>,
+    /// Every live file under it that the commit does not write is deleted.
+    pub replace_prefix: Option<String>,
+    /// A feed seq: `PreconditionFailed` when anything under the commit's paths or
+    /// `replace_prefix` changed after it.
+    pub if_unchanged_since: Option<i64>,
+    /// The paths the caller locked (staged and deleted): a staged set that grew meanwhile
+    /// is `PathChanged`, and the caller locks again.
+    pub locked: Vec<String>,
+}
+
+/// A finished commit, as `POST /api/v1/commits/{id}/finish` answers it (again on a retry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishOutcome {
+    pub commit: String,
+    /// The first and last seq of the commit's events (0 and 0 for an empty commit).
+    pub seq_first: i64,
+    pub seq_last: i64,
+    pub files: Vec<FileMeta>,
+}
+
+/// A lease path's row: the newest fence issued for it and the current holder, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseRow {
+    pub(crate) path: String,
+    pub(crate) fence: i64,
+    pub(crate) lease_id: Option<String>,
+    pub(crate) expires_at_ms: i64,
+}
+
+impl LeaseRow {
+    pub(crate) fn live(&self, now: i64) -> bool {
+        self.lease_id.is_some() && self.expires_at_ms > now
+    }
+
+    /// Whether a write to `path` is under this lease path (the file itself, or a prefix
+    /// ending in `/` above it).
+    pub(crate) fn covers(&self, path: &str) -> bool {
+        self.path == path || (self.path.ends_with('/') && path.starts_with(&self.path))
+    }
+
+    pub(crate) fn lease(&self) -> Option<Lease> {
+        Some(Lease {
+            lease_id: self.lease_id.clone()?,
+            path: self.path.clone(),
+            fence: self.fence,
+            expires_at_ms: self.expires_at_ms,
+        })
+    }
+}
+
+/// A live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub lease_id: String,
+    pub path: String,
+    pub fence: i64,
+    pub expires_at_ms: i64,
+}
+
+/// The operations on commits and leases; each is one write transaction (reads too, so
+/// they see the writes before them in order).
+#[derive(Debug, Clone)]
+pub enum AtomicOp {
+    /// A new open commit, or the one an earlier call made with the same key.
+    CreateCommit {
+        id: String,
+        idempotency_key: Option<String>,
+        ttl_ms: i64,
+    },
+    /// The commit and its staged files.
+    Get {
+        commit_id: String,
+    },
+    /// Adds (or replaces, per path) staged files; at most `max_files` in the commit.
+    Stage {
+        commit_id: String,
+        entries: Vec<StagedEntry>,
+        max_files: usize,
+    },
+    Finish(FinishRequest),
+    Abort {
+        commit_id: String,
+    },
+    /// Ends at most `limit` open commits whose ttl passed.
+    ExpireCommits {
+        limit: i64,
+    },
+    AcquireLease {
+        lease_id: String,
+        path: String,
+        ttl_ms: i64,
+    },
+    RenewLease {
+        lease_id: String,
+        ttl_ms: i64,
+    },
+    ReleaseLease {
+        lease_id: String,
+    },
+    /// The live leases.
+    Leases,
+}
+
+/// What an [`AtomicOp`] produced.
+#[derive(Debug, Clone)]
+pub enum AtomicDone {
+    /// The commit, and whether this call created it.
+    Commit(CommitRecord, bool),
+    Staged {
+        commit: CommitRecord,
+        files: Vec<StagedEntry>,
+        /// Blobs a re-staged path no longer references, at zero now.
+        released: Vec<String>,
+    },
+    Finished {
+        outcome: FinishOutcome,
+        /// Blobs whose count dropped to zero (files replaced or deleted for good).
+        released: Vec<String>,
+    },
+    /// Blobs released (abort, expiry), with how many commits ended.
+    Released(usize, Vec<String>),
+    Lease(Lease),
+    Leases(Vec<Lease>),
+    Done,
+}
+
+/// Row operations on the commit and lease tables, inside one open write transaction.
+#[async_trait::async_trait]
+pub(crate) trait CommitRows: Send {
+    /// Events appended from now on belong to commit (id, event count); `None`: to none.
+    fn set_commit_note(&mut self, note: Option<(String, i64)>);
+    /// The seq of the last event this transaction appended.
+    fn last_appended_seq(&self) -> Option<i64>;
+    async fn commit_by_id(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<CommitRecord>, super::MetadataError>;
+    async fn commit_by_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<CommitRecord>, super::MetadataError>;
+    async fn insert_commit(&mut self, c: &CommitRecord) -> Result<(), super::MetadataError>;
+    async fn set_commit_state(
+        &mut self,
+        id: &str,
+        state: &str,
+        result: Option<&str>,
+    ) -> Result<(), super::MetadataError>;
+    /// Open commits whose `expires_at <= now`, at most `limit`.
+    async fn expired_commits(
+        &mut self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, super::MetadataError>;
+    /// Staged files of a commit, by path.
+    async fn staged_files(
+        &mut self,
+        commit_id: &str,
+    ) -> Result<Vec<StagedEntry>, super::MetadataError>;
+    async fn upsert_staged(
+        &mut self,
+        commit_id: &str,
+        e: &StagedEntry,
+    ) -> Result<(), super::MetadataError>;
+    async fn delete_staged(&mut self, commit_id: &str) -> Result<(), super::MetadataError>;
+    /// Every lease path's row (a handful: one per path ever leased).
+    async fn lease_rows(&mut self) -> Result<Vec<LeaseRow>, super::MetadataError>;
+    /// Inserts or replaces the row of `row.path`.
+    async fn put_lease_row(&mut self, row: &LeaseRow) -> Result<(), super::MetadataError>;
+    /// (path, from_path) of the events after `seq`, at most `limit`.
+    async fn paths_changed_after(
+        &mut self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<String>)>, super::MetadataError>;
+    /// The lowest retained seq.
+    async fn oldest_retained_seq(&mut self) -> Result<Option<i64>, super::MetadataError>;
+}
+
+/// Expands, inside `sql_layer!`, [`CommitRows`] for its `SqlTx` (SQL both engines accept).
+macro_rules! commit_rows {
+    ($row:ty) => {
+        use $crate::services::metadata::commits::{CommitRecord, CommitRows, LeaseRow, StagedEntry};
+
+        const COMMIT_COLUMNS: &str =
+            "id, idempotency_key, state, created_at, expires_at, result";
+
+        fn row_to_commit(r: &$row) -> Result<CommitRecord, MetadataError> {
+            Ok(CommitRecord {
+                id: r.try_get("id").map_err(map_err)?,
+                idempotency_key: r.try_get("idempotency_key").map_err(map_err)?,
+                state: r.try_get("state").map_err(map_err)?,
+                created_at_ms: r.try_get("created_at").map_err(map_err)?,
+                expires_at_ms: r.try_get("expires_at").map_err(map_err)?,
+                result: r.try_get("result").map_err(map_err)?,
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl CommitRows for SqlTx<'_> {
+            fn set_commit_note(&mut self, note: Option<(String, i64)>) {
+                self.commit = note;
+            }
+
+            fn last_appended_seq(&self) -> Option<i64> {
+                self.last_seq
+            }
+
+            async fn commit_by_id(&mut self, id: &str) -> Result<Option<CommitRecord>, MetadataError> {
+                let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE id = $1");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .fetch_optional(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                row.as_ref().map(row_to_commit).transpose()
+            }
+
+            async fn commit_by_key(
+                &mut self,
+                key: &str,
+            ) -> Result<Option<CommitRecord>, MetadataError> {
+                let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE idempotency_key = $1");
+                let row = sqlx::query(&sql)
+                    .bind(key)
+                    .fetch_optional(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                row.as_ref().map(row_to_commit).transpose()
+            }
+
+            async fn insert_commit(&mut self, c: &CommitRecord) -> Result<(), MetadataError> {
+                let q = sqlx::query(
+                    "INSERT INTO commits (id, idempotency_key, state, created_at, expires_at, result)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&c.id)
+                .bind(c.idempotency_key.as_deref())
+                .bind(&c.state)
+                .bind(c.created_at_ms)
+                .bind(c.expires_at_ms)
+                .bind(c.result.as_deref());
+                self.run(q).await
+            }
+
+            async fn set_commit_state(
+                &mut self,
+                id: &str,
+                state: &str,
+                result: Option<&str>,
+            ) -> Result<(), MetadataError> {
+                let q = sqlx::query("UPDATE commits SET state = $1, result = $2 WHERE id = $3")
+                    .bind(state)
+                    .bind(result)
+                    .bind(id);
+                self.run(q).await
+            }
+
+            async fn expired_commits(
+                &mut self,
+                now: i64,
+                limit: i64,
+            ) -> Result<Vec<String>, MetadataError> {
+                sqlx::query_scalar(
+                    "SELECT id FROM commits WHERE state = 'open' AND expires_at <= $1
+                     ORDER BY expires_at LIMIT $2",
+                )
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(map_err)
+            }
+
+            async fn staged_files(
+                &mut self,
+                commit_id: &str,
+            ) -> Result<Vec<StagedEntry>, MetadataError> {
+                let rows = sqlx::query(
+                    "SELECT path, size, sha256, content_type FROM commit_files
+                     WHERE commit_id = $1 ORDER BY path",
+                )
+                .bind(commit_id)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StagedEntry {
+                            path: r.try_get("path").map_err(map_err)?,
+                            size: size_u64(r.try_get("size").map_err(map_err)?)?,
+                            sha256: r.try_get("sha256").map_err(map_err)?,
+                            content_type: r.try_get("content_type").map_err(map_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn upsert_staged(
+                &mut self,
+                commit_id: &str,
+                e: &StagedEntry,
+            ) -> Result<(), MetadataError> {
+                let q = sqlx::query(
+                    "INSERT INTO commit_files (commit_id, path, size, sha256, content_type)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (commit_id, path) DO UPDATE SET size = excluded.size,
+                        sha256 = excluded.sha256, content_type = excluded.content_type",
+                )
+                .bind(commit_id)
+                .bind(&e.path)
+                .bind(size_i64(e.size)?)
+                .bind(&e.sha256)
+                .bind(&e.content_type);
+                self.run(q).await
+            }
+
+            async fn delete_staged(&mut self, commit_id: &str) -> Result<(), MetadataError> {
+                self.run(sqlx::query("DELETE FROM commit_files WHERE commit_id = $1").bind(commit_id))
+                    .await
+            }
+
+            async fn lease_rows(&mut self) -> Result<Vec<LeaseRow>, MetadataError> {
+                let rows = sqlx::query("SELECT path, fence, lease_id, expires_at FROM leases")
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(LeaseRow {
+                            path: r.try_get("path").map_err(map_err)?,
+                            fence: r.try_get("fence").map_err(map_err)?,
+                            lease_id: r.try_get("lease_id").map_err(map_err)?,
+                            expires_at_ms: r.try_get("expires_at").map_err(map_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn put_lease_row(&mut self, row: &LeaseRow) -> Result<(), MetadataError> {
+                let q = sqlx::query(
+                    "INSERT INTO leases (path, fence, lease_id, expires_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (path) DO UPDATE SET fence = excluded.fence,
+                        lease_id = excluded.lease_id, expires_at = excluded.expires_at",
+                )
+                .bind(&row.path)
+                .bind(row.fence)
+                .bind(row.lease_id.as_deref())
+                .bind(row.expires_at_ms);
+                self.run(q).await
+            }
+
+            async fn paths_changed_after(
+                &mut self,
+                seq: i64,
+                limit: i64,
+            ) -> Result<Vec<(String, Option<String>)>, MetadataError> {
+                sqlx::query_as("SELECT path, from_path FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(seq)
+                    .bind(limit)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+
+            async fn oldest_retained_seq(&mut self) -> Result<Option<i64>, MetadataError> {
+                sqlx::query_scalar("SELECT MIN(seq) FROM events")
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(map_err)
+            }
+        }
+    };
+}
