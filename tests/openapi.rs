@@ -221,8 +221,16 @@ fn codes_in_source() -> BTreeSet<String> {
             ] {
                 for (at, _) in text.match_indices(marker) {
                     let window: String = text[at + marker.len()..].chars().take(220).collect();
-                    // Up to the message: the literals that are snake_case words are codes.
-                    for lit in window.split('"').skip(1).step_by(2) {
+                    // Up to the message: the literals that are snake_case words are codes. A
+                    // literal the window cuts (an odd count of quotes) is the next statement's
+                    // and is read whole from its own marker.
+                    let literals: Vec<&str> = window.split('"').skip(1).step_by(2).collect();
+                    let whole = if window.matches('"').count() % 2 == 1 {
+                        &literals[..literals.len().saturating_sub(1)]
+                    } else {
+                        &literals[..]
+                    };
+                    for lit in whole.iter().copied() {
                         if !lit.is_empty()
                             && lit.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                             && lit.contains(|c: char| c.is_ascii_lowercase())
@@ -245,10 +253,9 @@ fn codes_in_source() -> BTreeSet<String> {
         "code",
         "latest_seq",
         "stall",
-        // A `Connection: close` header value, a variable name, and a literal the window cut.
+        // A `Connection: close` header value and a variable name.
         "close",
         "ev",
-        "body_read_",
     ] {
         codes.remove(not_a_code);
     }
