@@ -215,7 +215,11 @@ async fn every_json_route_has_an_idle_and_a_total_body_deadline() {
             "/api/v1/files/f_unknown/move",
             "/api/v1/files/f_unknown/copy",
             "/api/v1/share",
-            "/api/v1/admin/tokens"
+            "/api/v1/admin/tokens",
+            "/api/v1/commits",
+            "/api/v1/commits/f_unknown/finish",
+            "/api/v1/leases",
+            "/api/v1/leases/f_unknown/renew"
         ],
         "the routes that read a JSON body"
     );
