@@ -107,7 +107,7 @@ struct CreateBody {
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, AppError> {
     let body: CreateBody = optional_json(&body)?;
     if let Some(key) = &body.idempotency_key {
-        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+        if key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control) {
             return Err(AppError::bad_request(
                 "invalid_request",
                 "idempotency_key must be 1 to 200 characters, no control characters",
