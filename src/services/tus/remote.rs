@@ -172,10 +172,11 @@ use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Checksum, End, Inner, SessionRow, StagedObject, Stops, TusError, TusStaging, UploadError,
-};
+use super::checksum::Checksum;
+use super::receive::{End, Stops};
+use super::{Inner, SessionRow, TusError, TusStaging, UploadError};
 use crate::services::metadata::now_ms;
+use crate::services::upload::StagedObject;
 use crate::services::ServiceError;
 
 fn storage(e: crate::services::storage::StorageError) -> TusError {
