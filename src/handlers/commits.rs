@@ -49,8 +49,21 @@ pub async fn fence_scope(request: Request, next: Next) -> Result<Response, AppEr
     Ok(FENCE.scope(fence, next.run(request)).await)
 }
 
+/// A body that is empty or a JSON object: serde would also read a struct from an array
+/// (`[null, null]`), which the spec does not allow.
+fn object_body(body: &Bytes) -> Result<(), AppError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => Ok(()),
+        Some(_) => Err(AppError::bad_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
 /// An optional JSON body: empty means all defaults.
 fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppError> {
+    object_body(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -160,7 +173,26 @@ struct FinishBody {
     #[serde(default)]
     delete: Vec<String>,
     replace_prefix: Option<String>,
-    if_unchanged_since: Option<i64>,
+    /// A JSON number: `44558.0` is the integer 44558 to JSON Schema, so it is one here too.
+    if_unchanged_since: Option<serde_json::Number>,
+}
+
+/// The largest whole number a JSON double holds exactly (2^53 - 1): the spec's maximum.
+const MAX_SAFE_SEQ: f64 = 9_007_199_254_740_991.0;
+
+/// `if_unchanged_since` as a seq: a whole number from 0 up.
+fn seq_number(n: &serde_json::Number) -> Result<i64, AppError> {
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=MAX_SAFE_SEQ).contains(f))
+            .map(|f| f as i64)
+    });
+    whole.filter(|v| *v >= 0).ok_or_else(|| {
+        AppError::bad_request(
+            "invalid_request",
+            "if_unchanged_since must be a whole number from 0 up",
+        )
+    })
 }
 
 /// `POST /api/v1/commits/{id}/finish`: 200 `{"commit", "seq_first", "seq_last", "files"}`.
@@ -173,7 +205,7 @@ pub async fn finish(
     check_id(&id)?;
     let body: FinishBody = optional_json(&body)?;
     let mut options = FinishOptions {
-        if_unchanged_since: body.if_unchanged_since,
+        if_unchanged_since: body.if_unchanged_since.as_ref().map(seq_number).transpose()?,
         ..FinishOptions::default()
     };
     if let Some(expect) = body.expect {
@@ -222,6 +254,7 @@ pub async fn acquire(
     ctx: RequestCtx,
     body: Bytes,
 ) -> Result<Response, AppError> {
+    object_body(&body)?;
     let body: LeaseBody = serde_json::from_slice(&body).map_err(|e| {
         AppError::bad_request("invalid_json", format!("invalid lease request: {e}"))
     })?;
