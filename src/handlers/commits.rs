@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{header_str, ApiPath};
+use super::{header_str, ApiBytes, ApiPath};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::VPath;
@@ -117,7 +117,10 @@ struct CreateBody {
 
 /// `POST /api/v1/commits`: 201 `{"id", "expires_at", "state"}`; with a known
 /// `idempotency_key`, 200 with that commit (and `result`, its finish, once finished).
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, AppError> {
+pub async fn create(
+    State(state): State<AppState>,
+    ApiBytes(body): ApiBytes,
+) -> Result<Response, AppError> {
     let body: CreateBody = optional_json(&body)?;
     if let Some(key) = &body.idempotency_key {
         if key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control) {
@@ -187,10 +190,10 @@ fn seq_number(n: &serde_json::Number) -> Result<i64, AppError> {
             .filter(|f| f.fract() == 0.0 && (0.0..=MAX_SAFE_SEQ).contains(f))
             .map(|f| f as i64)
     });
-    whole.filter(|v| *v >= 0).ok_or_else(|| {
+    whole.filter(|v| (0..=MAX_SAFE_SEQ as i64).contains(v)).ok_or_else(|| {
         AppError::bad_request(
             "invalid_request",
-            "if_unchanged_since must be a whole number from 0 up",
+            "if_unchanged_since must be a whole number from 0 to 2^53 - 1",
         )
     })
 }
@@ -200,7 +203,7 @@ pub async fn finish(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Response, AppError> {
     check_id(&id)?;
     let body: FinishBody = optional_json(&body)?;
@@ -252,7 +255,7 @@ struct LeaseBody {
 pub async fn acquire(
     State(state): State<AppState>,
     ctx: RequestCtx,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Response, AppError> {
     object_body(&body)?;
     let body: LeaseBody = serde_json::from_slice(&body).map_err(|e| {
@@ -275,7 +278,7 @@ struct RenewBody {
 pub async fn renew(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<serde_json::Value>, AppError> {
     check_id(&id)?;
     let body: RenewBody = optional_json(&body)?;

@@ -149,6 +149,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A whole small body as `Bytes` (for optional JSON bodies), whose rejection is a JSON
+/// error: 413 `too_large` past the route's body limit, as [`ApiJson`] answers.
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ApiBytes(b)),
+            Err(e) => {
+                let status = e.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "invalid_request"
+                };
+                Err(AppError::new(status, code, e.body_text()))
+            }
+        }
+    }
+}
+
 fn json_rejection(e: JsonRejection) -> AppError {
     // Syntax and data errors alike are 400 `invalid_json` (axum says 422 for the latter).
     let status = match e.status() {
