@@ -611,6 +611,45 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
         Some("fence_stale")
     );
     assert_eq!(put_fenced(a, "p/after", b"z", Some(fence + 1)).await.0, 200);
+
+    // Lapsed and taken over by someone else: still 410 `lease_expired` (not 404), on
+    // either replica, while the new holder has it and after it released it.
+    let (status, taken) = lease(b, "p/", "30s").await;
+    assert_eq!(status, 201, "{taken}");
+    assert_eq!(taken["fence"].as_i64().unwrap(), fence + 2);
+    let renew = |s: &TestServer, id: &str| {
+        s.client
+            .post(s.url(&format!("/api/v1/leases/{id}/renew")))
+            .json(&json!({"ttl": "30s"}))
+            .send()
+    };
+    for s in [a, b] {
+        let r = renew(s, &next_id).await.unwrap();
+        assert_eq!(r.status(), 410);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(code(&err), Some("lease_expired"), "{err}");
+    }
+    // The takeover is untouched by the stale renewal: the new holder renews and holds on.
+    let taken_id = taken["lease_id"].as_str().unwrap().to_string();
+    let r = renew(a, &taken_id).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["fence"], fence + 2);
+    assert_eq!(
+        code(&put_fenced(a, "p/after", b"w", Some(fence + 1)).await.1),
+        Some("fence_stale")
+    );
+    let r = b
+        .client
+        .delete(b.url(&format!("/api/v1/leases/{taken_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(renew(a, &next_id).await.unwrap().status(), 410);
+    // An id that never existed: 404.
+    let r = renew(b, "0123456789abcdef0123456789abcdef").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(renew(a, "never-issued").await.unwrap().status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
