@@ -230,7 +230,7 @@ fn codes_in_source() -> BTreeSet<String> {
                     } else {
                         &literals[..]
                     };
-                    for lit in whole.iter().copied() {
+                    for lit in whole {
                         if !lit.is_empty()
                             && lit.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                             && lit.contains(|c: char| c.is_ascii_lowercase())
