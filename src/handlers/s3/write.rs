@@ -6,8 +6,9 @@
 //! It is one call of `FileService::upload` (the pipeline every front end writes through), or
 //! of `FileService::upload_to_commit` when the request names an open commit (issue 21,
 //! header `x-vaultfs-commit`: staged, invisible until the commit's finish, its S3 record
-//! carried to the finish), with the S3 digests (MD5 for the ETag, the flexible checksums) computed in flight by a
-//! [`DigestSink`] whose check ([`WriteOptions::verify`]) runs before the commit.
+//! carried to the finish), with the S3 digests (MD5 for the ETag, the flexible checksums)
+//! computed in flight by a [`DigestSink`] whose check ([`WriteOptions::verify`]) runs before
+//! the commit.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
