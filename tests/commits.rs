@@ -833,7 +833,13 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
     stage(b, &id, "stale/b.bin", b"from b").await;
     assert_eq!(finish(b, &id, json!({}), Some(new_fence)).await.0, 200);
     assert!(signal("-CONT").success());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A few writes after the wake-up (each a fresh curl: slow on a loaded machine).
+    let woke = common::eventually(Duration::from_secs(20), || async {
+        tokio::fs::read_to_string(log)
+            .await
+            .is_ok_and(|l| l.lines().count() >= stopped_at + 4)
+    })
+    .await;
     holder.start_kill().unwrap();
     let _ = holder.wait().await;
     let lines: Vec<(usize, String)> = tokio::fs::read_to_string(log)
@@ -853,7 +859,10 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
     // A request in flight at SIGSTOP may have landed before B's takeover; every one after
     // the stop was refused, and none of them exists.
     let after: Vec<_> = lines.iter().skip(stopped_at + 1).collect();
-    assert!(!after.is_empty(), "A wrote after SIGCONT");
+    assert!(
+        woke && !after.is_empty(),
+        "A wrote after SIGCONT: {lines:?}"
+    );
     for (i, code) in &after {
         assert_eq!(code, "409", "write {i} after the takeover: {lines:?}");
         let (status, _) = b.get_json(&format!("/api/v1/stat?path=stale/a-{i}")).await;
