@@ -49,13 +49,26 @@ pub async fn fence_scope(request: Request, next: Next) -> Result<Response, AppEr
     Ok(FENCE.scope(fence, next.run(request)).await)
 }
 
-/// An optional JSON body: empty means all defaults.
+/// An optional JSON object body: empty means all defaults.
 fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::bad_request("invalid_json", format!("invalid request body: {e}")))
+    object_json(body)
+}
+
+/// A JSON object body (serde would read a struct from an array too: `invalid_json`).
+fn object_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
+    let invalid = |e: serde_json::Error| {
+        AppError::bad_request("invalid_json", format!("invalid request body: {e}"))
+    };
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(invalid)? {
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(invalid),
+        _ => Err(AppError::bad_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        )),
+    }
 }
 
 fn ttl(raw: Option<&str>, default: Duration) -> Result<Duration, AppError> {
@@ -107,7 +120,7 @@ struct CreateBody {
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, AppError> {
     let body: CreateBody = optional_json(&body)?;
     if let Some(key) = &body.idempotency_key {
-        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+        if key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control) {
             return Err(AppError::bad_request(
                 "invalid_request",
                 "idempotency_key must be 1 to 200 characters, no control characters",
@@ -222,9 +235,7 @@ pub async fn acquire(
     ctx: RequestCtx,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let body: LeaseBody = serde_json::from_slice(&body).map_err(|e| {
-        AppError::bad_request("invalid_json", format!("invalid lease request: {e}"))
-    })?;
+    let body: LeaseBody = object_json(&body)?;
     let path = parse_lease_path(&body.path)?;
     let ttl = ttl(body.ttl.as_deref(), DEFAULT_LEASE_TTL)?;
     let lease = state.files.acquire_lease(&ctx, &path, ttl).await?;
