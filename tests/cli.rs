@@ -657,3 +657,405 @@ async fn the_readme_walk_through_works_verbatim() {
     );
     s.stop().await;
 }
+
+// `vaultfs publish` and `vaultfs lease run` (issue 21).
+
+/// Writes files number `range` of `len` bytes under `root` (in two subdirectories),
+/// contents seeded from `seed`: (relative path, contents), sorted.
+async fn write_build(
+    root: &Path,
+    range: std::ops::Range<usize>,
+    len: usize,
+    seed: u64,
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for i in range {
+        let rel = format!("{}/f{i:02}.bin", if i % 2 == 0 { "bin" } else { "doc" });
+        let body = data(len, seed + i as u64);
+        let path = root.join(&rel);
+        tokio::fs::create_dir_all(path.parent().unwrap())
+            .await
+            .unwrap();
+        tokio::fs::write(&path, &body).await.unwrap();
+        files.push((rel, body));
+    }
+    files.sort();
+    files
+}
+
+/// (path, sha256) of every live file under `prefix`.
+async fn remote_tree(s: &TestServer, prefix: &str) -> Vec<(String, String)> {
+    let (status, page) = s
+        .get_json(&format!("/api/v1/list?prefix={}", common::enc(prefix)))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut out: Vec<(String, String)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn expected_tree(prefix: &str, files: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = files
+        .iter()
+        .map(|(rel, body)| (format!("{prefix}{rel}"), sha256_hex(body)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn one_json(o: &Output) -> Value {
+    let lines = json_lines(o);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.into_iter().next().unwrap()
+}
+
+/// publish: a tree appears all at once as one commit; a run killed halfway leaves nothing
+/// visible, and the same command again reuses the commit and skips what was staged;
+/// `--replace` deletes (to the trash) what the tree no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_atomic_resumes_after_a_kill_and_replaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(vaultfs::config::Config {
+        trash_retention: Some(Duration::from_secs(3600)),
+        ..vaultfs::config::Config::for_data_dir(dir.path())
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let prefix = "releases/latest/";
+
+    // First build: 30 files, one commit, 30 events that each name it.
+    let old = write_build(&w.join("build"), 0..30, 20_000, 0).await;
+    let before = s.get_json("/api/v1/events?limit=1").await.1["next_since"]
+        .as_i64()
+        .unwrap();
+    let out = vaultfs(&s.base, w, &["publish", "build", prefix]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = one_json(&out);
+    assert_eq!(
+        (done["op"].as_str(), done["files"].as_u64()),
+        (Some("publish"), Some(30)),
+        "{done}"
+    );
+    assert_eq!(done["already_staged"], 0);
+    assert_eq!(remote_tree(&s, prefix).await, expected_tree(prefix, &old));
+    let (_, page) = s
+        .get_json(&format!("/api/v1/events?since={before}&limit=100"))
+        .await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 30);
+    assert!(events
+        .iter()
+        .all(|e| e["commit"] == done["commit"] && e["commit_size"] == 30));
+
+    // Second build (files 5 to 44), larger, published with one upload at a time: frozen
+    // (SIGSTOP) once a few files are staged, then SIGKILLed. Nothing of it is visible.
+    tokio::fs::remove_dir_all(w.join("build")).await.unwrap();
+    let new = write_build(&w.join("build"), 5..45, 400_000, 1000).await;
+    let blobs_before = s.blob_count().await;
+    let mut child = command(&s.base, w, &["publish", "build", prefix, "-j", "1"])
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let staged_some = common::eventually(Duration::from_secs(60), || async {
+        s.blob_count().await >= blobs_before + 3
+    })
+    .await;
+    assert!(staged_some, "the publish staged nothing");
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the publish finished before it could be stopped (a larger tree is needed)"
+    );
+    // Requests already sent complete on the server meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let staged_at_kill = s.blob_count().await - blobs_before;
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    assert!(staged_at_kill < 40, "{staged_at_kill}");
+    assert_eq!(
+        remote_tree(&s, prefix).await,
+        expected_tree(prefix, &old),
+        "a killed publish left something visible"
+    );
+
+    // The same command again: the same commit, the staged files are not sent again.
+    let out = vaultfs(&s.base, w, &["publish", "build", prefix, "-j", "4"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = one_json(&out);
+    assert_eq!(done["files"], 40, "{done}");
+    let reused = done["already_staged"].as_u64().unwrap();
+    assert!(
+        reused >= staged_at_kill as u64 && reused < 40,
+        "already_staged {reused}, {staged_at_kill} staged before the kill"
+    );
+    // Not --replace: the old build's files the new one does not have (0 to 4) stay.
+    let mut want = expected_tree(prefix, &new);
+    let kept: Vec<(String, String)> = expected_tree(prefix, &old)
+        .into_iter()
+        .filter(|(p, _)| !want.iter().any(|(q, _)| q == p))
+        .collect();
+    assert_eq!(kept.len(), 5);
+    want.extend(kept);
+    want.sort();
+    assert_eq!(remote_tree(&s, prefix).await, want);
+    for (rel, body) in new.iter().take(3) {
+        let (status, got) = s.get_bytes(&format!("/api/v1/fs/{prefix}{}", rel)).await;
+        assert_eq!((status, &got), (200, body), "{rel}");
+    }
+
+    // --replace: two files gone from the tree, one new; the remote prefix is exactly the
+    // tree, and what it no longer has (those two, the old build's 0 to 4) is in the trash.
+    let gone = ["bin/f06.bin", "doc/f07.bin"];
+    for g in gone {
+        tokio::fs::remove_file(w.join("build").join(g))
+            .await
+            .unwrap();
+    }
+    tokio::fs::write(w.join("build/bin/extra.txt"), b"extra")
+        .await
+        .unwrap();
+    let mut third: Vec<(String, Vec<u8>)> = new
+        .iter()
+        .filter(|(rel, _)| !gone.contains(&rel.as_str()))
+        .cloned()
+        .collect();
+    third.push(("bin/extra.txt".into(), b"extra".to_vec()));
+    let out = vaultfs(&s.base, w, &["publish", "build", prefix, "--replace"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(one_json(&out)["files"], 39);
+    assert_eq!(remote_tree(&s, prefix).await, expected_tree(prefix, &third));
+    let (_, trash) = s
+        .get_json(&format!("/api/v1/trash?prefix={}", common::enc(prefix)))
+        .await;
+    let trashed: Vec<&str> = trash["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for g in gone
+        .iter()
+        .chain(&["bin/f00.bin", "doc/f01.bin", "bin/f04.bin"])
+    {
+        assert!(
+            trashed.contains(&format!("{prefix}{g}").as_str()),
+            "{g} not in the trash: {trashed:?}"
+        );
+    }
+    s.stop().await;
+}
+
+/// POST /api/v1/leases from the test: (status, answer).
+async fn take_lease(s: &TestServer, path: &str, ttl: &str) -> (u16, Value) {
+    let r = s
+        .client
+        .post(s.url("/api/v1/leases"))
+        .json(&serde_json::json!({"path": path, "ttl": ttl}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn live_leases(s: &TestServer) -> Vec<Value> {
+    let (status, listed) = s.get_json("/api/v1/admin/leases").await;
+    assert_eq!(status, 200, "{listed}");
+    listed["leases"].as_array().unwrap().clone()
+}
+
+/// An upload from the test process: its status and error code.
+async fn unfenced_upload(s: &TestServer, path: &str) -> (u16, Value) {
+    let r = s.upload(path, "outsider").await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// lease run: exports the fence and lease id, renews past the ttl while COMMAND runs,
+/// passes its exit status on and releases; 75 when the lease is held (`--wait 0s`) or lost;
+/// `vaultfs upload` under it sends the fence, a write without it is `locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_run_fences_renews_releases_and_exits_75() {
+    let (_d, s) = TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let bin = env!("CARGO_BIN_EXE_vaultfs");
+
+    // A command that outlives the 2 s ttl: the lease is renewed, outside writes are
+    // locked all along, the exit status (7) comes through, the lease is released.
+    let script = r#"echo "fence=$VAULTFS_FENCE lease=$VAULTFS_LEASE"; sleep 3.5; exit 7"#;
+    let child = command(
+        &s.base,
+        w,
+        &[
+            "lease", "run", "rel/", "--ttl", "2s", "--", "sh", "-c", script,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let held = common::eventually(Duration::from_secs(10), || async {
+        live_leases(&s).await.len() == 1
+    })
+    .await;
+    if !held {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "the lease was not taken: {:?}\n{}\n{}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let lease = live_leases(&s).await.remove(0);
+    assert_eq!(lease["path"], "rel/");
+    assert_eq!(unfenced_upload(&s, "rel/early.txt").await.0, 423);
+    // Past the first ttl: still held (renewed), still locked.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let leases = live_leases(&s).await;
+    assert_eq!(leases.len(), 1, "the lease lapsed while the command ran");
+    assert_eq!(leases[0]["lease_id"], lease["lease_id"]);
+    let (status, err) = unfenced_upload(&s, "rel/late.txt").await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (423, Some("locked"))
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!(
+            "fence={} lease={}",
+            lease["fence"],
+            lease["lease_id"].as_str().unwrap()
+        )
+    );
+    assert!(live_leases(&s).await.is_empty(), "not released");
+    assert_eq!(
+        unfenced_upload(&s, "rel/after.txt").await.0,
+        201,
+        "open again"
+    );
+
+    // `vaultfs upload` under the lease sends VAULTFS_FENCE; the same upload without it
+    // (from inside the command, the variable removed) is refused as `locked`.
+    tokio::fs::write(w.join("a.txt"), b"fenced").await.unwrap();
+    tokio::fs::write(w.join("b.txt"), b"unfenced")
+        .await
+        .unwrap();
+    let script = r#""$0" upload a.txt up/ --json || exit 10
+env -u VAULTFS_FENCE "$0" upload b.txt up/ --json && exit 11
+exit 0"#;
+    let out = vaultfs(
+        &s.base,
+        w,
+        &[
+            "lease", "run", "up/", "--ttl", "5s", "--", "sh", "-c", script, bin,
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let lines = json_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["ok"] == true && l["target"] == "up/a.txt"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["ok"] == false && l["error"]["code"] == "locked"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        s.get_bytes("/api/v1/fs/up/a.txt").await,
+        (200, b"fenced".to_vec())
+    );
+    assert_eq!(s.get_bytes("/api/v1/fs/up/b.txt").await.0, 404);
+
+    // Held by someone else: 75 at once with --wait 0s, and COMMAND does not run.
+    let (status, other) = take_lease(&s, "held/", "30s").await;
+    assert_eq!(status, 201, "{other}");
+    let out = vaultfs(
+        &s.base,
+        w,
+        &[
+            "lease", "run", "held/x", "--wait", "0s", "--", "touch", "ran",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lease_held"), "{}", stderr(&out));
+    assert!(!w.join("ran").exists(), "the command ran without the lease");
+    // With --wait longer than the holder's ttl, it waits and then runs.
+    let (status, _) = take_lease(&s, "brief/", "1s").await;
+    assert_eq!(status, 201);
+    let out = vaultfs(
+        &s.base,
+        w,
+        &[
+            "lease", "run", "brief/", "--wait", "10s", "--", "touch", "ran",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(w.join("ran").exists());
+
+    // Lost while COMMAND runs (released behind its back): SIGTERM to COMMAND, exit 75.
+    let script = r#"trap 'echo terminated; exit 0' TERM; echo "$VAULTFS_LEASE"; sleep 20 & wait"#;
+    let mut child = command(
+        &s.base,
+        w,
+        &[
+            "lease", "run", "lost/", "--ttl", "1500ms", "--", "sh", "-c", script,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(child.stdout.as_mut().unwrap());
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let r = s
+        .client
+        .delete(s.url(&format!("/api/v1/leases/{}", line.trim())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stdout(&out).contains("terminated"), "{}", stdout(&out));
+    s.stop().await;
+}

@@ -611,6 +611,45 @@ async fn leases_fence_writes(a: &TestServer, b: &TestServer) {
         Some("fence_stale")
     );
     assert_eq!(put_fenced(a, "p/after", b"z", Some(fence + 1)).await.0, 200);
+
+    // Lapsed and taken over by someone else: still 410 `lease_expired` (not 404), on
+    // either replica, while the new holder has it and after it released it.
+    let (status, taken) = lease(b, "p/", "30s").await;
+    assert_eq!(status, 201, "{taken}");
+    assert_eq!(taken["fence"].as_i64().unwrap(), fence + 2);
+    let renew = |s: &TestServer, id: &str| {
+        s.client
+            .post(s.url(&format!("/api/v1/leases/{id}/renew")))
+            .json(&json!({"ttl": "30s"}))
+            .send()
+    };
+    for s in [a, b] {
+        let r = renew(s, &next_id).await.unwrap();
+        assert_eq!(r.status(), 410);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(code(&err), Some("lease_expired"), "{err}");
+    }
+    // The takeover is untouched by the stale renewal: the new holder renews and holds on.
+    let taken_id = taken["lease_id"].as_str().unwrap().to_string();
+    let r = renew(a, &taken_id).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["fence"], fence + 2);
+    assert_eq!(
+        code(&put_fenced(a, "p/after", b"w", Some(fence + 1)).await.1),
+        Some("fence_stale")
+    );
+    let r = b
+        .client
+        .delete(b.url(&format!("/api/v1/leases/{taken_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(renew(a, &next_id).await.unwrap().status(), 410);
+    // An id that never existed: 404.
+    let r = renew(b, "0123456789abcdef0123456789abcdef").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(renew(a, "never-issued").await.unwrap().status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,7 +833,13 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
     stage(b, &id, "stale/b.bin", b"from b").await;
     assert_eq!(finish(b, &id, json!({}), Some(new_fence)).await.0, 200);
     assert!(signal("-CONT").success());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A few writes after the wake-up (each a fresh curl: slow on a loaded machine).
+    let woke = common::eventually(Duration::from_secs(20), || async {
+        tokio::fs::read_to_string(log)
+            .await
+            .is_ok_and(|l| l.lines().count() >= stopped_at + 4)
+    })
+    .await;
     holder.start_kill().unwrap();
     let _ = holder.wait().await;
     let lines: Vec<(usize, String)> = tokio::fs::read_to_string(log)
@@ -814,7 +859,10 @@ async fn stale_holder(a: &TestServer, b: &TestServer, log: &Path) {
     // A request in flight at SIGSTOP may have landed before B's takeover; every one after
     // the stop was refused, and none of them exists.
     let after: Vec<_> = lines.iter().skip(stopped_at + 1).collect();
-    assert!(!after.is_empty(), "A wrote after SIGCONT");
+    assert!(
+        woke && !after.is_empty(),
+        "A wrote after SIGCONT: {lines:?}"
+    );
     for (i, code) in &after {
         assert_eq!(code, "409", "write {i} after the takeover: {lines:?}");
         let (status, _) = b.get_json(&format!("/api/v1/stat?path=stale/a-{i}")).await;
@@ -965,4 +1013,238 @@ async fn sigkill_during_finish_leaves_each_commit_whole_or_absent() {
         let _ = child.wait().await;
     }
     eprintln!("finish crash loop: {iterations} SIGKILLs, {whole} whole, {absent} absent");
+}
+
+/// A free local port for an S3 listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server with its S3 listener on; (server, S3 endpoint).
+async fn with_s3(mut config: Config) -> (TestServer, String) {
+    let port = free_port();
+    config.s3_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = TestServer::start_with(config).await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await,
+        "the S3 port did not open"
+    );
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
+/// An S3 PutObject (unsigned: the server has no token yet), with `x-vaultfs-commit` when
+/// `commit` is given: (status, ETag, body).
+async fn s3_put(
+    s: &TestServer,
+    url: String,
+    commit: Option<&str>,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut r = s
+        .client
+        .put(url)
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .body(body.to_vec());
+    if let Some(c) = commit {
+        r = r.header("x-vaultfs-commit", c);
+    }
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, etag, r.text().await.unwrap())
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// `x-vaultfs-commit` on S3 PutObject (issue 21): the objects are staged, invisible to S3 and
+/// native listings, reads and the feed until the commit's native finish (through `native`,
+/// another replica on PostgreSQL), then there with their bytes, MD5 ETag and user metadata.
+/// A closed, expired, aborted or unknown commit is an S3 XML error, and nothing lands.
+async fn s3_puts_stage_into_a_commit(s: &TestServer, s3: &str, native: &TestServer) {
+    let c = &s.client;
+    assert_eq!(
+        c.put(format!("{s3}/cbkt")).send().await.unwrap().status(),
+        200
+    );
+    let before = latest_seq(native).await;
+    let (status, commit) = create_commit(native, json!({"ttl": "10m"})).await;
+    assert_eq!(status, 201, "{commit}");
+    let id = commit["id"].as_str().unwrap().to_string();
+    let alpha = b"alpha build".to_vec();
+    let beta = common::data(200_000, 9);
+    let (status, etag_a, text) = s3_put(
+        s,
+        format!("{s3}/cbkt/rel/a.txt"),
+        Some(&id),
+        &alpha,
+        &[("content-type", "text/plain"), ("x-amz-meta-build", "7")],
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(etag_a, format!("\"{}\"", md5_hex(&alpha)));
+    let (status, etag_b, text) =
+        s3_put(s, format!("{s3}/cbkt/rel/b.bin"), Some(&id), &beta, &[]).await;
+    assert_eq!(status, 200, "{text}");
+
+    // Nothing visible: S3 listing and reads, native listing, the feed.
+    let listing = c
+        .get(format!("{s3}/cbkt?list-type=2&prefix=rel/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains("<KeyCount>0</KeyCount>"), "{listing}");
+    assert!(!listing.contains("rel/a.txt") && !listing.contains("rel/b.bin"));
+    let r = c.get(format!("{s3}/cbkt/rel/a.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(list(native, "cbkt/").await.is_empty());
+    assert!(list(s, "cbkt/").await.is_empty());
+    assert!(events_since(native, before).await.is_empty());
+    // The commit holds both, staged.
+    let (status, staged) = native.get_json(&format!("/api/v1/commits/{id}")).await;
+    assert_eq!(status, 200, "{staged}");
+    let text = staged.to_string();
+    assert!(
+        text.contains("cbkt/rel/a.txt") && text.contains("cbkt/rel/b.bin"),
+        "{staged}"
+    );
+
+    // The native finish makes both visible at once, with what S3 answered.
+    let (status, done) = finish(native, &id, json!({}), None).await;
+    assert_eq!(status, 200, "{done}");
+    let mut paths: Vec<&str> = done["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["cbkt/rel/a.txt", "cbkt/rel/b.bin"]);
+    let events = events_since(native, before).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e["commit"] == id.as_str()));
+    let listing = c
+        .get(format!("{s3}/cbkt?list-type=2&prefix=rel/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains("<KeyCount>2</KeyCount>"), "{listing}");
+    for (key, body, etag) in [("a.txt", &alpha, &etag_a), ("b.bin", &beta, &etag_b)] {
+        let r = c.get(format!("{s3}/cbkt/rel/{key}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["etag"].to_str().unwrap(),
+            etag.as_str(),
+            "{key}"
+        );
+        if key == "a.txt" {
+            assert_eq!(r.headers()["x-amz-meta-build"], "7");
+            assert_eq!(r.headers()["content-type"], "text/plain");
+        }
+        assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice(), "{key}");
+        let (status, native_bytes) = native
+            .get_bytes(&format!("/api/v1/fs/cbkt/rel/{key}"))
+            .await;
+        assert_eq!((status, &native_bytes), (200, body), "{key}");
+    }
+
+    // Refusals, in S3 XML, and nothing of them lands.
+    let late = format!("{s3}/cbkt/rel/late.bin");
+    let (status, _, text) = s3_put(s, late.clone(), Some(&id), b"late", &[]).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("<Code>CommitClosed</Code>"), "{text}");
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let (status, _, text) = s3_put(s, late.clone(), Some(unknown), b"late", &[]).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("<Code>NoSuchCommit</Code>"), "{text}");
+    let (_, aborted) = create_commit(native, json!({})).await;
+    let aborted = aborted["id"].as_str().unwrap().to_string();
+    let r = native
+        .client
+        .delete(native.url(&format!("/api/v1/commits/{aborted}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (status, _, text) = s3_put(s, late.clone(), Some(&aborted), b"late", &[]).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("<Code>NoSuchCommit</Code>"), "{text}");
+    let (_, short) = create_commit(native, json!({"ttl": "1s"})).await;
+    let short = short["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _, text) = s3_put(s, late.clone(), Some(&short), b"late", &[]).await;
+    assert_eq!(status, 410, "{text}");
+    assert!(text.contains("<Code>CommitExpired</Code>"), "{text}");
+    let (status, _, text) = s3_put(s, late.clone(), Some("not a commit!"), b"late", &[]).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("<Code>InvalidArgument</Code>"), "{text}");
+    // A copy has no upload to stage: refused rather than written.
+    let (_, open) = create_commit(native, json!({})).await;
+    let r = c
+        .put(late.clone())
+        .header("x-amz-copy-source", "/cbkt/rel/a.txt")
+        .header("x-vaultfs-commit", open["id"].as_str().unwrap())
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    let (status, _) = native.get_json("/api/v1/stat?path=cbkt/rel/late.bin").await;
+    assert_eq!(status, 404, "no refused write landed");
+    assert_eq!(list(native, "cbkt/rel/").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_puts_stage_into_a_commit_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, s3) = with_s3(Config::for_data_dir(dir.path())).await;
+    s3_puts_stage_into_a_commit(&s, &s3, &s).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_puts_stage_into_a_commit_on_postgres_across_replicas() {
+    const TEST: &str = "s3_puts_stage_into_a_commit_on_postgres";
+    let Some(metadata_url) = common::test_postgres_url(TEST).await else {
+        return;
+    };
+    let Some(blob_store) = common::test_s3_url(TEST) else {
+        return;
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &Path| Config {
+        metadata_url: Some(metadata_url.clone()),
+        blob_store: Some(blob_store.clone()),
+        ..Config::for_data_dir(dir)
+    };
+    let (a, s3) = with_s3(config(da.path())).await;
+    let b = TestServer::start_with(config(db.path())).await;
+    s3_puts_stage_into_a_commit(&a, &s3, &b).await;
+    a.stop().await;
+    b.stop().await;
 }

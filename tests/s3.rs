@@ -378,6 +378,31 @@ async fn s3_on_postgres() {
     server.stop().await;
 }
 
+/// `x-vaultfs-commit` (issue 21) from boto3: PutObject and CompleteMultipartUpload stage into
+/// an open commit, invisible until the native finish, then there with their S3 records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_boto3_stages_into_a_commit() {
+    const TEST: &str = "s3_boto3_stages_into_a_commit";
+    if !available(TEST, "boto3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_id, admin, key, secret) = cli_token(dir.path(), "admin", "");
+    let s3_port = free_port();
+    let mut config = Config::for_data_dir(dir.path());
+    config.s3_listen = Some(format!("127.0.0.1:{s3_port}").parse().unwrap());
+    let server = common::TestServer::start_with(config).await;
+    wait_port(s3_port).await;
+    run_check(
+        "commit",
+        &format!("http://127.0.0.1:{s3_port}"),
+        (&key, &secret),
+        &[("S3_NATIVE", server.url("")), ("S3_TOKEN", admin)],
+    )
+    .await;
+    server.stop().await;
+}
+
 /// Without any client: virtual-host addressing, the bucket-name rule, NotImplemented for out of
 /// scope operations, the presigned expiry bound, and signatures required once tokens exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

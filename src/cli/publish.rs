@@ -350,10 +350,7 @@ async fn lease_run(
     command: Vec<String>,
     common: CommonArgs,
 ) -> ExitCode {
-    let (ttl_d, wait_d) = match (
-        crate::config::parse_duration(&ttl),
-        crate::config::parse_duration(&wait),
-    ) {
+    let (ttl_d, wait_d) = match (crate::config::parse_duration(&ttl), parse_wait(&wait)) {
         (Ok(t), Ok(w)) if !t.is_zero() => (t, w),
         _ => {
             eprintln!("vaultfs: --ttl and --wait must be durations like 30s (ttl above 0)");
@@ -461,6 +458,19 @@ async fn lease_run(
     }
 }
 
+/// `--wait`: a duration, where zero (`0s`, the default) means not waiting at all
+/// (`parse_duration` refuses zero, as every other duration setting must be positive).
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        // Zero of a known unit.
+        return crate::config::parse_duration(&format!("1{}", &t[digits.len()..]))
+            .map(|_| Duration::ZERO);
+    }
+    crate::config::parse_duration(t)
+}
+
 /// SIGTERM to the child (through kill(1): no signal crate for one call).
 async fn terminate(child: &tokio::process::Child) {
     if let Some(pid) = child.id() {
@@ -480,4 +490,18 @@ async fn release(client: &Client, lease_id: &str) -> Result<(), ClientError> {
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wait_may_be_zero() {
+        use std::time::Duration;
+        assert_eq!(super::parse_wait("0s"), Ok(Duration::ZERO));
+        assert_eq!(super::parse_wait("0"), Ok(Duration::ZERO));
+        assert_eq!(super::parse_wait("00ms"), Ok(Duration::ZERO));
+        assert_eq!(super::parse_wait("10s"), Ok(Duration::from_secs(10)));
+        assert!(super::parse_wait("0x").is_err());
+        assert!(super::parse_wait("soon").is_err());
+    }
 }

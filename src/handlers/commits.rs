@@ -49,26 +49,26 @@ pub async fn fence_scope(request: Request, next: Next) -> Result<Response, AppEr
     Ok(FENCE.scope(fence, next.run(request)).await)
 }
 
-/// A body that is empty or a JSON object: serde would also read a struct from an array
-/// (`[null, null]`), which the spec does not allow.
-fn object_body(body: &Bytes) -> Result<(), AppError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None | Some(b'{') => Ok(()),
-        Some(_) => Err(AppError::bad_request(
+/// An optional JSON object body: empty means all defaults.
+fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    object_json(body)
+}
+
+/// A JSON object body (serde would read a struct from an array too: `invalid_json`).
+fn object_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
+    let invalid = |e: serde_json::Error| {
+        AppError::bad_request("invalid_json", format!("invalid request body: {e}"))
+    };
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(invalid)? {
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(invalid),
+        _ => Err(AppError::bad_request(
             "invalid_json",
             "the request body must be a JSON object",
         )),
     }
-}
-
-/// An optional JSON body: empty means all defaults.
-fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppError> {
-    object_body(body)?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| AppError::bad_request("invalid_json", format!("invalid request body: {e}")))
 }
 
 fn ttl(raw: Option<&str>, default: Duration) -> Result<Duration, AppError> {
@@ -190,12 +190,14 @@ fn seq_number(n: &serde_json::Number) -> Result<i64, AppError> {
             .filter(|f| f.fract() == 0.0 && (0.0..=MAX_SAFE_SEQ).contains(f))
             .map(|f| f as i64)
     });
-    whole.filter(|v| (0..=MAX_SAFE_SEQ as i64).contains(v)).ok_or_else(|| {
-        AppError::bad_request(
-            "invalid_request",
-            "if_unchanged_since must be a whole number from 0 to 2^53 - 1",
-        )
-    })
+    whole
+        .filter(|v| (0..=MAX_SAFE_SEQ as i64).contains(v))
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "invalid_request",
+                "if_unchanged_since must be a whole number from 0 to 2^53 - 1",
+            )
+        })
 }
 
 /// `POST /api/v1/commits/{id}/finish`: 200 `{"commit", "seq_first", "seq_last", "files"}`.
@@ -208,7 +210,11 @@ pub async fn finish(
     check_id(&id)?;
     let body: FinishBody = optional_json(&body)?;
     let mut options = FinishOptions {
-        if_unchanged_since: body.if_unchanged_since.as_ref().map(seq_number).transpose()?,
+        if_unchanged_since: body
+            .if_unchanged_since
+            .as_ref()
+            .map(seq_number)
+            .transpose()?,
         ..FinishOptions::default()
     };
     if let Some(expect) = body.expect {
@@ -257,10 +263,7 @@ pub async fn acquire(
     ctx: RequestCtx,
     ApiBytes(body): ApiBytes,
 ) -> Result<Response, AppError> {
-    object_body(&body)?;
-    let body: LeaseBody = serde_json::from_slice(&body).map_err(|e| {
-        AppError::bad_request("invalid_json", format!("invalid lease request: {e}"))
-    })?;
+    let body: LeaseBody = object_json(&body)?;
     let path = parse_lease_path(&body.path)?;
     let ttl = ttl(body.ttl.as_deref(), DEFAULT_LEASE_TTL)?;
     let lease = state.files.acquire_lease(&ctx, &path, ttl).await?;

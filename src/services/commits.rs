@@ -131,6 +131,7 @@ impl FileService {
                         size: blob.size,
                         sha256: blob.sha256,
                         content_type: file.content_type,
+                        s3: file.s3,
                     }),
                     Err(e) => {
                         drop(fences);

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives real S3 clients against a running VaultFS S3 listener (called by tests/s3.rs).
 
-Usage: clients.py CHECK   with CHECK one of: aws, boto3, rclone, s3cmd, minio, denied.
+Usage: clients.py CHECK   with CHECK one of: aws, boto3, rclone, s3cmd, minio, denied,
+revoked, tls, commit.
 
 Environment:
   S3_ENDPOINT            http://127.0.0.1:PORT or https://localhost:PORT
@@ -11,6 +12,7 @@ Environment:
   S3_BIN                 the virtualenv's bin directory
   S3_WORK                a scratch directory
   S3_TAG                 a suffix making bucket names unique per run
+  S3_NATIVE / S3_TOKEN   (commit) the native API's base URL and a bearer token for it
 
 Every check raises (non-zero exit) on the first failure and prints what it verified.
 """
@@ -558,6 +560,95 @@ def check_revoked():
     log("revoked: the key pair of a revoked token is refused")
 
 
+def native(method, path, body=None):
+    """A native API call (commit): (status, JSON answer)."""
+    req = urllib.request.Request(os.environ["S3_NATIVE"] + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("content-type", "application/json")
+    if os.environ.get("S3_TOKEN"):
+        req.add_header("authorization", "Bearer " + os.environ["S3_TOKEN"])
+    try:
+        with urlopen(req) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None
+
+
+def check_commit():
+    """x-vaultfs-commit (issue 21): PutObject and CompleteMultipartUpload stage into an open
+    commit, nothing is visible until the native finish, then every object is there with the
+    ETag, user metadata and Content-Type the S3 calls were answered with."""
+    from botocore.exceptions import ClientError
+    s3 = boto_client()
+    b = f"commit-{TAG}"
+    s3.create_bucket(Bucket=b)
+    status, c = native("POST", "/api/v1/commits", {"ttl": "10m"})
+    assert status == 201, (status, c)
+    commit = c["id"]
+    target = {"id": commit}
+
+    def add_header(request, **_):
+        request.headers["x-vaultfs-commit"] = target["id"]
+    for op in ("PutObject", "CompleteMultipartUpload"):
+        s3.meta.events.register(f"before-sign.s3.{op}", add_header)
+
+    one, two = data(70_000, 21), data(1_000, 22)
+    r1 = s3.put_object(Bucket=b, Key="rel/one.bin", Body=one, Metadata={"build": "42"},
+                       ContentType="application/x-one")
+    r2 = s3.put_object(Bucket=b, Key="rel/two.txt", Body=two, ChecksumAlgorithm="SHA256")
+    assert r1["ETag"].strip('"') == hashlib.md5(one).hexdigest(), r1
+    up = s3.create_multipart_upload(Bucket=b, Key="rel/mpu.bin")["UploadId"]
+    p1, p2 = data(5 * 1024 * 1024, 23), data(321, 24)
+    e1 = s3.upload_part(Bucket=b, Key="rel/mpu.bin", UploadId=up, PartNumber=1, Body=p1)["ETag"]
+    e2 = s3.upload_part(Bucket=b, Key="rel/mpu.bin", UploadId=up, PartNumber=2, Body=p2)["ETag"]
+    r3 = s3.complete_multipart_upload(Bucket=b, Key="rel/mpu.bin", UploadId=up, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    assert s3.list_objects_v2(Bucket=b, Prefix="rel/")["KeyCount"] == 0
+    for k in ("rel/one.bin", "rel/two.txt", "rel/mpu.bin"):
+        try:
+            s3.head_object(Bucket=b, Key=k)
+            raise SystemExit(f"{k} was visible before the commit's finish")
+        except ClientError as e:
+            assert e.response["Error"]["Code"] in ("404", "NoSuchKey"), e.response
+    status, staged = native("GET", f"/api/v1/commits/{commit}")
+    assert status == 200, (status, staged)
+    log("commit: PutObject x2 and CompleteMultipartUpload staged with x-vaultfs-commit; "
+        "nothing listed or readable before the finish")
+
+    status, done = native("POST", f"/api/v1/commits/{commit}/finish", {})
+    assert status == 200, (status, done)
+    assert sorted(f["path"] for f in done["files"]) == [f"{b}/rel/mpu.bin", f"{b}/rel/one.bin",
+                                                          f"{b}/rel/two.txt"], done
+    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix="rel/")["Contents"])
+    assert listed == ["rel/mpu.bin", "rel/one.bin", "rel/two.txt"], listed
+    g = s3.get_object(Bucket=b, Key="rel/one.bin")
+    assert g["Body"].read() == one
+    assert g["ETag"] == r1["ETag"] and g["Metadata"] == {"build": "42"}, g
+    assert g["ContentType"] == "application/x-one", g
+    h = s3.head_object(Bucket=b, Key="rel/two.txt", ChecksumMode="ENABLED")
+    assert h["ETag"] == r2["ETag"] and h["ChecksumSHA256"] == r2["ChecksumSHA256"], (h, r2)
+    g = s3.get_object(Bucket=b, Key="rel/mpu.bin")
+    assert g["Body"].read() == p1 + p2 and g["ETag"] == r3["ETag"], g
+    assert g["ETag"].strip('"').endswith("-2"), g
+    log("commit: after the native finish all three are listed, with their bytes, ETags "
+        "(MD5, md5-of-md5s-2), user metadata, Content-Type and stored SHA256")
+
+    # A finished commit takes no more; an unknown one is NoSuchCommit; nothing lands.
+    for cid, code, http in ((commit, "CommitClosed", 409),
+                            ("0123456789abcdef0123456789abcdef", "NoSuchCommit", 404)):
+        target["id"] = cid
+        try:
+            s3.put_object(Bucket=b, Key="rel/late.bin", Body=b"late")
+            raise SystemExit(f"a put into {code} was accepted")
+        except ClientError as e:
+            assert e.response["Error"]["Code"] == code, e.response
+            assert e.response["ResponseMetadata"]["HTTPStatusCode"] == http, e.response
+    assert "rel/late.bin" not in [o["Key"] for o in s3.list_objects_v2(Bucket=b)["Contents"]]
+    log("commit: a finished commit is CommitClosed (409), an unknown one NoSuchCommit (404)")
+
+
 def make_cert(cert, key):
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key + ".new",
          "-out", cert + ".new", "-days", "2", "-subj", "/CN=localhost",
@@ -600,6 +691,6 @@ def check_tls():
 if __name__ == "__main__":
     checks = {"aws": check_aws, "boto3": check_boto3, "rclone": check_rclone,
               "s3cmd": check_s3cmd, "minio": check_minio, "denied": check_denied,
-              "revoked": check_revoked, "tls": check_tls}
+              "revoked": check_revoked, "tls": check_tls, "commit": check_commit}
     checks[sys.argv[1]]()
     print(f"PASS {sys.argv[1]}")

@@ -1,8 +1,8 @@
 //! Service errors as S3 errors, mapped once: the XML codes clients switch on. Details go to
 //! the log, never to the client.
 
-use axum::http::{HeaderMap, HeaderValue};
-use s3s::{s3_error, S3Error};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use s3s::{s3_error, S3Error, S3ErrorCode};
 
 use crate::paths::PathError;
 use crate::services::lock_manager::LockError;
@@ -98,4 +98,40 @@ pub fn from_storage(e: StorageError) -> S3Error {
 
 pub fn from_path(e: PathError) -> S3Error {
     s3_error!(InvalidArgument, "invalid object key: {e}")
+}
+
+/// An S3 error with a VaultFS code (`NoSuchCommit`, ...) and its status.
+fn custom(code: &'static str, status: StatusCode, message: &'static str) -> S3Error {
+    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
+    e.set_status_code(status);
+    e
+}
+
+/// A write staged into a commit (`x-vaultfs-commit`, issue 21) that failed: the commit's
+/// own errors under their own codes, the rest as [`from_service`].
+pub fn from_staging(e: ServiceError) -> S3Error {
+    match e {
+        // Staging looks the commit up last (after the body): not found is the commit.
+        ServiceError::Metadata(MetadataError::NotFound) => custom(
+            "NoSuchCommit",
+            StatusCode::NOT_FOUND,
+            "the commit named by x-vaultfs-commit does not exist or was aborted",
+        ),
+        ServiceError::Metadata(MetadataError::CommitExpired) => custom(
+            "CommitExpired",
+            StatusCode::GONE,
+            "the commit named by x-vaultfs-commit expired",
+        ),
+        ServiceError::Metadata(MetadataError::CommitClosed) => custom(
+            "CommitClosed",
+            StatusCode::CONFLICT,
+            "the commit named by x-vaultfs-commit is already finished",
+        ),
+        ServiceError::Metadata(MetadataError::CommitTooLarge(_)) => custom(
+            "CommitTooLarge",
+            StatusCode::CONFLICT,
+            "the commit named by x-vaultfs-commit holds its maximum number of files",
+        ),
+        other => from_service(other),
+    }
 }

@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::errors::{from_metadata, from_service};
 use super::ops::{
-    declared_checksums, object_path, strip_quotes, timestamp, verify_digests, wanted_checksums,
-    VaultS3,
+    commit_header, declared_checksums, object_path, strip_quotes, timestamp, verify_digests,
+    wanted_checksums, VaultS3,
 };
 use super::write::{write_object, Hashing, Record, WriteOptions};
 use crate::services::files::RequestCtx;
@@ -345,6 +345,8 @@ impl VaultS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let ctx = self.ctx(&req).await?;
+        // Complete may stage the assembled object into an open commit (issue 21).
+        let commit = commit_header(&req.headers)?;
         let input = req.input;
         let up = self
             .upload_of(&input.bucket, &input.key, &input.upload_id, &ctx)
@@ -443,6 +445,7 @@ impl VaultS3 {
                 etag: Some(etag.clone()),
                 body_checksums: false,
             },
+            commit,
         };
         write_object(&self.state, &ctx, &path, body, opts).await?;
         if let Err(e) = self.meta.remove_upload(&up.id).await {

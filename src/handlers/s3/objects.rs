@@ -52,6 +52,7 @@ impl VaultS3 {
         )?;
         self.require_bucket(&input.bucket, &ctx).await?;
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let commit = commit_header(&headers)?;
         if input.key.ends_with('/') && input.content_length.unwrap_or(0) == 0 {
             // A "directory marker": VaultFS has no empty directories. Accepted, not stored.
             return Ok(S3Response::new(PutObjectOutput {
@@ -98,6 +99,7 @@ impl VaultS3 {
                 etag: None,
                 body_checksums: true,
             },
+            commit,
         };
         let written = write_object(&self.state, &ctx, &path, body, opts).await?;
         let etag = written.digests.md5.clone().unwrap_or_default();
@@ -238,6 +240,13 @@ impl VaultS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let ctx = self.ctx(&req).await?;
+        if commit_header(&req.headers)?.is_some() {
+            // A copy is no upload: it has no staged content to hold in a commit.
+            return Err(s3_error!(
+                NotImplemented,
+                "x-vaultfs-commit on CopyObject: stage the object with PutObject"
+            ));
+        }
         let input = req.input;
         refuse_out_of_scope(
             input.acl.as_ref(),
@@ -335,10 +344,12 @@ impl VaultS3 {
                     etag: Some(src.etag.clone()),
                     body_checksums: false,
                 },
+                commit: None,
             };
             write_object(&self.state, &ctx, &dst, stream, opts)
                 .await?
                 .meta
+                .ok_or_else(|| super::errors::internal(&"a copy was staged, not written"))?
         } else if same {
             // Metadata only (rclone sets mtime this way): no new version, no event.
             let rec = ObjectRecord {

@@ -203,6 +203,31 @@ impl VaultS3 {
     }
 }
 
+/// The request header naming an open commit (issue 21) to stage the object into.
+pub(super) const COMMIT_HEADER: &str = "x-vaultfs-commit";
+
+/// The open commit a write stages into (`x-vaultfs-commit`), if the request names one.
+pub(super) fn commit_header(headers: &axum::http::HeaderMap) -> S3Result<Option<String>> {
+    let Some(value) = headers.get(COMMIT_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(Some(id.to_string()))
+        }
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "x-vaultfs-commit must be a commit id"
+        )),
+    }
+}
+
 /// Which flexible checksums a request declares (headers, the SDK algorithm, or a trailer).
 pub(super) fn wanted_checksums(
     headers: &axum::http::HeaderMap,

@@ -3,9 +3,12 @@
 //! body deadline, the size limit, locks, the commit, the event and cleanup are the native
 //! upload's.
 //!
-//! It is one call of `FileService::upload` (the pipeline every front end writes through),
-//! with the S3 digests (MD5 for the ETag, the flexible checksums) computed in flight by a
-//! [`DigestSink`] whose check ([`WriteOptions::verify`]) runs before the commit.
+//! It is one call of `FileService::upload` (the pipeline every front end writes through), or
+//! of `FileService::upload_to_commit` when the request names an open commit (issue 21,
+//! header `x-vaultfs-commit`: staged, invisible until the commit's finish, its S3 record
+//! carried to the finish), with the S3 digests (MD5 for the ETag, the flexible checksums)
+//! computed in flight by a [`DigestSink`] whose check ([`WriteOptions::verify`]) runs before
+//! the commit.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::{s3_error, S3Error, S3Result};
 
-use super::errors::from_service;
+use super::errors::{from_service, from_staging};
 use crate::app::AppState;
 use crate::paths::VPath;
 use crate::services::files::RequestCtx;
@@ -47,6 +50,8 @@ pub struct WriteOptions {
     pub verify: Verify,
     /// The object's S3 record, committed in the version's transaction.
     pub record: Record,
+    /// Stage into this open commit (`x-vaultfs-commit`) instead of committing.
+    pub commit: Option<String>,
 }
 
 /// What the S3 record of a written object will be.
@@ -58,10 +63,11 @@ pub struct Record {
     pub body_checksums: bool,
 }
 
-/// A committed write.
+/// A committed (or staged) write.
 #[derive(Debug)]
 pub struct Written {
-    pub meta: FileMeta,
+    /// The new version; `None` when staged into a commit (nothing visible yet).
+    pub meta: Option<FileMeta>,
     pub digests: Digests,
 }
 
@@ -210,7 +216,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Streams `body` into a new version of `path` and commits it (one commit, one event),
 /// through the one upload pipeline: admission, the size limit, the body deadlines and
-/// minimum rate, staging, verification, locks, the commit, the event and cleanup.
+/// minimum rate, staging, verification, locks, the commit, the event and cleanup. With
+/// [`WriteOptions::commit`], the same pipeline stages it into that open commit instead.
 pub async fn write_object<S, E>(
     state: &AppState,
     ctx: &RequestCtx,
@@ -250,17 +257,32 @@ where
         size_hint: None,
         digest_sink: Some(Box::new(sink)),
     };
-    let result = state.files.upload(ctx, path, body, options).await;
+    let staging = opts.commit.is_some();
+    let result = match opts.commit.as_deref() {
+        None => state
+            .files
+            .upload(ctx, path, body, options)
+            .await
+            .map(|outcome| Some(outcome.meta)),
+        Some(commit) => state
+            .files
+            .upload_to_commit(
+                ctx,
+                (commit, state.config.commit_max_files),
+                path,
+                body,
+                options,
+            )
+            .await
+            .map(|_| None),
+    };
     let digests = lock(&out).take();
     match result {
-        Ok(outcome) => {
+        Ok(meta) => {
             let digests = digests.ok_or_else(|| {
                 S3Error::internal_error(std::io::Error::other("the digests were not computed"))
             })??;
-            Ok(Written {
-                meta: outcome.meta,
-                digests,
-            })
+            Ok(Written { meta, digests })
         }
         Err(e) => {
             if let Some(Err(rejected)) = digests {
@@ -268,6 +290,9 @@ where
             }
             if let Some(failed) = lock(&body_failure).take() {
                 return Err(failed);
+            }
+            if staging {
+                return Err(from_staging(e));
             }
             Err(from_service(e))
         }

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::FileMeta;
+use super::{FileMeta, S3ObjectRow};
 
 tokio::task_local! {
     /// The `X-Vaultfs-Fence` of the request whose future runs now (set by the HTTP edge
@@ -67,7 +67,15 @@ pub struct StagedEntry {
     pub sha256: String,
     #[serde(skip)]
     pub content_type: String,
+    /// The S3 record a file staged through the S3 API carries to its finish (ETag, user
+    /// metadata, checksums); `None` from the native front ends.
+    #[serde(skip)]
+    pub s3: Option<S3ObjectRow>,
 }
+
+/// How long a lease id that lapsed and was taken over is still told apart from an unknown
+/// one (its renewal answers `LeaseExpired`, not `NotFound`).
+pub(crate) const LAPSED_LEASE_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What a finish applies, besides the staged files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -246,6 +254,16 @@ pub(crate) trait CommitRows: Send {
     async fn lease_rows(&mut self) -> Result<Vec<LeaseRow>, super::MetadataError>;
     /// Inserts or replaces the row of `row.path`.
     async fn put_lease_row(&mut self, row: &LeaseRow) -> Result<(), super::MetadataError>;
+    /// Remembers `row`'s lease (lapsed, about to be taken over) as of `now`, and forgets
+    /// those remembered before `forget_before`.
+    async fn remember_lapsed_lease(
+        &mut self,
+        row: &LeaseRow,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<(), super::MetadataError>;
+    /// Whether `lease_id` lapsed and was taken over (and is still remembered).
+    async fn lapsed_lease(&mut self, lease_id: &str) -> Result<bool, super::MetadataError>;
     /// (path, from_path) of the events after `seq`, at most `limit`.
     async fn paths_changed_after(
         &mut self,
@@ -356,7 +374,7 @@ macro_rules! commit_rows {
                 commit_id: &str,
             ) -> Result<Vec<StagedEntry>, MetadataError> {
                 let rows = sqlx::query(
-                    "SELECT path, size, sha256, content_type FROM commit_files
+                    "SELECT path, size, sha256, content_type, s3_etag, s3_attrs FROM commit_files
                      WHERE commit_id = $1 ORDER BY path",
                 )
                 .bind(commit_id)
@@ -365,11 +383,16 @@ macro_rules! commit_rows {
                 .map_err(map_err)?;
                 rows.iter()
                     .map(|r| {
+                        let etag: Option<String> = r.try_get("s3_etag").map_err(map_err)?;
+                        let attrs: Option<String> = r.try_get("s3_attrs").map_err(map_err)?;
                         Ok(StagedEntry {
                             path: r.try_get("path").map_err(map_err)?,
                             size: size_u64(r.try_get("size").map_err(map_err)?)?,
                             sha256: r.try_get("sha256").map_err(map_err)?,
                             content_type: r.try_get("content_type").map_err(map_err)?,
+                            s3: etag.zip(attrs).map(|(etag, attrs)| {
+                                $crate::services::metadata::S3ObjectRow { etag, attrs }
+                            }),
                         })
                     })
                     .collect()
@@ -381,16 +404,20 @@ macro_rules! commit_rows {
                 e: &StagedEntry,
             ) -> Result<(), MetadataError> {
                 let q = sqlx::query(
-                    "INSERT INTO commit_files (commit_id, path, size, sha256, content_type)
-                     VALUES ($1, $2, $3, $4, $5)
+                    "INSERT INTO commit_files
+                        (commit_id, path, size, sha256, content_type, s3_etag, s3_attrs)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (commit_id, path) DO UPDATE SET size = excluded.size,
-                        sha256 = excluded.sha256, content_type = excluded.content_type",
+                        sha256 = excluded.sha256, content_type = excluded.content_type,
+                        s3_etag = excluded.s3_etag, s3_attrs = excluded.s3_attrs",
                 )
                 .bind(commit_id)
                 .bind(&e.path)
                 .bind(size_i64(e.size)?)
                 .bind(&e.sha256)
-                .bind(&e.content_type);
+                .bind(&e.content_type)
+                .bind(e.s3.as_ref().map(|s| s.etag.as_str()))
+                .bind(e.s3.as_ref().map(|s| s.attrs.as_str()));
                 self.run(q).await
             }
 
@@ -427,6 +454,40 @@ macro_rules! commit_rows {
                 .bind(row.lease_id.as_deref())
                 .bind(row.expires_at_ms);
                 self.run(q).await
+            }
+
+            async fn remember_lapsed_lease(
+                &mut self,
+                row: &LeaseRow,
+                now: i64,
+                forget_before: i64,
+            ) -> Result<(), MetadataError> {
+                self.run(
+                    sqlx::query("DELETE FROM lapsed_leases WHERE lapsed_at < $1").bind(forget_before),
+                )
+                .await?;
+                let Some(lease_id) = row.lease_id.as_deref() else {
+                    return Ok(());
+                };
+                let q = sqlx::query(
+                    "INSERT INTO lapsed_leases (lease_id, path, fence, lapsed_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (lease_id) DO NOTHING",
+                )
+                .bind(lease_id)
+                .bind(&row.path)
+                .bind(row.fence)
+                .bind(now);
+                self.run(q).await
+            }
+
+            async fn lapsed_lease(&mut self, lease_id: &str) -> Result<bool, MetadataError> {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT fence FROM lapsed_leases WHERE lease_id = $1")
+                        .bind(lease_id)
+                        .fetch_optional(&mut *self.conn)
+                        .await
+                        .map_err(map_err)?;
+                Ok(found.is_some())
             }
 
             async fn paths_changed_after(

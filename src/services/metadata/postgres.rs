@@ -61,6 +61,10 @@ mod dialect {
             30,
             include_str!("migrations/postgres/0030_commits_leases.sql"),
         ),
+        (
+            31,
+            include_str!("migrations/postgres/0031_commit_s3_lapsed_leases.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

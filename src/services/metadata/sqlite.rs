@@ -50,6 +50,10 @@ mod dialect {
             30,
             include_str!("migrations/sqlite/0030_commits_leases.sql"),
         ),
+        (
+            31,
+            include_str!("migrations/sqlite/0031_commit_s3_lapsed_leases.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::commits::{
     AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED, EXPIRED,
-    FINISHED, OPEN,
+    FINISHED, LAPSED_LEASE_RETENTION_MS, OPEN,
 };
 use super::{release, MetadataError, PutRequest, Tx, Writer};
 use crate::services::metadata::Precondition;
@@ -195,10 +195,18 @@ impl Writer<'_> {
                         expires_at_ms: held.expires_at_ms,
                     });
                 }
-                let fence = rows
-                    .iter()
-                    .find(|r| r.path == *path)
-                    .map_or(1, |r| r.fence + 1);
+                let previous = rows.iter().find(|r| r.path == *path);
+                if let Some(lapsed) = previous.filter(|r| r.lease_id.is_some()) {
+                    // Its holder's renewal answers `LeaseExpired` from now on, not
+                    // `NotFound` (the row names the new holder).
+                    tx.remember_lapsed_lease(
+                        lapsed,
+                        self.now,
+                        self.now.saturating_sub(LAPSED_LEASE_RETENTION_MS),
+                    )
+                    .await?;
+                }
+                let fence = previous.map_or(1, |r| r.fence + 1);
                 let row = LeaseRow {
                     path: path.clone(),
                     fence,
@@ -209,13 +217,20 @@ impl Writer<'_> {
                 AtomicDone::Lease(row.lease().ok_or(MetadataError::LeaseExpired)?)
             }
             AtomicOp::RenewLease { lease_id, ttl_ms } => {
-                // Unknown (released, or taken over since): NotFound; lapsed: LeaseExpired.
-                let row = self
+                // Lapsed (taken over since, or not): LeaseExpired; unknown or released:
+                // NotFound.
+                let Some(row) = self
                     .guard
                     .rows
                     .iter()
                     .find(|r| r.lease_id.as_deref() == Some(lease_id.as_str()))
-                    .ok_or(MetadataError::NotFound)?;
+                else {
+                    return Err(if tx.lapsed_lease(lease_id).await? {
+                        MetadataError::LeaseExpired
+                    } else {
+                        MetadataError::NotFound
+                    });
+                };
                 if !row.live(self.now) {
                     return Err(MetadataError::LeaseExpired);
                 }
@@ -379,8 +394,9 @@ impl Writer<'_> {
                 },
                 content_type: entry.content_type.clone(),
                 precondition: Precondition::None,
-                // A commit stages native uploads only: no S3 record to carry.
-                s3: None,
+                // Staged through the S3 API: its record (ETag, user metadata), written in
+                // this transaction with the file as a direct PutObject would.
+                s3: entry.s3.clone(),
             };
             let outcome = self.put(tx, &put).await?;
             released.extend(outcome.released);
