@@ -35,6 +35,8 @@ const RETRIES: u32 = 5;
 mod dialect {
     pub(super) use super::super::sql::common::*;
 
+    /// A case-insensitive LIKE for the level listing's name filter (ILIKE under the paths' \"C\" collation folds ASCII letters only, as SQLite's LIKE does).
+    pub(super) const LIKE_ASCII_NOCASE: &str = "ILIKE";
     pub(super) const NAME: &str = "postgres";
     /// Versioned schema migrations, applied in order at start. Never edit a released one:
     /// add one.
@@ -60,6 +62,10 @@ mod dialect {
         (
             30,
             include_str!("migrations/postgres/0030_commits_leases.sql"),
+        ),
+        (
+            40,
+            include_str!("migrations/postgres/0040_level_listing.sql"),
         ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
