@@ -375,6 +375,19 @@ async fn level_listing_pages_every_sort(s: &dyn MetadataStore) {
     assert_eq!(names(files), names(below));
     let (_, files) = level_pages(s, "L/*", ListSort::Name, false, Some("SUB3"), 1).await;
     assert_eq!(names(files), ["L/sub3/a", "L/sub3/b"]);
+    // A prefix that ends inside a name: the entries of its folder whose names start so.
+    let (folders, files) = level_pages(s, "L/su", ListSort::Size, false, None, 2).await;
+    assert_eq!((folders, files.len()), (sub.map(String::from).to_vec(), 0));
+    let mut f00: Vec<FileMeta> = direct
+        .iter()
+        .filter(|f| f.path.starts_with("L/f00"))
+        .cloned()
+        .collect();
+    f00.sort_by(|a, b| (a.size, &a.path).cmp(&(b.size, &b.path)));
+    let (folders, files) = level_pages(s, "L/f00", ListSort::Size, false, None, 9).await;
+    assert_eq!((folders.len(), names(files)), (0, names(f00)));
+    let (folders, _) = level_pages(s, "L/s", ListSort::Name, true, Some("UB2"), 1).await;
+    assert_eq!(folders, ["L/sub2/"]);
     // The root level and a folder's own level.
     let (folders, files) = level_pages(s, "", ListSort::Size, true, None, 2).await;
     assert_eq!(

@@ -680,6 +680,10 @@ impl FileService {
                 },
             )?),
         };
+        if !delimiter && matches!(after, Some(listing::LevelPosition::Folder(_))) {
+            // A recursive listing has no folders to be after.
+            return Err(ServiceError::InvalidCursor);
+        }
         let query = LevelQuery {
             prefix,
             recursive: !delimiter,

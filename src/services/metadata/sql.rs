@@ -560,15 +560,13 @@ macro_rules! sql_layer {
 
             async fn folder_files(
                 &self,
-                folder: &str,
-                recursive: bool,
-                sort: rules::listing::ListSort,
-                desc: bool,
+                q: &$crate::services::metadata::LevelQuery<'_>,
                 after: Option<(i64, &str)>,
                 pattern: Option<&str>,
                 limit: usize,
             ) -> Result<Vec<FileMeta>, MetadataError> {
                 use rules::listing::ListSort;
+                let (folder, recursive, sort, desc) = (q.prefix, q.recursive, q.sort, q.desc);
                 let column = match sort {
                     ListSort::Name => None,
                     ListSort::Size => Some("size"),
@@ -581,14 +579,25 @@ macro_rules! sql_layer {
                     n += 1;
                     format!("${n}")
                 };
-                let upper = if recursive {
+                // A prefix that ends inside a name ("logs/2024-") lists the names of its
+                // folder that start with the rest.
+                let folder_dir = &folder[..folder.rfind('/').map_or(0, |i| i + 1)];
+                let partial = !recursive && folder_dir.len() < folder.len();
+                let upper = if recursive || partial {
                     rules::prefix_upper_bound(folder)
                 } else {
                     None
                 };
-                let scope = match (recursive, &upper) {
-                    (false, _) => format!("{} = $1", dialect::FOLDER_OF_PATH),
+                let level = if partial {
+                    let d = arg();
+                    format!("{} = {d} AND path >= $1", dialect::FOLDER_OF_PATH)
+                } else {
+                    format!("{} = $1", dialect::FOLDER_OF_PATH)
+                };
+                let scope = match (recursive || partial, &upper) {
+                    (false, _) => level,
                     (true, None) => "path >= $1".to_string(),
+                    (true, Some(_)) if partial => format!("{level} AND path < {}", arg()),
                     (true, Some(_)) => format!("path >= $1 AND path < {}", arg()),
                 };
                 let after_sql = match (after, column) {
@@ -614,6 +623,9 @@ macro_rules! sql_layer {
                     arg()
                 );
                 let mut query = sqlx::query(&sql).bind(folder);
+                if partial {
+                    query = query.bind(folder_dir);
+                }
                 if let Some(u) = &upper {
                     query = query.bind(u.as_str());
                 }

@@ -60,8 +60,8 @@ pub enum LevelPosition {
 /// One page of a level listing.
 #[derive(Debug, Clone)]
 pub struct LevelQuery<'a> {
-    /// The folder listed: '' (the root) or a prefix ending in '/' (any prefix when
-    /// `recursive`).
+    /// The folder listed: '' (the root) or a prefix ending in '/'. A prefix ending inside a
+    /// name ("logs/2024-") lists its folder's entries whose names start with the rest.
     pub prefix: &'a str,
     /// Every file below `prefix`, no folders (the filter matches anywhere below `prefix`).
     pub recursive: bool,
@@ -100,16 +100,13 @@ pub(crate) trait LevelSource: Send + Sync {
         desc: bool,
     ) -> Result<Option<String>, MetadataError>;
 
-    /// Files whose folder value is `folder` (`recursive`: whose path starts with it), in
-    /// `sort` order (then path; both descending when
-    /// `desc`), strictly after `after` (key, path), whose path matches the LIKE `pattern`
+    /// Files directly in the folder of `q.prefix` whose path starts with it (`q.recursive`:
+    /// every file whose path starts with it), in `q.sort` order (then path; both descending when
+    /// `q.desc`), strictly after `after` (key, path), whose path matches the LIKE `pattern`
     /// (escape character '\'; ASCII case-insensitive), at most `limit`.
     async fn folder_files(
         &self,
-        folder: &str,
-        recursive: bool,
-        sort: ListSort,
-        desc: bool,
+        q: &LevelQuery<'_>,
         after: Option<(i64, &str)>,
         pattern: Option<&str>,
         limit: usize,
@@ -201,7 +198,10 @@ pub(crate) async fn list_level<S: LevelSource + ?Sized>(
         };
         let Some(end) = rest.find('/') else { break };
         let folder = format!("{}{}", q.prefix, &rest[..=end]);
-        if filter.is_none_or(|f| name_matches(&rest[..end], f)) {
+        // Its name starts in the folder of the prefix (which may end inside a name).
+        let dir = q.prefix.rfind('/').map_or(0, |i| i + 1);
+        let name = &folder[dir..folder.len() - 1];
+        if filter.is_none_or(|f| name_matches(name, f)) {
             page.prefixes.push(folder.clone());
         }
         folder_after = Some(Some(folder));
@@ -215,15 +215,7 @@ pub(crate) async fn list_level<S: LevelSource + ?Sized>(
         };
         let pattern = filter.map(|f| format!("{}%{}%", like_escape(q.prefix), like_escape(f)));
         page.entries = src
-            .folder_files(
-                q.prefix,
-                q.recursive,
-                q.sort,
-                q.desc,
-                after,
-                pattern.as_deref(),
-                want - shown,
-            )
+            .folder_files(q, after, pattern.as_deref(), want - shown)
             .await?;
     }
 
