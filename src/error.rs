@@ -243,6 +243,10 @@ impl From<ServiceError> for AppError {
             ServiceError::InvalidCursor => {
                 AppError::bad_request("invalid_cursor", "the cursor is not valid for this listing")
             }
+            ServiceError::CursorOtherSort => AppError::bad_request(
+                "cursor_sort_mismatch",
+                "the cursor belongs to a listing with another sort or order; restart from page 1",
+            ),
             ServiceError::Forbidden => AppError::forbidden("the token may not access this path"),
             ServiceError::Contended => {
                 AppError::unavailable("contended", "the file kept changing; retry")

@@ -14,8 +14,9 @@ use std::time::Duration;
 use vaultfs::services::metadata::postgres::PostgresMetadata;
 use vaultfs::services::metadata::sqlite::SqliteMetadata;
 use vaultfs::services::metadata::{
-    now_ms, EtagMatch, EventKind, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome,
-    PutRequest, RetentionPolicy, RetentionRule, TokenRecord, VersionsKeep,
+    now_ms, EtagMatch, EventKind, FileMeta, LevelQuery, ListSort, MetadataError, MetadataStore,
+    Precondition, PutOutcome, PutRequest, RetentionPolicy, RetentionRule, TokenRecord,
+    VersionsKeep,
 };
 use vaultfs::services::storage::BlobRef;
 
@@ -249,6 +250,208 @@ async fn scan_in_path_order(s: &dyn MetadataStore) {
         ["s/3", "t/1"]
     );
     assert_eq!(names(s.scan("s/2", true, 1).await.unwrap()), ["s/2"]);
+}
+
+/// Every page of a level listing of `prefix` (recursive when it ends in `*`), `limit` items
+/// at a time: (folders, files).
+async fn level_pages(
+    s: &dyn MetadataStore,
+    prefix: &str,
+    sort: ListSort,
+    desc: bool,
+    filter: Option<&str>,
+    limit: usize,
+) -> (Vec<String>, Vec<FileMeta>) {
+    let (mut folders, mut files, mut after) = (Vec::new(), Vec::new(), None);
+    for _ in 0..10_000 {
+        let q = LevelQuery {
+            prefix: prefix.trim_end_matches('*'),
+            recursive: prefix.ends_with('*'),
+            sort,
+            desc,
+            filter,
+            after: after.take(),
+            limit,
+        };
+        let page = s.list_level(&q).await.unwrap();
+        assert!(page.prefixes.len() + page.entries.len() <= limit);
+        folders.extend(page.prefixes);
+        files.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return (folders, files),
+        }
+    }
+    panic!("the listing never ended");
+}
+
+/// A level listing (issue 22): folders first, then every file directly in the folder
+/// exactly once, in each sort and order, across pages that end among the folders and among
+/// the files; ties are broken by path.
+async fn level_listing_pages_every_sort(s: &dyn MetadataStore) {
+    let mut reqs = Vec::new();
+    for i in 0..1000u64 {
+        reqs.push(PutRequest {
+            path: format!("L/f{i:04}"),
+            blob: BlobRef {
+                sha256: format!("{i:064x}"),
+                // Sizes with duplicates, so the path tiebreak matters.
+                size: (i * 7919) % 301,
+            },
+            content_type: "application/octet-stream".to_string(),
+            precondition: Precondition::None,
+            s3: None,
+        });
+    }
+    for chunk in reqs.chunks(100) {
+        s.put_many(chunk.to_vec()).await.unwrap();
+    }
+    // Versions 1 to 3, and modified times spread over many writes.
+    let again: Vec<PutRequest> = reqs.iter().step_by(7).cloned().collect();
+    s.put_many(again.clone()).await.unwrap();
+    s.put_many(again.into_iter().step_by(3).collect())
+        .await
+        .unwrap();
+    for p in [
+        "L/sub1/x",
+        "L/sub2/y/z",
+        "L/sub3/a",
+        "L/sub3/b",
+        "L0",
+        "K/f",
+        "Lz/f",
+        "L",
+    ] {
+        s.put(put(p, 9, Precondition::None)).await.unwrap();
+    }
+    let direct: Vec<FileMeta> = s
+        .scan("L/", true, 5000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.path.starts_with("L/") && !f.path[2..].contains('/'))
+        .collect();
+    assert_eq!(direct.len(), 1000);
+    let sub = ["L/sub1/", "L/sub2/", "L/sub3/"];
+    for sort in [
+        ListSort::Name,
+        ListSort::Size,
+        ListSort::Modified,
+        ListSort::Version,
+    ] {
+        for desc in [false, true] {
+            let mut want = direct.clone();
+            want.sort_by(|a, b| {
+                let o = (sort.key(a), &a.path).cmp(&(sort.key(b), &b.path));
+                if desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+            let want: Vec<String> = want.into_iter().map(|f| f.path).collect();
+            let mut folders: Vec<String> = sub.iter().map(|f| f.to_string()).collect();
+            if desc && sort == ListSort::Name {
+                folders.reverse();
+            }
+            for limit in [7, 1000] {
+                let (got_folders, got) = level_pages(s, "L/", sort, desc, None, limit).await;
+                assert_eq!(got_folders, folders, "{sort:?} desc={desc} limit={limit}");
+                assert_eq!(names(got), want, "{sort:?} desc={desc} limit={limit}");
+            }
+        }
+    }
+    // Recursive: every file below the prefix, no folders, across pages.
+    let mut below: Vec<FileMeta> = s
+        .scan("L/", true, 5000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.path.starts_with("L/"))
+        .collect();
+    below.sort_by(|a, b| (b.size, &b.path).cmp(&(a.size, &a.path)));
+    let (folders, files) = level_pages(s, "L/*", ListSort::Size, true, None, 7).await;
+    assert_eq!(folders.len(), 0);
+    assert_eq!(names(files), names(below));
+    let (_, files) = level_pages(s, "L/*", ListSort::Name, false, Some("SUB3"), 1).await;
+    assert_eq!(names(files), ["L/sub3/a", "L/sub3/b"]);
+    // A prefix that ends inside a name: the entries of its folder whose names start so.
+    let (folders, files) = level_pages(s, "L/su", ListSort::Size, false, None, 2).await;
+    assert_eq!((folders, files.len()), (sub.map(String::from).to_vec(), 0));
+    let mut f00: Vec<FileMeta> = direct
+        .iter()
+        .filter(|f| f.path.starts_with("L/f00"))
+        .cloned()
+        .collect();
+    f00.sort_by(|a, b| (a.size, &a.path).cmp(&(b.size, &b.path)));
+    let (folders, files) = level_pages(s, "L/f00", ListSort::Size, false, None, 9).await;
+    assert_eq!((folders.len(), names(files)), (0, names(f00)));
+    let (folders, _) = level_pages(s, "L/s", ListSort::Name, true, Some("UB2"), 1).await;
+    assert_eq!(folders, ["L/sub2/"]);
+    // The root level and a folder's own level.
+    let (folders, files) = level_pages(s, "", ListSort::Size, true, None, 2).await;
+    assert_eq!(
+        (folders, names(files)),
+        (
+            vec!["K/".into(), "L/".into(), "Lz/".into()],
+            vec!["L0".into(), "L".into()]
+        )
+    );
+    let (folders, files) = level_pages(s, "L/sub3/", ListSort::Name, true, None, 1).await;
+    assert_eq!(
+        (folders.len(), names(files)),
+        (0, vec!["L/sub3/b".into(), "L/sub3/a".into()])
+    );
+}
+
+/// The level listing's filter: names containing the text, ASCII case-insensitively, LIKE's
+/// wildcards and escape character taken literally, folders included, across pages.
+async fn level_listing_filters_names(s: &dyn MetadataStore) {
+    for p in [
+        "F/report-2024.txt",
+        "F/REPORT-2025.log",
+        "F/notes.txt",
+        "F/a%b",
+        "F/a_b",
+        "F/axb",
+        "F/a\\b",
+        "F/Reports/q1.txt",
+        "F/other/report.txt",
+        "F/x/report",
+        "Freport",
+    ] {
+        s.put(put(p, 9, Precondition::None)).await.unwrap();
+    }
+    let filtered = |text: &'static str, sort: ListSort, desc: bool| async move {
+        let (folders, files) = level_pages(s, "F/", sort, desc, Some(text), 1).await;
+        (folders, names(files))
+    };
+    assert_eq!(
+        filtered("rEpOrT", ListSort::Name, false).await,
+        (
+            vec!["F/Reports/".to_string()],
+            vec![
+                "F/REPORT-2025.log".to_string(),
+                "F/report-2024.txt".to_string()
+            ]
+        )
+    );
+    assert_eq!(
+        filtered("report", ListSort::Name, true).await.1,
+        ["F/report-2024.txt", "F/REPORT-2025.log"]
+    );
+    assert_eq!(filtered("%", ListSort::Name, false).await.1, ["F/a%b"]);
+    assert_eq!(filtered("_", ListSort::Size, false).await.1, ["F/a_b"]);
+    assert_eq!(filtered("\\", ListSort::Name, false).await.1, ["F/a\\b"]);
+    assert_eq!(filtered("a_", ListSort::Modified, true).await.1, ["F/a_b"]);
+    assert_eq!(
+        filtered("F/", ListSort::Name, false).await,
+        (vec![], vec![])
+    );
+    assert_eq!(
+        filtered("zzz", ListSort::Version, false).await,
+        (vec![], vec![])
+    );
 }
 
 /// The event log: gapless from 1, in commit order, one event per change.
@@ -976,6 +1179,8 @@ conformance! {
         copy_shares_the_blob,
         rename_overwrites_only_when_asked,
         scan_in_path_order,
+        level_listing_pages_every_sort,
+        level_listing_filters_names,
         event_log_is_gapless_and_ordered,
         events_matching_filters_a_window_by_prefix,
         prune_keeps_the_newest,

@@ -398,6 +398,116 @@ fn playwright_dir() -> Option<PathBuf> {
         .then_some(p)
 }
 
+/// `GET /api/v1/list` with `sort`, `order` and `filter` (what the page's column headers and
+/// filter box send): server-side order across pages, the cursor tied to its sort, and the
+/// plain listing unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_sorts_and_filters_one_level_over_http() {
+    let (_dir, s) = TestServer::start().await;
+    for (name, len) in [
+        ("b.txt", 30),
+        ("a.log", 10),
+        ("c.txt", 20),
+        ("A_1", 5),
+        ("d/x", 1),
+    ] {
+        s.put(&format!("q/{name}"), &vec![b'x'; len]).await;
+    }
+    let paths = |v: &Value| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Pages of two, biggest first, the folder before the files.
+    let mut seen = Vec::new();
+    let mut folders = Vec::new();
+    let mut url = "/api/v1/list?prefix=q/&delimiter=/&sort=size&order=desc&limit=2".to_string();
+    let mut last_cursor = String::new();
+    loop {
+        let (status, page) = s.get_json(&url).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(paths(&page));
+        folders.extend(page["prefixes"].as_array().unwrap().iter().cloned());
+        let Some(c) = page["next_cursor"].as_str() else {
+            break;
+        };
+        last_cursor = c.to_string();
+        url = format!("/api/v1/list?prefix=q/&delimiter=/&sort=size&order=desc&limit=2&cursor={c}");
+    }
+    assert_eq!(folders, [json!("q/d/")]);
+    assert_eq!(seen, ["q/b.txt", "q/c.txt", "q/a.log", "q/A_1"]);
+    // A cursor answers only the sort it came from, and the plain listing's only the plain.
+    for other in [
+        "sort=size",
+        "sort=name&order=desc",
+        "sort=modified&order=desc",
+        "",
+    ] {
+        let (status, body) = s
+            .get_json(&format!(
+                "/api/v1/list?prefix=q/&delimiter=/&{other}&cursor={last_cursor}"
+            ))
+            .await;
+        assert_eq!(status, 400, "{other}: {body}");
+        assert_eq!(body["error"]["code"], "cursor_sort_mismatch", "{other}");
+    }
+    let (_, plain) = s
+        .get_json("/api/v1/list?prefix=q/&delimiter=/&limit=1")
+        .await;
+    let plain_cursor = plain["next_cursor"].as_str().unwrap();
+    let (status, body) = s
+        .get_json(&format!(
+            "/api/v1/list?prefix=q/&delimiter=/&sort=version&cursor={plain_cursor}"
+        ))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("cursor_sort_mismatch"))
+    );
+    // The default is the plain listing, byte for byte.
+    let (_, default) = s.get_json("/api/v1/list?prefix=q/&delimiter=/").await;
+    let (_, named) = s
+        .get_json("/api/v1/list?prefix=q/&delimiter=/&sort=name&order=asc")
+        .await;
+    assert_eq!(default, named);
+    assert_eq!(paths(&default), ["q/A_1", "q/a.log", "q/b.txt", "q/c.txt"]);
+    // A substring filter, case-insensitive, '_' taken literally.
+    let (_, txt) = s
+        .get_json("/api/v1/list?prefix=q/&delimiter=/&filter=TXT&sort=name&order=desc")
+        .await;
+    assert_eq!(paths(&txt), ["q/c.txt", "q/b.txt"]);
+    let (_, under) = s
+        .get_json("/api/v1/list?prefix=q/&delimiter=/&filter=_")
+        .await;
+    assert_eq!(paths(&under), ["q/A_1"]);
+    assert_eq!(under["prefixes"], json!([]));
+    let (_, folder) = s
+        .get_json("/api/v1/list?prefix=q/&delimiter=/&filter=D")
+        .await;
+    assert_eq!(folder["prefixes"], json!(["q/d/"]));
+    // Without a delimiter: every file below the prefix, the filter anywhere in the path.
+    let (_, all) = s
+        .get_json("/api/v1/list?prefix=q/&sort=size&order=desc")
+        .await;
+    assert_eq!(
+        paths(&all),
+        ["q/b.txt", "q/c.txt", "q/a.log", "q/A_1", "q/d/x"]
+    );
+    let (_, d) = s.get_json("/api/v1/list?prefix=q/&filter=D/").await;
+    assert_eq!(paths(&d), ["q/d/x"]);
+    for bad in ["delimiter=/&sort=colour", "order=up", "sort=Size"] {
+        let (status, body) = s.get_json(&format!("/api/v1/list?prefix=q/&{bad}")).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_query")),
+            "{bad}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_suite_passes_in_headless_chromium() {
     let (Some(browser), Some(pw)) = (chromium(), playwright_dir()) else {

@@ -84,8 +84,15 @@ export const session = {
   signOut: () => call('DELETE', '/api/v1/session'),
 };
 
-export function list(prefix, cursor, limit = 200) {
+// One level, sorted and filtered by the server ({ sort, order, filter }); the cursor
+// continues that order.
+export function list(prefix, cursor, limit = 200, { sort = 'name', order = 'asc', filter = '' } = {}) {
   const q = new URLSearchParams({ prefix, delimiter: '/', limit: String(limit) });
+  if (sort !== 'name' || order !== 'asc') {
+    q.set('sort', sort);
+    q.set('order', order);
+  }
+  if (filter) q.set('filter', filter);
   if (cursor) q.set('cursor', cursor);
   return getJSON(`/api/v1/list?${q}`);
 }

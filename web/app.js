@@ -180,7 +180,9 @@ async function loadPage() {
   const cursor = state.cursors[state.cursors.length - 1];
   let page;
   try {
-    page = await list(state.prefix + state.filter, cursor, PAGE);
+    page = await list(state.prefix, cursor, PAGE, {
+      sort: state.sort.col, order: state.sort.dir > 0 ? 'asc' : 'desc', filter: state.filter,
+    });
   } catch (e) {
     if (e.status !== 401) toast(`Listing failed: ${e.message}`, 'error');
     return;
@@ -192,25 +194,31 @@ async function loadPage() {
   drawRows();
 }
 
+// The server sorts (and pages in that order); rows that arrive live are put in place with
+// the same comparison: the column, then the path, in code unit order.
+const cmp = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+
 function sorted() {
   const { col, dir } = state.sort;
   const key = {
-    name: (f) => nameOf(f.path).toLowerCase(),
+    name: () => 0,
     size: (f) => f.size,
-    modified: (f) => f.modified_at,
+    modified: (f) => Date.parse(f.modified_at),
     version: (f) => f.version,
   }[col];
-  return [...state.entries.values()].sort((a, b) => {
-    const x = key(a);
-    const y = key(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * dir;
-  });
+  return [...state.entries.values()].sort((a, b) => (cmp(key(a), key(b)) || cmp(a.path, b.path)) * dir);
+}
+
+// What the server's filter keeps: names containing the text, ASCII case-insensitively.
+function kept(name) {
+  return !state.filter || name.replace(/[A-Z]/g, (c) => c.toLowerCase())
+    .includes(state.filter.replace(/[A-Z]/g, (c) => c.toLowerCase()));
 }
 
 function drawRows() {
   const tbody = $('rows');
   clear(tbody);
-  const folders = [...state.folders].sort((a, b) => a.localeCompare(b) * (state.sort.col === 'name' ? state.sort.dir : 1));
+  const folders = [...state.folders].sort((a, b) => cmp(a, b) * (state.sort.col === 'name' ? state.sort.dir : 1));
   for (const p of folders) {
     tbody.append(el('tr', { class: 'folder', dataset: { path: p } },
       el('td', { class: 'name', 'data-label': 'Name' },
@@ -254,14 +262,16 @@ function fileRow(f) {
 
 function setSort(col) {
   state.sort = state.sort.col === col ? { col, dir: -state.sort.dir } : { col, dir: 1 };
-  drawRows();
+  // Sorted by the server: back to page 1 of the new order.
+  state.cursors = [null];
+  loadPage();
 }
 
 // ---- live updates ----
 
 function applyEvent(ev) {
   const rest = ev.path.startsWith(state.prefix) ? ev.path.slice(state.prefix.length) : null;
-  const direct = rest !== null && !rest.includes('/') && rest.startsWith(state.filter);
+  const direct = rest !== null && !rest.includes('/') && kept(rest);
   const gone = (path) => {
     if (state.entries.delete(path)) return true;
     return false;
@@ -285,7 +295,7 @@ function applyEvent(ev) {
           modified_at: ev.at, created_at: old.created_at || ev.at, content_type: ev.content_type || old.content_type || '',
         });
         changed = true;
-      } else if (rest !== null && rest.includes('/') && rest.startsWith(state.filter)) {
+      } else if (rest !== null && rest.includes('/') && kept(rest.slice(0, rest.indexOf('/')))) {
         const folder = state.prefix + rest.slice(0, rest.indexOf('/') + 1);
         if (!state.folders.has(folder)) {
           state.folders.add(folder);

@@ -33,6 +33,11 @@ async function sha256Hex(file) {
 // One XHR (fetch has no upload progress); resolves with the XHR once it completed.
 function send(item, method, url, headers, body, onProgress) {
   return new Promise((resolve, reject) => {
+    // Cancelled between two requests (while hashing, creating or asking for the offset).
+    if (item.cancelled) {
+      reject(new Error('cancelled'));
+      return;
+    }
     const xhr = new XMLHttpRequest();
     item.xhr = xhr;
     xhr.open(method, url);

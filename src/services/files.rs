@@ -12,9 +12,10 @@ use base64::Engine;
 
 use super::auth::{Narrowed, Principal};
 use super::lock_manager::{LockManager, LockOwner, LockRequest};
+use super::metadata::rules::listing;
 use super::metadata::{
-    ChangeOutcome, FileMeta, MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest,
-    S3ObjectRow,
+    ChangeOutcome, FileMeta, LevelQuery, ListSort, MetadataError, MetadataStore, Precondition,
+    PutOutcome, PutRequest, S3ObjectRow,
 };
 use super::notification::Notifier;
 use super::storage::{BlobStore, BlobWriter, StagedBlob};
@@ -73,6 +74,15 @@ pub struct StagedFile {
     pub precondition: Precondition,
     /// The S3 record committed with the version (S3 writes only).
     pub s3: Option<S3ObjectRow>,
+}
+
+/// How [`FilesService::list_sorted`] orders and filters.
+#[derive(Debug, Clone, Copy)]
+pub struct ListOrder<'a> {
+    pub sort: ListSort,
+    pub desc: bool,
+    /// Keep names containing this (`None`: all).
+    pub filter: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -626,6 +636,73 @@ impl FileService {
         })
     }
 
+    /// A listing of `prefix` sorted by `order.sort` (descending when `order.desc`), keeping
+    /// names that contain `order.filter` (ASCII case-insensitively), one page at a time
+    /// (issue 22). With `delimiter`, one level: its folders first, then its files. Without,
+    /// every file below `prefix` (unindexed: the subtree is sorted per page), the filter
+    /// matching anywhere in the path below `prefix`. Its cursor names the sort, and one of
+    /// another sort is refused with [`ServiceError::CursorOtherSort`]. A principal limited
+    /// to a prefix sees what [`Self::list`] shows it.
+    pub async fn list_sorted(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        order: ListOrder<'_>,
+        cursor: Option<&str>,
+        limit: usize,
+        ctx: &RequestCtx,
+    ) -> Result<ListPage, ServiceError> {
+        let ListOrder { sort, desc, filter } = order;
+        match ctx.principal.narrow(prefix) {
+            Narrowed::Unchanged => {}
+            Narrowed::Disjoint => return Err(ServiceError::Forbidden),
+            Narrowed::To(_) if delimiter => {
+                // The one folder on the way to the principal's prefix, if the filter keeps it.
+                let mut page = self.list(prefix, true, None, 1, ctx).await?;
+                page.prefixes.retain(|p| {
+                    let name = p[prefix.len()..].trim_end_matches('/').to_ascii_lowercase();
+                    cursor.is_none()
+                        && filter.is_none_or(|f| name.contains(&f.to_ascii_lowercase()))
+                });
+                return Ok(page);
+            }
+            Narrowed::To(scope) => {
+                let below = Box::pin(self.list_sorted(&scope, false, order, cursor, limit, ctx));
+                return below.await;
+            }
+        }
+        let after = match cursor {
+            None => None,
+            Some(c) => Some(listing::decode_cursor(c, prefix, sort, desc).map_err(
+                |e| match e {
+                    listing::CursorError::Invalid => ServiceError::InvalidCursor,
+                    listing::CursorError::OtherSort => ServiceError::CursorOtherSort,
+                },
+            )?),
+        };
+        if !delimiter && matches!(after, Some(listing::LevelPosition::Folder(_))) {
+            // A recursive listing has no folders to be after.
+            return Err(ServiceError::InvalidCursor);
+        }
+        let query = LevelQuery {
+            prefix,
+            recursive: !delimiter,
+            sort,
+            desc,
+            filter,
+            after,
+            limit: limit.clamp(1, MAX_LIST_LIMIT),
+        };
+        let page = self.meta.list_level(&query).await?;
+        Ok(ListPage {
+            entries: page.entries,
+            prefixes: page.prefixes,
+            next_cursor: page
+                .next
+                .map(|pos| listing::encode_cursor(sort, desc, &pos)),
+        })
+    }
+
     /// Removes a blob that no version references any more. Runs in the background after the
     /// change that released it; failures are logged and retried at the next start.
     pub(crate) fn spawn_collect(&self, sha256: String) {
@@ -709,6 +786,9 @@ pub(crate) fn decode_cursor(cursor: &str, prefix: &str) -> Result<(String, bool)
         (true, k)
     } else if let Some(k) = text.strip_prefix("x:") {
         (false, k)
+    } else if text.starts_with("s:") {
+        // A sorted or filtered listing's (see `list_level`).
+        return Err(ServiceError::CursorOtherSort);
     } else {
         return Err(ServiceError::InvalidCursor);
     };

@@ -45,6 +45,9 @@ pub enum ServiceError {
     Lock(#[from] LockError),
     #[error("invalid list cursor")]
     InvalidCursor,
+    /// A listing cursor of another sort or order than the request's.
+    #[error("the list cursor belongs to a listing with another sort")]
+    CursorOtherSort,
     #[error("the file kept changing while the operation retried")]
     Contended,
     /// The request's token may not touch this path.

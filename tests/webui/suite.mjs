@@ -337,6 +337,197 @@ async function run(browser) {
   await page.locator('#dialog dd', { hasText: 'web/renamed.txt' }).waitFor();
   await page.keyboard.press('Escape');
 
+  // The steps below run on a second tab of the same session. Its console may log the
+  // network errors the test provokes on purpose (an aborted upload); anything else fails.
+  const ex = await ctx.newPage();
+  const xw = watch(ex, 'extra');
+
+  step('sort by size, descending, across pages (server-side), then a substring filter');
+  const sizes = new Map();
+  const needles = [];
+  for (let i = 0; i < 250; i += 1) {
+    const name = `many/${String(i).padStart(3, '0')}-${i % 50 === 7 ? 'Needle' : 'hay'}.bin`;
+    if (name.includes('Needle')) needles.push(name);
+    // Distinct sizes in an order unlike the names'.
+    const size = ((i * 97) % 250) + 1;
+    sizes.set(name, size);
+  }
+  const all = [...sizes];
+  for (let i = 0; i < all.length; i += 10) {
+    await Promise.all(all.slice(i, i + 10).map(async ([name, size]) => {
+      const r = await fetch(`${BASE}/api/v1/fs/${enc(name)}`, { method: 'PUT', headers: { Authorization: `Bearer ${ADMIN}` }, body: Buffer.alloc(size, 7) });
+      check(r.ok, `PUT ${name}: ${r.status}`);
+      await r.arrayBuffer();
+    }));
+  }
+  const bySizeDesc = [...sizes].sort((a, b) => b[1] - a[1]).map(([n]) => n);
+  await ex.goto(`${BASE}/?prefix=many/`);
+  await row(ex, 'many/000-hay.bin').waitFor();
+  const firstRow = () => ex.evaluate(() => document.querySelector('#rows tr.file')?.dataset.path);
+  const shownPaths = () => ex.evaluate(() => [...document.querySelectorAll('#rows tr.file')].map((t) => t.dataset.path));
+  const sizeHeader = ex.locator('#listing th button[data-sort="size"]');
+  await sizeHeader.click();
+  await ex.waitForFunction(() => document.querySelector('#listing th[data-col="size"]')?.getAttribute('aria-sort') === 'ascending');
+  await sizeHeader.click();
+  await ex.waitForFunction((p) => document.querySelector('#rows tr.file')?.dataset.path === p, bySizeDesc[0]);
+  check(await ex.locator('#listing th[data-col="size"]').getAttribute('aria-sort') === 'descending', 'aria-sort descending');
+  const page1 = await shownPaths();
+  check(page1.length === 200, `page 1 has 200 rows: ${page1.length}`);
+  check(JSON.stringify(page1) === JSON.stringify(bySizeDesc.slice(0, 200)), 'page 1: the 200 biggest, biggest first');
+  await ex.getByRole('button', { name: 'Next page' }).click();
+  await ex.waitForFunction((p) => document.querySelector('#rows tr.file')?.dataset.path === p, bySizeDesc[200]);
+  const page2 = await shownPaths();
+  check(JSON.stringify(page2) === JSON.stringify(bySizeDesc.slice(200)), `page 2 continues the order (${page2.length} rows)`);
+  check(sizes.get(page2[0]) < sizes.get(page1[199]), 'page 2 starts below page 1');
+  check(await firstRow() === bySizeDesc[200], 'first row of page 2');
+  await ex.getByLabel('Filter').fill('needle');
+  await ex.waitForFunction((n) => document.querySelectorAll('#rows tr.file').length === n, needles.length);
+  const filtered = await shownPaths();
+  const needlesBySize = [...needles].sort((a, b) => sizes.get(b) - sizes.get(a));
+  check(JSON.stringify(filtered) === JSON.stringify(needlesBySize), `substring filter, still by size: ${filtered}`);
+  check(await ex.getByRole('button', { name: 'Previous page' }).isDisabled(), 'the filter starts at page 1');
+  await ex.getByLabel('Filter').fill('');
+  await ex.waitForFunction(() => document.querySelectorAll('#rows tr.file').length === 200);
+
+  step('cancelling a large upload (tus) terminates its session and leaves nothing');
+  await ex.goto(`${BASE}/?prefix=media/`);
+  await ex.locator('#live', { hasText: 'live' }).waitFor({ timeout: 5000 });
+  let tusUrl = null;
+  let patching = false;
+  ex.on('request', (r) => { if (r.method() === 'PATCH' && r.url().includes('/api/v1/tus/')) patching = true; });
+  ex.on('response', (r) => {
+    if (r.request().method() === 'POST' && r.url().endsWith('/api/v1/tus/') && r.status() === 201) tusUrl = new URL(r.headers().location, BASE).href;
+  });
+  // Hold each PATCH for a while, so the upload is still running when Cancel is clicked.
+  await ex.route('**/api/v1/tus/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 1500));
+    await route.continue().catch(() => {});
+  });
+  const [pick] = await Promise.all([ex.waitForEvent('filechooser'), ex.getByRole('button', { name: 'Upload', exact: true }).click()]);
+  await pick.setFiles([{ name: 'cancel-me.bin', mimeType: 'application/octet-stream', buffer: randomBytes(12 * 1024 * 1024) }]);
+  for (let i = 0; i < 100 && !(tusUrl && patching); i += 1) await ex.waitForTimeout(50);
+  check(tusUrl && patching, 'a tus session was created and its first PATCH is on the way');
+  await ex.getByRole('button', { name: 'Cancel media/cancel-me.bin' }).click();
+  await ex.locator('#upload-list li[data-path="media/cancel-me.bin"].cancelled').waitFor({ timeout: 5000 });
+  let gone = false;
+  for (let i = 0; i < 100 && !gone; i += 1) {
+    const h = await fetch(tusUrl, { method: 'HEAD', headers: { Authorization: `Bearer ${ADMIN}`, 'Tus-Resumable': '1.0.0' } });
+    gone = h.status === 404 || h.status === 410;
+    if (!gone) await ex.waitForTimeout(50);
+  }
+  check(gone, 'the tus session is terminated');
+  await ex.unroute('**/api/v1/tus/**');
+  check((await api('GET', '/api/v1/stat?path=media/cancel-me.bin')).status === 404, 'no file after cancel');
+  check(await row(ex, 'media/cancel-me.bin').count() === 0, 'no row after cancel');
+
+  step('a failed upload can be retried');
+  let aborted = 0;
+  await ex.route('**/api/v1/fs/media/retry-me.txt', async (route) => {
+    if (route.request().method() === 'PUT' && aborted === 0) {
+      aborted += 1;
+      await route.abort('connectionreset');
+    } else {
+      await route.continue();
+    }
+  });
+  const retryBody = Buffer.from('second time lucky\n');
+  const [pick2] = await Promise.all([ex.waitForEvent('filechooser'), ex.getByRole('button', { name: 'Upload', exact: true }).click()]);
+  await pick2.setFiles([{ name: 'retry-me.txt', mimeType: 'text/plain', buffer: retryBody }]);
+  await ex.locator('#upload-list li[data-path="media/retry-me.txt"].failed').waitFor({ timeout: 5000 });
+  check(await row(ex, 'media/retry-me.txt').count() === 0, 'no row for the failed upload');
+  await ex.getByRole('button', { name: 'Retry media/retry-me.txt' }).click();
+  await row(ex, 'media/retry-me.txt').waitFor({ timeout: 5000 });
+  await ex.locator('#upload-list li[data-path="media/retry-me.txt"].done').waitFor();
+  check(aborted === 1, 'the first attempt was the one aborted');
+  check((await content('media/retry-me.txt')).equals(retryBody), 'retried upload bytes');
+  await ex.unroute('**/api/v1/fs/media/retry-me.txt');
+
+  step('PDF preview renders in a frame from a blob');
+  const pdfBody = Buffer.from('%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n');
+  const pdfPut = await fetch(`${BASE}/api/v1/fs/media/doc.pdf`, { method: 'PUT', headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'application/pdf' }, body: pdfBody });
+  check(pdfPut.ok, `PUT doc.pdf ${pdfPut.status}`);
+  await row(ex, 'media/doc.pdf').waitFor({ timeout: 2000 });
+  await rowButton(ex, 'media/doc.pdf', 'Preview').click();
+  const frame = ex.locator('#dialog iframe.preview-pdf');
+  await frame.waitFor();
+  check((await frame.getAttribute('src')).startsWith('blob:'), 'the PDF frame loads a blob, not the content URL');
+  check(await frame.getAttribute('title') === 'PDF media/doc.pdf', 'the frame has an accessible name');
+  await ex.getByRole('button', { name: 'Close' }).click();
+
+  step('video preview seeks through Range requests');
+  // A real WebM, recorded in the browser from a canvas (no video tools needed).
+  const webm = Buffer.from(await ex.evaluate(async () => {
+    // Noise at a high bit rate: a few MB of video.
+    const c = document.createElement('canvas');
+    c.width = 320;
+    c.height = 240;
+    const g = c.getContext('2d');
+    const noise = g.createImageData(320, 240);
+    const rec = new MediaRecorder(c.captureStream(25), { mimeType: 'video/webm', videoBitsPerSecond: 2000000 });
+    const parts = [];
+    rec.ondataavailable = (e) => parts.push(e.data);
+    const stopped = new Promise((r) => { rec.onstop = r; });
+    rec.start(100);
+    const t0 = performance.now();
+    while (performance.now() - t0 < 3000) {
+      crypto.getRandomValues(noise.data.subarray(0, 65536));
+      for (let i = 65536; i < noise.data.length; i += 65536) noise.data.copyWithin(i, (i * 7) % 65536, Math.min(i + 65536, noise.data.length));
+      for (let i = 3; i < noise.data.length; i += 4) noise.data[i] = 255;
+      g.putImageData(noise, 0, 0);
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    rec.stop();
+    await stopped;
+    return [...new Uint8Array(await new Blob(parts).arrayBuffer())];
+  }));
+  check(webm.length > 1000, `recorded ${webm.length} bytes of video`);
+  const vidPut = await fetch(`${BASE}/api/v1/fs/media/clip.webm`, { method: 'PUT', headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'video/webm' }, body: webm });
+  check(vidPut.ok, `PUT clip.webm ${vidPut.status}`);
+  await row(ex, 'media/clip.webm').waitFor({ timeout: 2000 });
+  const ranges = [];
+  ex.on('request', (r) => {
+    if (r.url().includes('/api/v1/files/') && r.url().includes('inline=1') && r.headers().range) ranges.push(r.headers().range);
+  });
+  const partials = [];
+  ex.on('response', (r) => {
+    if (r.url().includes('inline=1') && r.status() === 206) partials.push(r.headers()['content-range']);
+  });
+  await rowButton(ex, 'media/clip.webm', 'Preview').click();
+  const video = ex.locator('#dialog video');
+  await video.waitFor();
+  await ex.waitForFunction(() => document.querySelector('#dialog video')?.readyState >= 1, null, { timeout: 10000 });
+  const seeked = await ex.evaluate(() => new Promise((resolve) => {
+    const v = document.querySelector('#dialog video');
+    const t = setTimeout(() => resolve(false), 10000);
+    v.addEventListener('seeked', () => { clearTimeout(t); resolve(true); }, { once: true });
+    v.currentTime = Number.isFinite(v.duration) ? v.duration * 0.9 : 3.5;
+  }));
+  console.log(`   video: ${webm.length} bytes, seeked ${seeked}; Range requests: ${ranges.join(', ')}`);
+  // MediaRecorder writes no cues, so the player reaches the seek target on its ranged
+  // stream (`bytes=0-`, answered 206) rather than with a second range further in.
+  check(seeked, 'the video seeked');
+  check(ranges.length > 0, 'the video was fetched with Range');
+  check(partials.length > 0, `the server answered 206 (${partials.join(', ')})`);
+  await ex.getByRole('button', { name: 'Close' }).click();
+
+  step('text preview: the first MiB, then "Load more"');
+  const line = 'log line 0123456789 abcdefghijklmnopqrstuvwxyz\n';
+  const bigText = Buffer.from(line.repeat(Math.ceil((1.5 * 1024 * 1024) / line.length)));
+  const txtPut = await fetch(`${BASE}/api/v1/fs/media/big.log`, { method: 'PUT', headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'text/plain' }, body: bigText });
+  check(txtPut.ok, `PUT big.log ${txtPut.status}`);
+  await row(ex, 'media/big.log').waitFor({ timeout: 2000 });
+  await rowButton(ex, 'media/big.log', 'Preview').click();
+  await ex.locator('#dialog .preview-info', { hasText: 'Showing' }).waitFor();
+  check((await ex.locator('#dialog pre').textContent()).length === 1024 * 1024, 'the first MiB');
+  await ex.locator('#dialog').getByRole('button', { name: 'Load more' }).click();
+  await ex.locator('#dialog .preview-info', { hasText: 'in full' }).waitFor();
+  check((await ex.locator('#dialog pre').textContent()) === bigText.toString(), 'all of it after Load more');
+  check(await ex.locator('#dialog').getByRole('button', { name: 'Load more' }).isHidden(), 'no Load more at the end');
+  await ex.getByRole('button', { name: 'Close' }).click();
+  const unexpected = xw.errors.filter((e) => !/Failed to load resource|net::ERR_/.test(e));
+  check(unexpected.length === 0, `console errors on the second tab: ${unexpected.join(' | ')}`);
+  await ex.close();
+
   step('screenshots: desktop and phone, no console errors, no horizontal scroll on the phone');
   await page.reload();
   await row(page, 'web/renamed.txt').waitFor();

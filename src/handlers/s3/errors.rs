@@ -30,7 +30,9 @@ pub fn from_service(e: ServiceError) -> S3Error {
         ServiceError::Forbidden => s3_error!(AccessDenied, "outside the token's prefix"),
         ServiceError::Overloaded => slow_down("too many uploads in progress; retry shortly"),
         ServiceError::Contended => slow_down("the object kept changing; retry"),
-        ServiceError::InvalidCursor => s3_error!(InvalidArgument, "invalid continuation token"),
+        ServiceError::InvalidCursor | ServiceError::CursorOtherSort => {
+            s3_error!(InvalidArgument, "invalid continuation token")
+        }
         ServiceError::Lock(LockError::Timeout { .. }) => {
             slow_down("the object is busy; retry shortly")
         }

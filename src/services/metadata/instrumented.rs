@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use super::{
-    BatchOutcome, BlobFence, ChangeOutcome, Event, FileMeta, MetadataAudit, MetadataError,
-    MetadataStore, Precondition, PutOutcome, PutRequest, RetentionPolicy, RetentionStats,
-    S3ObjectRow, TokenRecord, TrashEntry,
+    BatchOutcome, BlobFence, ChangeOutcome, Event, FileMeta, LevelPage, LevelQuery, MetadataAudit,
+    MetadataError, MetadataStore, Precondition, PutOutcome, PutRequest, RetentionPolicy,
+    RetentionStats, S3ObjectRow, TokenRecord, TrashEntry,
 };
 use crate::metrics::timed;
 
@@ -101,6 +101,9 @@ impl MetadataStore for InstrumentedMetadata {
         limit: usize,
     ) -> Result<Vec<FileMeta>, MetadataError> {
         timed(M, "scan", self.inner.scan(start, inclusive, limit)).await
+    }
+    async fn list_level(&self, q: &LevelQuery<'_>) -> Result<LevelPage, MetadataError> {
+        timed(M, "list_level", self.inner.list_level(q)).await
     }
     async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError> {
         timed(M, "blob_refcount", self.inner.blob_refcount(sha256)).await

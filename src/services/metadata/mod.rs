@@ -29,6 +29,8 @@ pub mod postgres;
 pub mod sqlite;
 pub(crate) mod tus;
 
+pub use rules::listing::{LevelPage, LevelPosition, LevelQuery, ListSort};
+
 /// A file as clients see it (API v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
@@ -408,6 +410,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         inclusive: bool,
         limit: usize,
     ) -> Result<Vec<FileMeta>, MetadataError>;
+
+    /// One page of the folders and files directly in `q.prefix`, sorted and filtered (issue
+    /// 22; the rules are in `rules::listing`).
+    async fn list_level(&self, q: &LevelQuery<'_>) -> Result<LevelPage, MetadataError>;
 
     /// Number of versions referencing a blob (0 when unknown).
     async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError>;

@@ -35,6 +35,8 @@ const RETRIES: u32 = 5;
 mod dialect {
     pub(super) use super::super::sql::common::*;
 
+    /// A case-insensitive LIKE for the level listing's name filter (ILIKE under the paths' \"C\" collation folds ASCII letters only, as SQLite's LIKE does).
+    pub(super) const LIKE_ASCII_NOCASE: &str = "ILIKE";
     pub(super) const NAME: &str = "postgres";
     /// Versioned schema migrations, applied in order at start. Never edit a released one:
     /// add one.
@@ -64,6 +66,10 @@ mod dialect {
         (
             31,
             include_str!("migrations/postgres/0031_commit_s3_lapsed_leases.sql"),
+        ),
+        (
+            40,
+            include_str!("migrations/postgres/0040_level_listing.sql"),
         ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -31,6 +31,9 @@ use crate::services::storage::BlobRef;
 mod commits;
 use commits::FenceGuard;
 
+/// Level listings (issue 22): sorted, filtered pages of one folder.
+pub mod listing;
+
 /// Row operations inside one open write transaction.
 #[async_trait]
 pub(crate) trait Tx: super::commits::CommitRows + Send {

@@ -526,6 +526,127 @@ macro_rules! sql_layer {
             }
         }
 
+        /// A level listing's two queries (`rules::listing`), on the read pool.
+        struct Levels<'p> {
+            pool: &'p sqlx::Pool<$db>,
+        }
+
+        #[async_trait::async_trait]
+        impl rules::listing::LevelSource for Levels<'_> {
+            async fn folder_value(
+                &self,
+                low: rules::listing::Bound<'_>,
+                high: Option<rules::listing::Bound<'_>>,
+                desc: bool,
+            ) -> Result<Option<String>, MetadataError> {
+                let folder = dialect::FOLDER_OF_PATH;
+                let lo = if low.inclusive { ">=" } else { ">" };
+                let hi = match high {
+                    Some(b) if b.inclusive => format!("AND {folder} <= $2"),
+                    Some(_) => format!("AND {folder} < $2"),
+                    None => String::new(),
+                };
+                let dir = if desc { "DESC" } else { "" };
+                let sql = format!(
+                    "SELECT {folder} FROM files WHERE {folder} {lo} $1 {hi}
+                     ORDER BY {folder} {dir} LIMIT 1"
+                );
+                let mut query = sqlx::query_scalar(&sql).bind(low.value);
+                if let Some(b) = high {
+                    query = query.bind(b.value);
+                }
+                query.fetch_optional(self.pool).await.map_err(map_err)
+            }
+
+            async fn folder_files(
+                &self,
+                q: &$crate::services::metadata::LevelQuery<'_>,
+                after: Option<(i64, &str)>,
+                pattern: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<FileMeta>, MetadataError> {
+                use rules::listing::ListSort;
+                let (folder, recursive, sort, desc) = (q.prefix, q.recursive, q.sort, q.desc);
+                let column = match sort {
+                    ListSort::Name => None,
+                    ListSort::Size => Some("size"),
+                    ListSort::Modified => Some("modified_at"),
+                    ListSort::Version => Some("version"),
+                };
+                let (cmp, dir) = if desc { ("<", "DESC") } else { (">", "") };
+                let mut n = 1;
+                let mut arg = || {
+                    n += 1;
+                    format!("${n}")
+                };
+                // A prefix that ends inside a name ("logs/2024-") lists the names of its
+                // folder that start with the rest.
+                let folder_dir = &folder[..folder.rfind('/').map_or(0, |i| i + 1)];
+                let partial = !recursive && folder_dir.len() < folder.len();
+                let upper = if recursive || partial {
+                    rules::prefix_upper_bound(folder)
+                } else {
+                    None
+                };
+                let level = if partial {
+                    let d = arg();
+                    format!("{} = {d} AND path >= $1", dialect::FOLDER_OF_PATH)
+                } else {
+                    format!("{} = $1", dialect::FOLDER_OF_PATH)
+                };
+                let scope = match (recursive || partial, &upper) {
+                    (false, _) => level,
+                    (true, None) => "path >= $1".to_string(),
+                    (true, Some(_)) if partial => format!("{level} AND path < {}", arg()),
+                    (true, Some(_)) => format!("path >= $1 AND path < {}", arg()),
+                };
+                let after_sql = match (after, column) {
+                    (None, _) => String::new(),
+                    (Some(_), None) => format!("AND path {cmp} {}", arg()),
+                    (Some(_), Some(c)) => {
+                        let (k, p) = (arg(), arg());
+                        format!("AND ({c}, path) {cmp} ({k}, {p})")
+                    }
+                };
+                let pattern_sql = match pattern {
+                    None => String::new(),
+                    Some(_) => format!("AND path {} {} ESCAPE '\\'", dialect::LIKE_ASCII_NOCASE, arg()),
+                };
+                let order = match column {
+                    None => format!("path {dir}"),
+                    Some(c) => format!("{c} {dir}, path {dir}"),
+                };
+                let sql = format!(
+                    "SELECT {} FROM files WHERE {scope} {after_sql} {pattern_sql}
+                     ORDER BY {order} LIMIT {}",
+                    dialect::FILE_COLUMNS,
+                    arg()
+                );
+                let mut query = sqlx::query(&sql).bind(folder);
+                if partial {
+                    query = query.bind(folder_dir);
+                }
+                if let Some(u) = &upper {
+                    query = query.bind(u.as_str());
+                }
+                if let Some((key, path)) = after {
+                    if column.is_some() {
+                        query = query.bind(key);
+                    }
+                    query = query.bind(path);
+                }
+                if let Some(p) = pattern {
+                    query = query.bind(p);
+                }
+                let rows = query
+                    .bind(limit_i64(limit))
+                    .fetch_all(self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_meta).collect()
+            }
+        }
+
         impl $store {
             /// The retention policy writes apply now.
             fn policy(&self) -> std::sync::Arc<RetentionPolicy> {
@@ -796,6 +917,14 @@ macro_rules! sql_layer {
                     .await
                     .map_err(map_err)?;
                 rows.iter().map(row_to_meta).collect()
+            }
+
+            async fn list_level(
+                &self,
+                q: &$crate::services::metadata::LevelQuery<'_>,
+            ) -> Result<$crate::services::metadata::LevelPage, MetadataError> {
+                let levels = Levels { pool: &self.$reads };
+                rules::listing::list_level(&levels, q).await
             }
 
             async fn blob_refcount(&self, sha256: &str) -> Result<i64, MetadataError> {

@@ -3,6 +3,9 @@
 
 pub(crate) const FILE_COLUMNS: &str =
     "id, path, size, sha256, version, content_type, created_at, modified_at";
+/// A path's folder: everything up to its last '/' ('' at the root). Written exactly as in
+/// migration 40's indexes, so both planners use them.
+pub(crate) const FOLDER_OF_PATH: &str = "rtrim(path, replace(path, '/', ''))";
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, kind, file_id, path, from_path, version, size, sha256, at, trash_id, restored_from,
      commit_id, commit_size";

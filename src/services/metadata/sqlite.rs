@@ -30,6 +30,8 @@ const QUEUE_CAPACITY: usize = 4096;
 mod dialect {
     pub(super) use super::super::sql::common::*;
 
+    /// A case-insensitive LIKE for the level listing's name filter (SQLite's LIKE folds ASCII letters only).
+    pub(super) const LIKE_ASCII_NOCASE: &str = "LIKE";
     pub(super) const NAME: &str = "sqlite";
     /// Versioned schema migrations, applied in order at start. Never edit a released one:
     /// add one.
@@ -54,6 +56,7 @@ mod dialect {
             31,
             include_str!("migrations/sqlite/0031_commit_s3_lapsed_leases.sql"),
         ),
+        (40, include_str!("migrations/sqlite/0040_level_listing.sql")),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
