@@ -9,8 +9,9 @@ set -euo pipefail
 MIB=${1:-1024}; RUNS=${2:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${CARGO_TARGET_DIR:=$HOME/.cache/vaultfs-target}"; export CARGO_TARGET_DIR
-(cd "$ROOT" && cargo build --release --locked -q)
-BIN=$CARGO_TARGET_DIR/release/vaultfs
+# VAULTFS_BIN names a built binary and skips the build.
+if [ -z "${VAULTFS_BIN:-}" ]; then (cd "$ROOT" && cargo build --release --locked -q); fi
+BIN=${VAULTFS_BIN:-$CARGO_TARGET_DIR/release/vaultfs}
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 W=$(mktemp -d); PID=""
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }

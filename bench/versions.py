@@ -13,7 +13,8 @@ import tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vaultfs-target"))
-BIN = os.path.join(TARGET, "release", "vaultfs")
+# VAULTFS_BIN names a built binary and skips the build.
+BIN = os.environ.get("VAULTFS_BIN") or os.path.join(TARGET, "release", "vaultfs")
 PORT = 18331
 CONFIGS = {
     "versions on (keep 10, trash 7d)": {"VAULTFS_VERSIONS_KEEP": "10", "VAULTFS_TRASH_RETENTION": "7d"},
@@ -103,8 +104,9 @@ def main():
     ap.add_argument("--duration", default="20s")
     ap.add_argument("--sizes", default="4KiB:50,1MiB:45,64MiB:5")
     a = ap.parse_args()
-    subprocess.run(f"cd {ROOT} && CARGO_TARGET_DIR={TARGET} cargo build --release --locked -q --bin vaultfs",
-                   shell=True, check=True)
+    if not os.environ.get("VAULTFS_BIN"):
+        subprocess.run(f"cd {ROOT} && CARGO_TARGET_DIR={TARGET} cargo build --release --locked -q --bin vaultfs",
+                       shell=True, check=True)
     esc = {k: [] for k in CONFIGS}
     rep = {k: [] for k in CONFIGS}
     sizes = {}

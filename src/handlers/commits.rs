@@ -200,7 +200,7 @@ fn seq_number(n: &serde_json::Number) -> Result<i64, AppError> {
         })
 }
 
-/// `POST /api/v1/commits/{id}/finish`: 200 `{"commit", "seq_first", "seq_last", "files"}`.
+/// `POST /api/v1/commits/{id}/finish`: 200 with the commit id, `seq_first`, `seq_last`, `files`.
 pub async fn finish(
     State(state): State<AppState>,
     ctx: RequestCtx,
