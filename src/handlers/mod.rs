@@ -190,19 +190,7 @@ fn json_rejection(e: JsonRejection) -> AppError {
 
 /// Parses an `If-Match` / `If-None-Match` list. Weak tags never match (strong comparison).
 pub fn parse_etags(value: &str) -> EtagMatch {
-    let value = value.trim();
-    if value == "*" {
-        return EtagMatch::Any;
-    }
-    EtagMatch::OneOf(
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.starts_with("W/"))
-            .map(|t| t.trim_matches('"').to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
-    )
+    EtagMatch::parse(value)
 }
 
 /// The precondition of a write, from `If-Match` / `If-None-Match: *`.

@@ -167,6 +167,24 @@ pub enum EtagMatch {
 }
 
 impl EtagMatch {
+    /// Parses an `If-Match` / `If-None-Match` list (`*`, or quoted tags separated by commas).
+    /// Weak tags never match (strong comparison), so they are left out.
+    pub fn parse(value: &str) -> EtagMatch {
+        let value = value.trim();
+        if value == "*" {
+            return EtagMatch::Any;
+        }
+        EtagMatch::OneOf(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.starts_with("W/"))
+                .map(|t| t.trim_matches('"').to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )
+    }
+
     pub fn matches(&self, sha256: &str) -> bool {
         match self {
             EtagMatch::Any => true,

@@ -90,7 +90,7 @@ pub(super) fn upload_options(meta: &[(String, String)]) -> Result<UploadOptions,
                 "metadata `if_match` and `if_none_match` cannot be combined".into(),
             ))
         }
-        (Some(tags), None) => Precondition::MustMatch(parse_etags(tags)),
+        (Some(tags), None) => Precondition::MustMatch(EtagMatch::parse(tags)),
         (None, Some(n)) if n.trim() == "*" => Precondition::MustNotExist,
         (None, Some(_)) => {
             return Err(TusError::Invalid(
@@ -106,23 +106,6 @@ pub(super) fn upload_options(meta: &[(String, String)]) -> Result<UploadOptions,
         size_hint: None,
         digest_sink: None,
     })
-}
-
-/// Entity tags as in `If-Match` (strong comparison; weak tags never match).
-fn parse_etags(value: &str) -> EtagMatch {
-    let value = value.trim();
-    if value == "*" {
-        return EtagMatch::Any;
-    }
-    EtagMatch::OneOf(
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.starts_with("W/"))
-            .map(|t| t.trim_matches('"').to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
-    )
 }
 
 #[cfg(test)]
