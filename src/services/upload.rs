@@ -369,16 +369,8 @@ impl FileService {
         file: StagedFile,
         options: UploadOptions,
     ) -> Result<StagedUpload, ServiceError> {
-        let UploadOptions {
-            content_type,
-            precondition,
-            expected_sha256,
-            size_hint: _,
-            digest_sink: _,
-        } = options;
-        self.check_size_hint(Some(file.size))?;
-        ctx.check(path.as_str())?;
-        self.precheck(path, &precondition).await?;
+        let (content_type, precondition, expected_sha256) =
+            self.admit_staged(ctx, path, file.size, options).await?;
         let (sha256, size) = match file.sha256 {
             Some(digest) => (hex::encode(digest), file.size),
             None => super::storage::hash_file(file.path.clone())
@@ -392,27 +384,33 @@ impl FileService {
             ))
             .into());
         }
-        if let Some(expected) = expected_sha256 {
-            if hex::decode(&sha256).ok().as_deref() != Some(expected.as_slice()) {
-                return Err(UploadError::ChecksumMismatch {
-                    actual: sha256,
-                    expected: hex::encode(&expected),
-                }
-                .into());
-            }
-        }
+        check_expected(expected_sha256, &sha256)?;
         let blob = super::storage::BlobRef { sha256, size };
         let staged = self.storage().adopt_staged(&file.path, blob).await?;
-        Ok(StagedUpload {
-            path: path.clone(),
-            staged,
+        Ok(staged_upload(path, staged, content_type, precondition))
+    }
+
+    /// What [`FileService::stage_file`] and [`FileService::stage_object`] check before they
+    /// look at the content: the size limit, the token's prefix and the precondition. Returns
+    /// the options they still need (content type, precondition, declared SHA-256).
+    async fn admit_staged(
+        &self,
+        ctx: &RequestCtx,
+        path: &VPath,
+        size: u64,
+        options: UploadOptions,
+    ) -> Result<(String, Precondition, Option<Vec<u8>>), ServiceError> {
+        let UploadOptions {
             content_type,
             precondition,
-            // An extra digest needs the bytes streamed past it: none for a staged file.
-            extra_digest: None,
-            // A staged source (tus) carries no S3 record.
-            s3: None,
-        })
+            expected_sha256,
+            size_hint: _,
+            digest_sink: _,
+        } = options;
+        self.check_size_hint(Some(size))?;
+        ctx.check(path.as_str())?;
+        self.precheck(path, &precondition).await?;
+        Ok((content_type, precondition, expected_sha256))
     }
 
     /// Like [`FileService::stage_file`] for content assembled in the object store (a tus
@@ -425,40 +423,16 @@ impl FileService {
         object: StagedObject,
         options: UploadOptions,
     ) -> Result<StagedUpload, ServiceError> {
-        let UploadOptions {
-            content_type,
-            precondition,
-            expected_sha256,
-            size_hint: _,
-            digest_sink: _,
-        } = options;
-        self.check_size_hint(Some(object.size))?;
-        ctx.check(path.as_str())?;
-        self.precheck(path, &precondition).await?;
+        let (content_type, precondition, expected_sha256) =
+            self.admit_staged(ctx, path, object.size, options).await?;
         let sha256 = hex::encode(object.sha256);
-        if let Some(expected) = expected_sha256 {
-            if expected.as_slice() != object.sha256.as_slice() {
-                return Err(UploadError::ChecksumMismatch {
-                    actual: sha256,
-                    expected: hex::encode(&expected),
-                }
-                .into());
-            }
-        }
+        check_expected(expected_sha256, &sha256)?;
         let blob = super::storage::BlobRef {
             sha256,
             size: object.size,
         };
         let staged = self.storage().adopt_remote(object.key, blob);
-        Ok(StagedUpload {
-            path: path.clone(),
-            staged,
-            content_type,
-            precondition,
-            extra_digest: None,
-            // A staged source (tus) carries no S3 record.
-            s3: None,
-        })
+        Ok(staged_upload(path, staged, content_type, precondition))
     }
 
     async fn commit_staged(
@@ -763,6 +737,37 @@ where
                 }
             }
         }
+    }
+}
+
+/// Refuses content whose SHA-256 (hex) differs from the one the client declared.
+fn check_expected(expected: Option<Vec<u8>>, sha256: &str) -> Result<(), UploadError> {
+    match expected {
+        Some(expected) if hex::decode(sha256).ok().as_deref() != Some(expected.as_slice()) => {
+            Err(UploadError::ChecksumMismatch {
+                actual: sha256.to_string(),
+                expected: hex::encode(&expected),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An already staged source (tus) ready to commit: no extra digest (that needs the bytes
+/// streamed past it) and no S3 record.
+fn staged_upload(
+    path: &VPath,
+    staged: StagedBlob,
+    content_type: String,
+    precondition: Precondition,
+) -> StagedUpload {
+    StagedUpload {
+        path: path.clone(),
+        staged,
+        content_type,
+        precondition,
+        extra_digest: None,
+        s3: None,
     }
 }
 
