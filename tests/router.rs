@@ -11,16 +11,33 @@ use vaultfs::config::Config;
 
 use crate::common;
 
-/// One request to a fresh router over `state`: the status and the JSON body.
+/// One request to a fresh router over `state`: the status and the JSON body (errors are JSON).
 async fn send(state: &AppState, method: Method, uri: &str, body: Body) -> (StatusCode, Value) {
-    let request = Request::builder()
+    answer(state, method, uri, None, body).await
+}
+
+/// As [`send`], with a JSON body and its content type.
+async fn send_json(state: &AppState, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
+    let body = Body::from(body.to_owned());
+    answer(state, method, uri, Some("application/json"), body).await
+}
+
+async fn answer(
+    state: &AppState,
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    body: Body,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
         .method(method)
         .uri(uri)
-        .header("host", "127.0.0.1")
-        .body(body)
-        .unwrap();
+        .header("host", "127.0.0.1");
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
     let response = common::router(state.clone())
-        .oneshot(request)
+        .oneshot(request.body(body).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -29,7 +46,7 @@ async fn send(state: &AppState, method: Method, uri: &str, body: Body) -> (Statu
             .to_str()
             .unwrap()
             .starts_with("application/json"),
-        "{status}: errors are JSON"
+        "{status}: answers are JSON"
     );
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -132,4 +149,38 @@ async fn a_bad_list_cursor_is_a_400() {
             "cursor {cursor:?}: {v}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_json_array_is_not_a_request_object() {
+    // serde reads a struct from a sequence too (`["a/b"]` would be `{"to": "a/b"}`): every
+    // object body of the API refuses that, as the spec's `type: object` says.
+    let (_dir, state) = state().await;
+    let (status, v) = send_json(&state, Method::POST, "/api/v1/files/upload?path=a.txt", "").await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    for (uri, array) in [
+        (format!("/api/v1/files/{id}/move"), r#"["b.txt"]"#),
+        (format!("/api/v1/files/{id}/copy"), r#"["c.txt"]"#),
+        ("/api/v1/share".to_owned(), r#"["a.txt", "1h"]"#),
+        ("/api/v1/admin/tokens".to_owned(), r#"["t", "read"]"#),
+        ("/api/v1/leases".to_owned(), r#"["x/", "30s"]"#),
+    ] {
+        let (status, v) = send_json(&state, Method::POST, &uri, array).await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{uri}: {v}"
+        );
+    }
+    // The objects themselves still work, and nothing moved on the refused requests.
+    let (status, v) = send_json(
+        &state,
+        Method::POST,
+        &format!("/api/v1/files/{id}/move"),
+        r#"{"to": "b.txt"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["path"], "b.txt", "{v}");
 }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{header_str, ApiBytes, ApiPath};
+use super::{header_str, object_json, ApiBytes, ApiPath};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::paths::VPath;
@@ -55,20 +55,6 @@ fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppEr
         return Ok(T::default());
     }
     object_json(body)
-}
-
-/// A JSON object body (serde would read a struct from an array too: `invalid_json`).
-fn object_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
-    let invalid = |e: serde_json::Error| {
-        AppError::bad_request("invalid_json", format!("invalid request body: {e}"))
-    };
-    match serde_json::from_slice::<serde_json::Value>(body).map_err(invalid)? {
-        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(invalid),
-        _ => Err(AppError::bad_request(
-            "invalid_json",
-            "the request body must be a JSON object",
-        )),
-    }
 }
 
 fn ttl(raw: Option<&str>, default: Duration) -> Result<Duration, AppError> {

@@ -135,17 +135,39 @@ fn path_rejection(e: PathRejection) -> AppError {
     AppError::bad_request("invalid_path", e.body_text())
 }
 
-/// `Json` whose rejection is a JSON error.
+/// `Json` of a JSON object body, whose rejection is a JSON error. Every request body of the
+/// native API is an object; serde would also read a struct from an array (`["a","b"]` for
+/// `{from, to}`), so anything but an object is `invalid_json`.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => object_value(value).map(ApiJson),
             Err(e) => Err(json_rejection(e)),
         }
+    }
+}
+
+/// A JSON object body read from bytes (the routes whose body is optional read it as
+/// [`ApiBytes`] first): anything but an object is `invalid_json`, as [`ApiJson`] answers.
+pub(crate) fn object_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let value = serde_json::from_slice::<serde_json::Value>(body)
+        .map_err(|e| AppError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
+    object_value(value)
+}
+
+fn object_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
+    match value {
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(|e| {
+            AppError::bad_request("invalid_json", format!("invalid request body: {e}"))
+        }),
+        _ => Err(AppError::bad_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        )),
     }
 }
 
