@@ -15,20 +15,23 @@
 //! Every error path cleans up: a staging file removes itself when its writer or staged blob
 //! drops, and the permit frees its slot on drop.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::time::Instant;
 
 use super::files::{FileService, RequestCtx};
 use super::metadata::{FileMeta, MetadataError, Precondition, S3ObjectRow};
 use super::storage::StagedBlob;
 use super::ServiceError;
 use crate::paths::VPath;
+
+mod batch;
+mod deadlines;
+
+pub use batch::UploadBatch;
+pub use deadlines::BodyLimits;
+use deadlines::Deadlines;
 
 /// Chunks larger than this feed the extra digest on the blocking pool.
 const INLINE_DIGEST_LIMIT: usize = 64 * 1024;
@@ -88,35 +91,6 @@ impl UploadError {
 impl From<std::io::Error> for UploadError {
     fn from(e: std::io::Error) -> Self {
         UploadError::Read(e.to_string())
-    }
-}
-
-/// The deadlines every upload body is held to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
-    /// Longest wait for the next chunk.
-    pub idle: Duration,
-    /// Bytes per second, averaged over `window` of waiting for the client; 0: no minimum.
-    pub min_rate: u64,
-    pub window: Duration,
-    /// Longest wait for the next multipart part's headers.
-    pub part_wait: Duration,
-}
-
-impl Default for BodyLimits {
-    fn default() -> Self {
-        Self::from_config(&crate::config::Config::default())
-    }
-}
-
-impl BodyLimits {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        BodyLimits {
-            idle: config.body_idle_timeout,
-            min_rate: config.upload_min_rate,
-            window: config.upload_min_rate_window,
-            part_wait: config.multipart_field_timeout,
-        }
     }
 }
 
@@ -457,286 +431,6 @@ impl FileService {
             created: outcome.created,
             extra_digest: upload.extra_digest,
         })
-    }
-}
-
-/// Several files of one request: each is staged (streamed and verified) as it arrives, and
-/// all are committed by one [`UploadBatch::commit`] once the request is complete, so a
-/// request refused midway (limit, deadline, bad part) commits nothing.
-#[derive(Debug)]
-pub struct UploadBatch {
-    service: FileService,
-    _permit: super::files::UploadPermit,
-    staged: Vec<StagedUpload>,
-}
-
-impl UploadBatch {
-    /// The whole request body with the deadlines and the size limit of the whole request
-    /// applied: what a multipart parser reads from.
-    pub fn body<S, E>(&self, body: S) -> impl Stream<Item = Result<Bytes, UploadError>> + Send
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send,
-        E: Into<UploadError>,
-    {
-        Deadlines::new(
-            body,
-            self.service.body_limits(),
-            Some(self.service.max_upload_size()),
-        )
-    }
-
-    /// Waits for the next part with the per-part deadline.
-    pub async fn next_part<F: Future>(&self, next: F) -> Result<F::Output, UploadError> {
-        let wait = self.service.body_limits().part_wait;
-        tokio::time::timeout(wait, next).await.map_err(|_| {
-            metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
-            UploadError::PartWait(wait)
-        })
-    }
-
-    /// Files staged so far.
-    pub fn len(&self) -> usize {
-        self.staged.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.staged.is_empty()
-    }
-
-    /// Streams one file of the request into staging (prefix check, precheck, hashing,
-    /// verification). The part's bytes come from [`UploadBatch::body`], which holds the
-    /// deadlines, so none are added here.
-    pub async fn stage<S, E>(
-        &mut self,
-        ctx: &RequestCtx,
-        path: &VPath,
-        part: S,
-        options: UploadOptions,
-    ) -> Result<(), ServiceError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send,
-        E: Into<UploadError>,
-    {
-        let staged = self.service.stage(ctx, path, part, options).await?;
-        self.staged.push(staged);
-        Ok(())
-    }
-
-    /// Adds a file that is already staged (a tus session's bytes, see [`StagedFile`]) to
-    /// the request: the prefix check, precheck and SHA-256 verification of
-    /// [`UploadBatch::stage`], under this request's permit, without streaming it again.
-    pub async fn stage_file(
-        &mut self,
-        ctx: &RequestCtx,
-        path: &VPath,
-        file: StagedFile,
-        options: UploadOptions,
-    ) -> Result<(), ServiceError> {
-        let staged = self.service.stage_file(ctx, path, file, options).await?;
-        self.staged.push(staged);
-        Ok(())
-    }
-
-    /// [`UploadBatch::stage_file`] for content assembled in the blob store's bucket.
-    pub async fn stage_object(
-        &mut self,
-        ctx: &RequestCtx,
-        path: &VPath,
-        object: StagedObject,
-        options: UploadOptions,
-    ) -> Result<(), ServiceError> {
-        let staged = self
-            .service
-            .stage_object(ctx, path, object, options)
-            .await?;
-        self.staged.push(staged);
-        Ok(())
-    }
-
-    /// Commits every staged file together: one lock set and one metadata transaction, so
-    /// either every file of the request becomes visible (with consecutive events) or none
-    /// does (a precondition that fails under the lock for any of them refuses them all).
-    pub async fn commit(self, ctx: &RequestCtx) -> Result<Vec<UploadOutcome>, ServiceError> {
-        let mut files = Vec::with_capacity(self.staged.len());
-        let mut digests = Vec::with_capacity(self.staged.len());
-        for upload in self.staged {
-            digests.push(upload.extra_digest);
-            files.push(super::files::StagedFile {
-                path: upload.path,
-                staged: upload.staged,
-                content_type: upload.content_type,
-                precondition: upload.precondition,
-                s3: upload.s3,
-            });
-        }
-        let outcomes = self.service.commit_many(files, ctx).await?;
-        Ok(outcomes
-            .into_iter()
-            .zip(digests)
-            .map(|(outcome, extra_digest)| UploadOutcome {
-                meta: outcome.meta,
-                created: outcome.created,
-                extra_digest,
-            })
-            .collect())
-    }
-}
-
-impl UploadBatch {
-    /// Stages every file of the request into open commit `commit.0` (at most `commit.1`
-    /// files in it) instead of committing them: nothing becomes visible (issue 21).
-    pub async fn commit_to(
-        self,
-        ctx: &RequestCtx,
-        commit: (&str, usize),
-    ) -> Result<Vec<super::metadata::commits::StagedEntry>, ServiceError> {
-        let files = self
-            .staged
-            .into_iter()
-            .map(|upload| super::files::StagedFile {
-                path: upload.path,
-                staged: upload.staged,
-                content_type: upload.content_type,
-                precondition: upload.precondition,
-                s3: upload.s3,
-            })
-            .collect();
-        self.service
-            .stage_into_commit(ctx, commit.0, files, commit.1)
-            .await
-    }
-}
-
-/// A body held to [`BodyLimits`] (and optionally to a total size). The rate counts only time
-/// spent waiting for the client: a server busy writing to disk does not make a client slow.
-struct Deadlines<S> {
-    inner: Pin<Box<S>>,
-    limits: BodyLimits,
-    size_limit: Option<u64>,
-    received: u64,
-    /// Armed while the inner stream is pending.
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// Start of the current wait (the idle deadline runs from it).
-    idle_since: Option<Instant>,
-    /// Start of the part of the current wait not yet added to `window_waited`.
-    rate_since: Option<Instant>,
-    /// Waiting time and bytes of the current rate window.
-    window_waited: Duration,
-    window_bytes: u64,
-    done: bool,
-}
-
-impl<S> Deadlines<S> {
-    fn new(inner: S, limits: BodyLimits, size_limit: Option<u64>) -> Self {
-        Deadlines {
-            inner: Box::pin(inner),
-            limits,
-            size_limit,
-            received: 0,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            idle_since: None,
-            rate_since: None,
-            window_waited: Duration::ZERO,
-            window_bytes: 0,
-            done: false,
-        }
-    }
-
-    fn rate_checked(&self) -> bool {
-        self.limits.min_rate > 0 && !self.limits.window.is_zero()
-    }
-
-    /// Closes the rate window once it is full: an error if too few bytes came in it.
-    fn close_window(&mut self) -> Result<(), UploadError> {
-        if !self.rate_checked() || self.window_waited < self.limits.window {
-            return Ok(());
-        }
-        let needed = (self.limits.min_rate as f64 * self.limits.window.as_secs_f64()) as u64;
-        if self.window_bytes < needed {
-            return Err(UploadError::TooSlow {
-                min_rate: self.limits.min_rate,
-                window: self.limits.window,
-            });
-        }
-        self.window_waited = Duration::ZERO;
-        self.window_bytes = 0;
-        Ok(())
-    }
-
-    fn fail(&mut self, e: UploadError) -> Poll<Option<Result<Bytes, UploadError>>> {
-        if e.is_timeout() {
-            metrics::counter!("vaultfs_upload_body_timeouts_total").increment(1);
-        }
-        self.done = true;
-        Poll::Ready(Some(Err(e)))
-    }
-}
-
-impl<S, E> Stream for Deadlines<S>
-where
-    S: Stream<Item = Result<Bytes, E>>,
-    E: Into<UploadError>,
-{
-    type Item = Result<Bytes, UploadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.idle_since = None;
-                if let Some(since) = this.rate_since.take() {
-                    this.window_waited += since.elapsed();
-                }
-                this.window_bytes += chunk.len() as u64;
-                this.received += chunk.len() as u64;
-                if let Some(limit) = this.size_limit.filter(|l| this.received > *l) {
-                    return this.fail(UploadError::TooLarge { limit });
-                }
-                if let Err(e) = this.close_window() {
-                    return this.fail(e);
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => this.fail(e.into()),
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let now = Instant::now();
-                let idle_since = *this.idle_since.get_or_insert(now);
-                let mut rate_since = *this.rate_since.get_or_insert(now);
-                loop {
-                    let idle_deadline = idle_since + this.limits.idle;
-                    let deadline = if this.rate_checked() {
-                        let left = this.limits.window.saturating_sub(this.window_waited);
-                        idle_deadline.min(rate_since + left)
-                    } else {
-                        idle_deadline
-                    };
-                    if this.timer.deadline() != deadline {
-                        this.timer.as_mut().reset(deadline);
-                    }
-                    if this.timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    let now = Instant::now();
-                    if now >= idle_deadline {
-                        return this.fail(UploadError::Idle(this.limits.idle));
-                    }
-                    // The rate window filled while waiting: judge it, then wait on in a new one.
-                    this.window_waited += now.duration_since(rate_since);
-                    rate_since = now;
-                    this.rate_since = Some(now);
-                    if let Err(e) = this.close_window() {
-                        return this.fail(e);
-                    }
-                }
-            }
-        }
     }
 }
 
