@@ -494,7 +494,10 @@ async fn a_session_survives_a_restart_and_only_its_hash_is_stored() {
     assert_eq!(v["signed_in"], true);
     assert_eq!(v["prefix"], "team/");
     assert_eq!(v["csrf_token"], csrf.as_str());
-    assert_eq!(put_status(&s, &cookie, &csrf, "team/after-restart.txt").await, 201);
+    assert_eq!(
+        put_status(&s, &cookie, &csrf, "team/after-restart.txt").await,
+        201
+    );
     assert_eq!(sign_out(&s, &cookie, &csrf).await, 204);
     assert_eq!(list_status(&s, &cookie).await, 401);
     s.stop().await;
@@ -557,17 +560,19 @@ async fn sessions_are_shared_by_replicas_on_postgres() {
     assert_eq!(v["prefix"], "team/");
     assert_eq!(v["csrf_token"], csrf.as_str());
     assert_eq!(put_status(&b, &cookie, &csrf, "team/via-b.txt").await, 201);
-    assert_eq!(put_status(&b, &cookie, &"0".repeat(64), "team/no.txt").await, 403);
+    assert_eq!(
+        put_status(&b, &cookie, &"0".repeat(64), "team/no.txt").await,
+        403
+    );
 
     // The row: the cookie's hash, never its value.
     let value = cookie.strip_prefix("vaultfs_session=").unwrap();
     let mut pg = sqlx::PgConnection::connect(&metadata_url).await.unwrap();
-    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT id_hash, token_id, csrf, created_at, last_seen FROM web_sessions",
-    )
-    .fetch_all(&mut pg)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as("SELECT id_hash, token_id, csrf, created_at, last_seen FROM web_sessions")
+            .fetch_all(&mut pg)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 1);
     let (id_hash, stored_token, stored_csrf, _, _) = &rows[0];
     assert_eq!(*id_hash, sha256_hex(value));

@@ -114,7 +114,10 @@ impl Sessions {
         &self,
         principal: &Principal,
     ) -> Result<(String, SessionInfo), SessionError> {
-        let token_id = principal.token_id.as_deref().ok_or(SessionError::BadToken)?;
+        let token_id = principal
+            .token_id
+            .as_deref()
+            .ok_or(SessionError::BadToken)?;
         let id = random_text()?;
         let mut csrf = [0u8; 32];
         getrandom::fill(&mut csrf).map_err(|e| SessionError::Random(e.to_string()))?;
@@ -298,8 +301,16 @@ mod tests {
         let (id2, _) = s.open(&p).await.unwrap();
         assert!(meta.revoke_token("aaaaaaaaaaaa", now_ms()).await.unwrap());
         assert!(matches!(s.get(&id).await, Err(SessionError::Unknown)));
-        assert_eq!(s.count_for("aaaaaaaaaaaa").await.unwrap(), 1, "refused: deleted");
-        assert_eq!(s.sweep().await.unwrap(), 1, "the other one went with the sweep");
+        assert_eq!(
+            s.count_for("aaaaaaaaaaaa").await.unwrap(),
+            1,
+            "refused: deleted"
+        );
+        assert_eq!(
+            s.sweep().await.unwrap(),
+            1,
+            "the other one went with the sweep"
+        );
         assert!(matches!(s.get(&id2).await, Err(SessionError::Unknown)));
         // An expired token, likewise.
         let q = token(&meta, "bbbbbbbbbbbb", Some(now_ms() + 300)).await;

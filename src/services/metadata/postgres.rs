@@ -71,8 +71,14 @@ mod dialect {
             40,
             include_str!("migrations/postgres/0040_level_listing.sql"),
         ),
-        (50, include_str!("migrations/postgres/0050_web_sessions.sql")),
-        (51, include_str!("migrations/postgres/0051_sorted_listing.sql")),
+        (
+            50,
+            include_str!("migrations/postgres/0050_web_sessions.sql"),
+        ),
+        (
+            51,
+            include_str!("migrations/postgres/0051_sorted_listing.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

@@ -58,7 +58,10 @@ mod dialect {
         ),
         (40, include_str!("migrations/sqlite/0040_level_listing.sql")),
         (50, include_str!("migrations/sqlite/0050_web_sessions.sql")),
-        (51, include_str!("migrations/sqlite/0051_sorted_listing.sql")),
+        (
+            51,
+            include_str!("migrations/sqlite/0051_sorted_listing.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
