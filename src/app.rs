@@ -133,18 +133,21 @@ impl AppState {
         crate::metrics::install();
         let mut postgres = None;
         let tus_store;
+        let web_sessions;
         let inner: Arc<dyn MetadataStore> = match &config.metadata_url {
             Some(url) => {
                 let pg =
                     PostgresMetadata::open(url, config.metadata_timeout, METADATA_POOL).await?;
                 postgres = Some(pg.clone());
                 tus_store = pg.tus_store();
+                web_sessions = pg.web_session_store();
                 Arc::new(pg)
             }
             None => {
                 let sqlite =
                     SqliteMetadata::open(dir, config.metadata_timeout, METADATA_READERS).await?;
                 tus_store = sqlite.tus_store();
+                web_sessions = sqlite.web_session_store();
                 Arc::new(sqlite)
             }
         };
@@ -225,6 +228,8 @@ impl AppState {
             }
         }
         auth.spawn_reloader(shutdown.clone());
+        let sessions = crate::services::web_session::Sessions::new(web_sessions);
+        sessions.spawn_sweeper(shutdown.clone());
         let stall = StallMonitor::start(
             tokio::runtime::Handle::current(),
             STALL_PROBE_INTERVAL,
@@ -238,9 +243,7 @@ impl AppState {
             shutdown,
             shutdown_trigger: Arc::new(shutdown_trigger),
             draining: Arc::default(),
-            sessions: crate::services::web_session::Sessions::new(
-                auth.derive_key(crate::services::web_session::CSRF_KEY_PURPOSE),
-            ),
+            sessions,
             auth,
             fsck_slot: Arc::default(),
             _data_dir_lock: Arc::new(lock_file),

@@ -279,6 +279,7 @@ impl From<SessionError> for AppError {
                 AppError::new(StatusCode::CONFLICT, "sign_in_not_needed", message)
             }
             SessionError::Random(_) => AppError::internal(&e),
+            SessionError::Store(m) => m.into(),
         }
     }
 }

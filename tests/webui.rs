@@ -378,6 +378,237 @@ async fn sessions_carry_the_token_and_die_with_it() {
     assert_eq!(list3().await.unwrap().status(), 401);
 }
 
+/// Signs in at `s` with `token` (from the server's own origin); returns the cookie pair
+/// (`vaultfs_session=...`) and the session's CSRF token.
+async fn sign_in(s: &TestServer, token: &str) -> (String, String) {
+    let r = s
+        .client
+        .post(s.url("/api/v1/session"))
+        .header("origin", &s.base)
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let view: Value = r.json().await.unwrap();
+    (cookie, view["csrf_token"].as_str().unwrap().to_string())
+}
+
+/// The status of `GET /api/v1/list?prefix=team/` through a session cookie.
+async fn list_status(s: &TestServer, cookie: &str) -> u16 {
+    s.client
+        .get(s.url("/api/v1/list?prefix=team/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The status of a cookie-authenticated `PUT /api/v1/fs/<path>` with the CSRF token.
+async fn put_status(s: &TestServer, cookie: &str, csrf: &str, path: &str) -> u16 {
+    s.client
+        .put(s.url(&format!("/api/v1/fs/{path}")))
+        .header("cookie", cookie)
+        .header("origin", &s.base)
+        .header("x-csrf-token", csrf)
+        .body("data")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Signs out at `s`; the status.
+async fn sign_out(s: &TestServer, cookie: &str, csrf: &str) -> u16 {
+    s.client
+        .delete(s.url("/api/v1/session"))
+        .header("cookie", cookie)
+        .header("origin", &s.base)
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn sha256_hex(text: &str) -> String {
+    common::sha256_hex(text.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_restart_and_only_its_hash_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(vaultfs::config::Config::for_data_dir(dir.path())).await;
+    let team = cli_token(dir.path(), "read,write", "team/").await;
+    // The server has read the token made by another process.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (cookie, csrf) = sign_in(&s, &team).await;
+    assert_eq!(list_status(&s, &cookie).await, 200);
+    s.stop().await;
+
+    // The database holds the session's hash and CSRF token, never the cookie value. Read as
+    // bytes by another process (opening meta.db here would touch this process's locks).
+    let value = cookie.strip_prefix("vaultfs_session=").unwrap();
+    let db = tokio::process::Command::new("cat")
+        .arg(dir.path().join("meta.db"))
+        .arg(dir.path().join("meta.db-wal"))
+        .output()
+        .await
+        .unwrap()
+        .stdout;
+    assert!(db.len() > 4096);
+    assert!(
+        !db.windows(value.len()).any(|w| w == value.as_bytes()),
+        "the cookie value is not stored"
+    );
+    let hash = sha256_hex(value);
+    assert!(
+        db.windows(hash.len()).any(|w| w == hash.as_bytes()),
+        "the row is keyed by the cookie's SHA-256"
+    );
+
+    // The same data directory again: the browser is still signed in, writes included.
+    let s = TestServer::start_with(vaultfs::config::Config::for_data_dir(dir.path())).await;
+    assert_eq!(list_status(&s, &cookie).await, 200);
+    let v: Value = s
+        .client
+        .get(s.url("/api/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["signed_in"], true);
+    assert_eq!(v["prefix"], "team/");
+    assert_eq!(v["csrf_token"], csrf.as_str());
+    assert_eq!(
+        put_status(&s, &cookie, &csrf, "team/after-restart.txt").await,
+        201
+    );
+    assert_eq!(sign_out(&s, &cookie, &csrf).await, 204);
+    assert_eq!(list_status(&s, &cookie).await, 401);
+    s.stop().await;
+    // Signed out for good: a restart does not bring it back.
+    let s = TestServer::start_with(vaultfs::config::Config::for_data_dir(dir.path())).await;
+    assert_eq!(list_status(&s, &cookie).await, 401);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_shared_by_replicas_on_postgres() {
+    use sqlx::Connection;
+    const TEST: &str = "sessions_are_shared_by_replicas_on_postgres";
+    let Some(metadata_url) = common::test_postgres_url(TEST).await else {
+        return;
+    };
+    // One bucket for both when there is one; else each replica keeps its few bytes on its
+    // own disk (these checks read the shared metadata only).
+    let blob_store = std::env::var("VAULTFS_TEST_S3_URL")
+        .ok()
+        .and_then(|_| common::test_s3_url(TEST));
+    let admin = vaultfs::services::auth::Auth::generate().unwrap();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path| vaultfs::config::Config {
+        metadata_url: Some(metadata_url.clone()),
+        blob_store: blob_store.clone(),
+        bootstrap_token: Some(admin.clone()),
+        ..vaultfs::config::Config::for_data_dir(dir)
+    };
+    let a = TestServer::start_with(config(da.path())).await;
+    let b = TestServer::start_with(config(db.path())).await;
+    let make = |scopes: &str| {
+        a.client
+            .post(a.url("/api/v1/admin/tokens"))
+            .bearer_auth(&admin)
+            .json(&json!({"scopes": scopes, "prefix": "team/", "label": "web"}))
+            .send()
+    };
+    let r = make("read,write").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let team = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Made on A, known on B: reads, and writes with the same CSRF token.
+    let (cookie, csrf) = sign_in(&a, &team).await;
+    assert_eq!(list_status(&b, &cookie).await, 200);
+    let v: Value = b
+        .client
+        .get(b.url("/api/v1/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["signed_in"], true);
+    assert_eq!(v["prefix"], "team/");
+    assert_eq!(v["csrf_token"], csrf.as_str());
+    assert_eq!(put_status(&b, &cookie, &csrf, "team/via-b.txt").await, 201);
+    assert_eq!(
+        put_status(&b, &cookie, &"0".repeat(64), "team/no.txt").await,
+        403
+    );
+
+    // The row: the cookie's hash, never its value.
+    let value = cookie.strip_prefix("vaultfs_session=").unwrap();
+    let mut pg = sqlx::PgConnection::connect(&metadata_url).await.unwrap();
+    let rows: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as("SELECT id_hash, token_id, csrf, created_at, last_seen FROM web_sessions")
+            .fetch_all(&mut pg)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    let (id_hash, stored_token, stored_csrf, _, _) = &rows[0];
+    assert_eq!(*id_hash, sha256_hex(value));
+    assert_eq!(stored_token, token_id(&team));
+    assert_eq!(*stored_csrf, csrf);
+    let whole = format!("{:?}", rows[0]);
+    assert!(!whole.contains(value), "the cookie value is not stored");
+
+    // Signed out on B: over on A too, at once.
+    assert_eq!(sign_out(&b, &cookie, &csrf).await, 204);
+    assert_eq!(list_status(&a, &cookie).await, 401);
+    assert_eq!(list_status(&b, &cookie).await, 401);
+
+    // Revoked on A: B refuses the token's session at once (the lookup joins the token's row).
+    let (cookie2, _) = sign_in(&b, &team).await;
+    assert_eq!(list_status(&a, &cookie2).await, 200);
+    let r = a
+        .client
+        .delete(a.url(&format!("/api/v1/admin/tokens/{}", token_id(&team))))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(list_status(&b, &cookie2).await, 401);
+    assert_eq!(list_status(&a, &cookie2).await, 401);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM web_sessions")
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the refused session's row is deleted");
+    pg.close().await.unwrap();
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The browser, from `VAULTFS_CHROMIUM` or Debian's path.
 fn chromium() -> Option<PathBuf> {
     let p = std::env::var("VAULTFS_CHROMIUM")

@@ -51,9 +51,9 @@ pub async fn authorize(
         // A browser session's cookie (handlers::web): the token it maps to, looked up now.
         Ok(Step::Session {
             cookie,
-            token_id,
+            csrf,
             scope,
-        }) => match super::web::session_principal(&state, &cookie, &token_id).await {
+        }) => match super::web::session_principal(&state, &cookie, csrf.as_deref()).await {
             Err(e) => return e.into_response(),
             Ok(p) if !p.scopes.allows(scope) => return lacks(scope).into_response(),
             Ok(p) if scope == Scope::Admin && !p.prefix.is_empty() => {
@@ -75,7 +75,8 @@ enum Step {
     },
     Session {
         cookie: String,
-        token_id: String,
+        /// A write's presented CSRF token.
+        csrf: Option<String>,
         scope: Scope,
     },
 }
@@ -103,10 +104,10 @@ fn precheck(state: &AppState, request: &Request) -> Result<Step, AppError> {
         }),
         None if state.auth.required() => match super::web::session_cookie(request.headers()) {
             Some(cookie) => {
-                let (cookie, token_id) = super::web::session_for(state, request, cookie)?;
+                let (cookie, csrf) = super::web::session_for(request, cookie)?;
                 Ok(Step::Session {
                     cookie,
-                    token_id,
+                    csrf,
                     scope,
                 })
             }

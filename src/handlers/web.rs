@@ -29,7 +29,7 @@ use super::{ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::services::auth::Principal;
-use crate::services::web_session::{SessionError, Sessions};
+use crate::services::web_session::{SessionError, SessionInfo, Sessions};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "vaultfs_session";
@@ -200,43 +200,44 @@ fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The authorization layer's hook: the session a request's cookie names, checked before any
-/// await (a write must carry the session's CSRF token and an `Origin`, which the layer has
-/// already compared with the server's own). Returns (session id, token id).
+/// The authorization layer's hook, before any await: a write through a session cookie must
+/// carry an `Origin` (which the layer has already compared with the server's own) and
+/// presents its CSRF token, checked by [`session_principal`]. Returns (session id, the
+/// presented CSRF token for a write, `None` for a read).
 pub(crate) fn session_for(
-    state: &AppState,
     request: &Request,
     cookie: String,
-) -> Result<(String, String), AppError> {
-    let info = state.sessions.get(&cookie)?;
-    if is_write(request.method()) {
-        let headers = request.headers();
-        let presented = headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        // `Origin` is compared with the server's own by the layer when present; a write
-        // through a cookie must have one (browsers send it on every non-GET fetch).
-        if headers.get(header::ORIGIN).is_none() || !Sessions::csrf_matches(&info, presented) {
-            return Err(SessionError::Csrf.into());
-        }
+) -> Result<(String, Option<String>), AppError> {
+    if !is_write(request.method()) {
+        return Ok((cookie, None));
     }
-    Ok((cookie, info.token_id))
+    let headers = request.headers();
+    // `Origin` is compared with the server's own by the layer when present; a write
+    // through a cookie must have one (browsers send it on every non-GET fetch).
+    if headers.get(header::ORIGIN).is_none() {
+        return Err(SessionError::Csrf.into());
+    }
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok((cookie, Some(presented.to_string())))
 }
 
-/// The principal of a session's token as it is now; a dead token ends the session.
+/// The principal of a live session's token as it is now (a dead token ends the session);
+/// a write's CSRF token (`csrf`) must be the session's.
 pub(crate) async fn session_principal(
     state: &AppState,
     cookie: &str,
-    token_id: &str,
+    csrf: Option<&str>,
 ) -> Result<Principal, AppError> {
-    match state.auth.principal_for_id(token_id).await {
-        Some(p) => Ok(p),
-        None => {
-            state.sessions.end(cookie);
-            Err(SessionError::Unknown.into())
+    let info = state.sessions.get(cookie).await?;
+    if let Some(presented) = csrf {
+        if !Sessions::csrf_matches(&info, presented) {
+            return Err(SessionError::Csrf.into());
         }
     }
+    Ok(info.principal)
 }
 
 /// What the page needs to know about its session.
@@ -311,16 +312,12 @@ pub async fn get_session(
     let Some(cookie) = session_cookie(&headers) else {
         return Ok(Json(SessionView::signed_out()).into_response());
     };
-    let live = match state.sessions.get(&cookie) {
-        Ok(info) => state
-            .auth
-            .principal_for_id(&info.token_id)
-            .await
-            .map(|p| (p, info)),
+    let info = match state.sessions.get(&cookie).await {
+        Ok(info) => Some(info),
+        Err(SessionError::Store(e)) => return Err(e.into()),
         Err(_) => None,
     };
-    let Some((principal, info)) = live else {
-        state.sessions.end(&cookie);
+    let Some(SessionInfo { principal, csrf }) = info else {
         let mut response = Json(SessionView::signed_out()).into_response();
         response.headers_mut().insert(
             header::SET_COOKIE,
@@ -333,7 +330,7 @@ pub async fn get_session(
         signed_in: true,
         scopes: principal.scopes.to_text(),
         prefix: principal.prefix,
-        csrf_token: Some(info.csrf),
+        csrf_token: Some(csrf),
     })
     .into_response())
 }
@@ -358,8 +355,7 @@ pub async fn sign_in(
         None if !state.auth.required() => return Err(SessionError::NotRequired.into()),
         None => return Err(SessionError::BadToken.into()),
     };
-    let token_id = principal.token_id.clone().ok_or(SessionError::BadToken)?;
-    let (cookie, info) = state.sessions.open(&token_id)?;
+    let (cookie, info) = state.sessions.open(&principal).await?;
     let mut response = (
         StatusCode::CREATED,
         Json(SessionView {
@@ -386,7 +382,12 @@ pub async fn sign_out(
 ) -> Result<Response, AppError> {
     same_origin_only(&state, &headers)?;
     if let Some(cookie) = session_cookie(&headers) {
-        if let Ok(info) = state.sessions.get(&cookie) {
+        let live = match state.sessions.get(&cookie).await {
+            Ok(info) => Some(info),
+            Err(SessionError::Store(e)) => return Err(e.into()),
+            Err(_) => None,
+        };
+        if let Some(info) = live {
             let presented = headers
                 .get(CSRF_HEADER)
                 .and_then(|v| v.to_str().ok())
@@ -394,7 +395,7 @@ pub async fn sign_out(
             if !Sessions::csrf_matches(&info, presented) {
                 return Err(SessionError::Csrf.into());
             }
-            state.sessions.end(&cookie);
+            state.sessions.end(&cookie).await?;
         }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -28,6 +28,7 @@ mod sql;
 pub mod postgres;
 pub mod sqlite;
 pub(crate) mod tus;
+pub(crate) mod web_sessions;
 
 pub use rules::listing::{LevelPage, LevelPosition, LevelQuery, ListSort};
 

@@ -71,6 +71,14 @@ mod dialect {
             40,
             include_str!("migrations/postgres/0040_level_listing.sql"),
         ),
+        (
+            50,
+            include_str!("migrations/postgres/0050_web_sessions.sql"),
+        ),
+        (
+            51,
+            include_str!("migrations/postgres/0051_sorted_listing.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -246,6 +254,11 @@ impl PostgresMetadata {
     /// The tus session rows' store, on this database's pool.
     pub(crate) fn tus_store(&self) -> super::tus::TusStore {
         super::tus::TusStore::postgres(self.pool.clone(), self.timeout)
+    }
+
+    /// The web session rows' store, on this database's pool.
+    pub(crate) fn web_session_store(&self) -> super::web_sessions::WebSessionStore {
+        super::web_sessions::WebSessionStore::postgres(self.pool.clone(), self.timeout)
     }
 
     /// Connects to `url` (`postgres://user:pass@host/db`), with at most `max_connections`,

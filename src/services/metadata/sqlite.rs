@@ -57,6 +57,11 @@ mod dialect {
             include_str!("migrations/sqlite/0031_commit_s3_lapsed_leases.sql"),
         ),
         (40, include_str!("migrations/sqlite/0040_level_listing.sql")),
+        (50, include_str!("migrations/sqlite/0050_web_sessions.sql")),
+        (
+            51,
+            include_str!("migrations/sqlite/0051_sorted_listing.sql"),
+        ),
     ];
     pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
@@ -171,6 +176,15 @@ impl SqliteMetadata {
     /// The tus session rows' store, on this database's writer and readers.
     pub(crate) fn tus_store(&self) -> super::tus::TusStore {
         super::tus::TusStore::sqlite(self.writer.clone(), self.readers.clone(), self.timeout)
+    }
+
+    /// The web session rows' store, on this database's writer and readers.
+    pub(crate) fn web_session_store(&self) -> super::web_sessions::WebSessionStore {
+        super::web_sessions::WebSessionStore::sqlite(
+            self.writer.clone(),
+            self.readers.clone(),
+            self.timeout,
+        )
     }
 
     /// Queues a write for the group committer and waits for its outcome. Both waits have the
