@@ -128,7 +128,7 @@ impl AppState {
 
         let storage = match &config.blob_store {
             Some(url) => BlobStore::open_s3(dir, url).await?,
-            None => BlobStore::open(dir).await?,
+            None => BlobStore::open_with_inline(dir, config.inline_max_size).await?,
         };
         crate::metrics::install();
         let mut postgres = None;

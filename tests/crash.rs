@@ -393,3 +393,117 @@ async fn check_versions_and_trash(client: &reqwest::Client, base: &str) {
         }
     }
 }
+
+/// Small uploads are stored inline (`inline-blobs.db`, group-committed) with no file fsync of
+/// their own, so this checks what that must still guarantee: the server is SIGKILLed right
+/// after a 201 arrives (while other small uploads are in flight), and after the restart every
+/// acknowledged file is there with its SHA-256, no file blob was written for them, and fsck
+/// (online, then offline) is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_inline_uploads_are_durable_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ledger: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    for iteration in 0..3u64 {
+        let server = start_with_env(&data_dir, &[("VAULTFS_INLINE_MAX_SIZE", "64KiB")]).await;
+        // SIGKILL as soon as the `kill_after`-th answer of this run is a 201.
+        let kill_after = 20 + rand(100) as usize;
+        let acked = Arc::new(tokio::sync::Notify::new());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for w in 0..16u64 {
+            let (client, base, ledger) = (client.clone(), server.base.clone(), Arc::clone(&ledger));
+            let (acked, count) = (Arc::clone(&acked), Arc::clone(&count));
+            workers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let path = format!("small/{iteration}/{w}/{i}");
+                    // 1 byte to 64 KiB; every fourth body repeats another worker's (dedupe).
+                    let seed = if i % 4 == 0 {
+                        i
+                    } else {
+                        (iteration << 40) + (w << 20) + i
+                    };
+                    let body = data(1 + (seed as usize * 7919) % (64 << 10), seed);
+                    let sent = client
+                        .post(format!("{base}/api/v1/files/upload?path={}", enc(&path)))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            ledger.lock().unwrap().push((path, sha256_hex(&body)));
+                            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if n + 1 == kill_after {
+                                acked.notify_one();
+                            }
+                        }
+                        _ => break, // the server is gone
+                    }
+                }
+            }));
+        }
+        tokio::time::timeout(Duration::from_secs(60), acked.notified())
+            .await
+            .expect("uploads were acknowledged");
+        let mut server = server;
+        server.child.start_kill().unwrap(); // SIGKILL, right after the 201
+        server.child.wait().await.unwrap();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let server = start_with_env(&data_dir, &[("VAULTFS_INLINE_MAX_SIZE", "64KiB")]).await;
+    let base = &server.base;
+    let ledger = ledger.lock().unwrap().clone();
+    assert!(ledger.len() >= 60, "{}", ledger.len());
+    for (path, sha) in &ledger {
+        let r = client
+            .get(format!("{base}/api/v1/fs/{}", enc(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "acknowledged {path} lost");
+        let meta_sha = r.headers()["etag"].to_str().unwrap().to_string();
+        assert_eq!(sha256_hex(&r.bytes().await.unwrap()), *sha, "{path}");
+        assert!(meta_sha.contains(sha.as_str()), "{path}: {meta_sha}");
+    }
+    assert_eq!(
+        common::count_files(&data_dir.join("blobs"), 2).await,
+        0,
+        "small content is inline, not files"
+    );
+    let swept = common::metric_line_appears(
+        &client,
+        base,
+        "vaultfs_startup_check_running 0",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(swept, "the start-up check finished");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+        .args(["fsck", "--json", "--server", base])
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "online fsck: {report}");
+    let mut server = server;
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultfs"))
+        .args(["fsck", "--json", "--data-dir"])
+        .arg(&data_dir)
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "offline fsck: {report}");
+    assert!(report["blobs_checked"].as_u64().unwrap() > 0, "{report}");
+}

@@ -367,3 +367,103 @@ async fn online_fsck_has_no_false_positives_under_load_and_finds_damage() {
     assert_eq!(status, 200);
     s.stop().await;
 }
+
+/// Runs SQL on the inline blob store of `dir` (`inline-blobs.db`).
+async fn inline_sql(dir: &std::path::Path, statements: &[&str]) {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("inline-blobs.db"))
+        .connect()
+        .await
+        .unwrap();
+    for s in statements {
+        sqlx::query(s).execute(&mut conn).await.unwrap();
+    }
+}
+
+/// Content stored inline (small uploads with `inline_max_size`) has fsck's guarantees: every
+/// row re-hashed, a missing or corrupted row reported for the files using it, an orphan row
+/// reported and removed by `--repair`; dedupe, versions and ranges read it as a file blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_checks_inline_blobs_like_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = vaultfs::config::Config::for_data_dir(d);
+    config.inline_max_size = 64 * 1024;
+    config.versions_keep = vaultfs::retention::VersionsKeep::Newest(5);
+    let s = TestServer::start_with(config.clone()).await;
+    let gone = s.put("i/gone", &data(10_000, 1)).await;
+    let bad = s.put("i/bad", &data(20_000, 2)).await;
+    let v1 = data(30_000, 3);
+    s.put("i/good", &v1).await;
+    s.put("i/good-twin", &v1).await; // same blob, two files
+    s.put("i/good", &data(40_000, 4)).await; // a second version
+    let large = data(200_000, 5);
+    s.put("i/large", &large).await; // over the limit: a file
+    assert_eq!(s.blob_count().await, 1, "only the large one is a file");
+    let (status, got) = s.get_bytes("/api/v1/fs/i/good-twin").await;
+    assert_eq!((status, sha256_hex(&got)), (200, sha256_hex(&v1)));
+    // A range of inline content.
+    let r = s
+        .client
+        .get(format!("{}/api/v1/fs/i/good-twin", s.base))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &v1[100..200]);
+    s.stop().await;
+
+    let (code, report) = fsck(d, &[]).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        (report["files"].as_u64(), report["blobs_checked"].as_u64()),
+        (Some(5), Some(5)),
+        "{report}"
+    );
+
+    let orphan = "cd".repeat(32);
+    inline_sql(
+        d,
+        &[
+            &format!(
+                "DELETE FROM blobs WHERE sha256 = '{}'",
+                gone["sha256"].as_str().unwrap()
+            ),
+            &format!(
+                "UPDATE blobs SET content = zeroblob(20000) WHERE sha256 = '{}'",
+                bad["sha256"].as_str().unwrap()
+            ),
+            &format!(
+                "INSERT INTO blobs (sha256, size, content, written_ms) VALUES ('{orphan}', 3, x'010203', 0)"
+            ),
+        ],
+    )
+    .await;
+    let (code, report) = fsck(d, &[]).await;
+    assert_eq!(code, Some(1), "{report}");
+    let damaged: Vec<(String, String)> = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().into(),
+                x["problem"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+    assert!(damaged
+        .iter()
+        .any(|(p, why)| p == "i/gone" && why.contains("missing")));
+    assert!(damaged
+        .iter()
+        .any(|(p, why)| p == "i/bad" && why.contains("hashes to")));
+    assert_eq!(report["orphan_blobs"], serde_json::json!([orphan]));
+    let (_, report) = fsck(d, &["--repair"]).await;
+    assert_eq!(report["orphan_blobs"].as_array().unwrap().len(), 1);
+    let (_, report) = fsck(d, &[]).await;
+    assert_eq!(report["orphan_blobs"], serde_json::json!([]), "{report}");
+}

@@ -159,6 +159,18 @@ impl Overrides {
             }
             config.max_upload_size = n;
         }
+        if let Some(v) = &self.inline_max_size {
+            let text = v.as_text();
+            let n = parse_size(&text).map_err(|r| invalid("inline_max_size", &text, r))?;
+            if n > super::INLINE_MAX_SIZE_CAP {
+                return Err(invalid(
+                    "inline_max_size",
+                    &text,
+                    format!("at most {} bytes", super::INLINE_MAX_SIZE_CAP),
+                ));
+            }
+            config.inline_max_size = n;
+        }
         if let Some(v) = &self.lock_timeout {
             config.lock_timeout = parse_duration(v).map_err(|r| invalid("lock_timeout", v, r))?;
         }

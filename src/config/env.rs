@@ -10,6 +10,7 @@ impl Overrides {
             probe_listen: env("VAULTFS_PROBE_LISTEN"),
             data_dir: env("VAULTFS_DATA_DIR"),
             max_upload_size: env("VAULTFS_MAX_UPLOAD_SIZE").map(SizeValue::Text),
+            inline_max_size: env("VAULTFS_INLINE_MAX_SIZE").map(SizeValue::Text),
             lock_timeout: env("VAULTFS_LOCK_TIMEOUT"),
             metadata_timeout: env("VAULTFS_METADATA_TIMEOUT"),
             events_retention: env("VAULTFS_EVENTS_RETENTION"),

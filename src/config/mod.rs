@@ -30,6 +30,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest accepted upload, in bytes.
     pub max_upload_size: u64,
+    /// Uploads of at most this many bytes are stored inline in the blob store's database
+    /// (one group-committed row, no file and no file fsync) when blobs are on local disk;
+    /// 0: every upload is a file. At most [`INLINE_MAX_SIZE_CAP`].
+    pub inline_max_size: u64,
     /// Deadline for acquiring a request's lock set.
     pub lock_timeout: Duration,
     /// Deadline for the metadata store to answer (pool wait, SQLite busy).
@@ -130,6 +134,9 @@ pub struct Config {
     pub commit_max_files: usize,
 }
 
+/// The largest `inline_max_size`: each upload slot may hold this much in memory.
+pub const INLINE_MAX_SIZE_CAP: u64 = 1024 * 1024;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -137,6 +144,7 @@ impl Default for Config {
             probe_listen: None,
             data_dir: PathBuf::from("./vaultfs-data"),
             max_upload_size: 16 * 1024 * 1024 * 1024,
+            inline_max_size: 64 * 1024,
             lock_timeout: Duration::from_secs(10),
             metadata_timeout: Duration::from_secs(10),
             events_retention: Duration::from_secs(7 * 24 * 3600),
@@ -193,6 +201,9 @@ impl Config {
             data_dir: data_dir.into(),
             versions_keep: VersionsKeep::Newest(1),
             trash_retention: None,
+            // Content as files under blobs/, which tests of other features inspect; tests of
+            // inline content set `inline_max_size`.
+            inline_max_size: 0,
             ..Config::default()
         }
     }

@@ -24,6 +24,7 @@ pub struct Overrides {
     pub probe_listen: Option<String>,
     pub data_dir: Option<String>,
     pub max_upload_size: Option<SizeValue>,
+    pub inline_max_size: Option<SizeValue>,
     pub lock_timeout: Option<String>,
     pub metadata_timeout: Option<String>,
     pub events_retention: Option<String>,

@@ -7,7 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -99,22 +99,31 @@ pub(super) async fn sweep(tmp_dir: &Path) -> Result<usize, StorageError> {
     Ok(removed)
 }
 
-/// Starts a new upload in `tmp_dir`: a fresh temp file, an empty hasher, at most `limit` bytes.
-pub(super) async fn begin(tmp_dir: &Path, limit: u64) -> Result<BlobWriter, StorageError> {
-    let path = tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .await
-        .map_err(StorageError::io("create temp file"))?;
-    Ok(BlobWriter {
-        file: Some(file),
-        temp: TempFile { path: Some(path) },
+/// Starts a new upload in `tmp_dir`: an empty hasher, at most `limit` bytes. With an
+/// `inline_limit`, the body is held in memory while it is no larger than that (content the
+/// store keeps inline, see [`super::inline`]), and only a larger one gets a temp file, created
+/// when it passes the limit; without one, the temp file is created now.
+pub(super) async fn begin(
+    tmp_dir: &Path,
+    limit: u64,
+    inline_limit: u64,
+) -> Result<BlobWriter, StorageError> {
+    let mut writer = BlobWriter {
+        file: None,
+        temp: TempFile { path: None },
+        tmp_dir: tmp_dir.to_path_buf(),
+        pending: None,
+        inline_limit,
         hasher: Some(Sha256::new()),
         size: 0,
         limit,
-    })
+    };
+    if inline_limit > 0 {
+        writer.pending = Some(BytesMut::new());
+    } else {
+        writer.create_file().await?;
+    }
+    Ok(writer)
 }
 
 /// A temporary file that removes itself when dropped unless its path was taken.
@@ -167,8 +176,13 @@ impl Drop for TempFile {
 /// An upload being streamed to a temporary file, hashed in flight.
 #[derive(Debug)]
 pub struct BlobWriter {
+    /// The temp file; `None` while the body is held in `pending` (and after `finish`).
     file: Option<tokio::fs::File>,
     temp: TempFile,
+    tmp_dir: PathBuf,
+    /// The body so far, while it is small enough to be kept inline.
+    pending: Option<BytesMut>,
+    inline_limit: u64,
     /// `None` only while a large chunk is being hashed on the blocking pool.
     hasher: Option<Sha256>,
     size: u64,
@@ -181,6 +195,22 @@ impl BlobWriter {
         self.size
     }
 
+    /// Creates the temp file the body is streamed into.
+    async fn create_file(&mut self) -> Result<(), StorageError> {
+        let path = self
+            .tmp_dir
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(StorageError::io("create temp file"))?;
+        self.temp = TempFile { path: Some(path) };
+        self.file = Some(file);
+        Ok(())
+    }
+
     /// Appends a chunk. Fails with [`StorageError::TooLarge`] as soon as the limit is passed.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         let new_size = self.size.saturating_add(chunk.len() as u64);
@@ -190,6 +220,28 @@ impl BlobWriter {
         self.size = new_size;
         crate::faults::check(crate::faults::Point::BeforeTempWrite)
             .map_err(StorageError::io("write temp file"))?;
+        if let Some(pending) = self.pending.as_mut() {
+            if new_size <= self.inline_limit {
+                // Still small: kept in memory, hashed now.
+                pending.extend_from_slice(&chunk);
+                let hasher = self.hasher.take().ok_or_else(lost_hasher)?;
+                self.hasher = Some(
+                    hash_chunk(hasher, chunk)
+                        .await
+                        .map_err(StorageError::io("hash chunk"))?,
+                );
+                return crate::faults::check(crate::faults::Point::AfterTempWrite)
+                    .map_err(StorageError::io("write temp file"));
+            }
+            // Past the inline limit: what was held goes to a temp file (already hashed).
+            let held = self.pending.take().unwrap_or_default().freeze();
+            self.create_file().await?;
+            if let Some(file) = self.file.as_mut() {
+                file.write_all(&held)
+                    .await
+                    .map_err(StorageError::io("write temp file"))?;
+            }
+        }
         let file = self.file.as_mut().ok_or_else(|| StorageError::Io {
             op: "write temp file",
             source: io::Error::other("writer already finished"),
@@ -221,7 +273,23 @@ impl BlobWriter {
     /// before the commit, [`BlobStore::commit`] syncs it before the rename), or blobs live in
     /// an object store (the temp file is only read back for the upload; the object store's
     /// acknowledgement, not this disk, makes the blob durable).
+    ///
+    /// A body held in memory (no larger than the inline limit) is returned as it is, with no
+    /// file at all: the commit stores it inline, durable when the commit returns.
     pub async fn finish(mut self, store: &BlobStore) -> Result<StagedBlob, StorageError> {
+        if let Some(pending) = self.pending.take() {
+            let digest = self.hasher.take().ok_or_else(lost_hasher)?.finalize();
+            return Ok(StagedBlob {
+                temp: TempFile::none(),
+                blob: BlobRef {
+                    sha256: hex::encode(digest),
+                    size: self.size,
+                },
+                synced: true,
+                remote: None,
+                inline: Some(pending.freeze()),
+            });
+        }
         let mut file = self.file.take().ok_or_else(|| StorageError::Io {
             op: "finish temp file",
             source: io::Error::other("writer already finished"),
@@ -255,6 +323,7 @@ impl BlobWriter {
             },
             synced,
             remote: None,
+            inline: None,
         })
     }
 }
@@ -279,6 +348,9 @@ pub struct StagedBlob {
     /// Instead of a temp file: an object in the blob store's bucket holding the content (a
     /// tus session staged there), copied into place by the commit.
     pub(super) remote: Option<String>,
+    /// Instead of a temp file: the whole content, held in memory (no larger than the store's
+    /// inline limit), which the commit stores inline.
+    pub(super) inline: Option<Bytes>,
 }
 
 impl StagedBlob {
@@ -319,6 +391,7 @@ pub(super) async fn adopt(
             blob,
             synced: true,
             remote: None,
+            inline: None,
         });
     }
     Ok(StagedBlob {
@@ -326,5 +399,6 @@ pub(super) async fn adopt(
         blob,
         synced: true,
         remote: None,
+        inline: None,
     })
 }
