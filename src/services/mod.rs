@@ -16,19 +16,19 @@
 //! - [`commits`]: atomic multi-file commits and leases with fencing tokens (issue 21).
 
 pub mod auth;
-pub mod commits;
+pub(crate) mod commits;
 pub mod files;
 pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
 pub mod s3_meta;
-pub mod secret;
+pub(crate) mod secret;
 pub mod storage;
-pub mod tus;
+pub(crate) mod tus;
 pub mod upload;
-pub mod versions;
-pub mod web_session;
+pub(crate) mod versions;
+pub(crate) mod web_session;
 
 use lock_manager::LockError;
 use metadata::MetadataError;

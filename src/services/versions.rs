@@ -15,11 +15,11 @@ use super::ServiceError;
 use crate::paths::VPath;
 
 /// Most files one recursive delete takes (its lock set names every one).
-pub const MAX_TREE_FILES: usize = 10_000;
+pub(crate) const MAX_TREE_FILES: usize = 10_000;
 /// Trash entries one expiry transaction purges: small, so writers get the store in between.
-pub const EXPIRY_BATCH: usize = 100;
+pub(crate) const EXPIRY_BATCH: usize = 100;
 /// How often the background expiry looks for expired entries.
-pub const EXPIRY_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 /// How many times a tree operation lists and locks again after the tree changed.
 const TREE_RETRIES: usize = 8;
 

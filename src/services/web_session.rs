@@ -66,7 +66,7 @@ pub(crate) struct SessionInfo {
 
 /// The session table. Cheap to clone.
 #[derive(Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     /// Guards the live sessions, by the SHA-256 of their id. Held for map operations only.
     table: Arc<Mutex<HashMap<[u8; 32], Session>>>,
     csrf_key: Arc<[u8; 32]>,
@@ -84,7 +84,7 @@ fn digest(id: &str) -> [u8; 32] {
 
 impl Sessions {
     /// `csrf_key`: `Auth::derive_key(CSRF_KEY_PURPOSE)`.
-    pub fn new(csrf_key: [u8; 32]) -> Self {
+    pub(crate) fn new(csrf_key: [u8; 32]) -> Self {
         Sessions {
             table: Arc::default(),
             csrf_key: Arc::new(csrf_key),

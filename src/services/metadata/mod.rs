@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::storage::BlobRef;
 
 #[macro_use]
-pub mod commits;
+pub(crate) mod commits;
 pub(crate) mod instrumented;
 pub(crate) mod rules;
 #[macro_use]

@@ -32,7 +32,7 @@ mod commits;
 use commits::FenceGuard;
 
 /// Level listings (issue 22): sorted, filtered pages of one folder.
-pub mod listing;
+pub(crate) mod listing;
 
 /// Row operations inside one open write transaction.
 #[async_trait]
