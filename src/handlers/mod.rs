@@ -21,7 +21,7 @@
 pub mod admin;
 pub mod authz;
 pub(crate) mod body;
-pub mod commits;
+pub(crate) mod commits;
 pub mod content;
 pub mod files;
 pub mod fs;
@@ -31,13 +31,13 @@ pub mod metrics;
 pub mod multipart_guard;
 pub mod openapi;
 pub mod routes;
-pub mod s3;
+pub(crate) mod s3;
 pub mod share;
 pub mod sync;
-pub mod tus;
+pub(crate) mod tus;
 pub mod upload;
 pub mod versions;
-pub mod web;
+pub(crate) mod web;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
