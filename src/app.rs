@@ -57,23 +57,23 @@ const METADATA_READERS: u32 = 4;
 /// Shared by every handler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub files: FileService,
+    pub(crate) files: FileService,
     /// tus resumable upload sessions.
-    pub tus: crate::services::tus::TusService,
-    pub config: Arc<Config>,
+    pub(crate) tus: crate::services::tus::TusService,
+    pub(crate) config: Arc<Config>,
     /// Turns true when the server begins shutting down (sync streams close with 1001).
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_trigger: Arc<watch::Sender<bool>>,
     /// Scheduling-delay probe of the runtime serving this state.
-    pub stall: StallMonitor,
+    pub(crate) stall: StallMonitor,
     /// True from the shutdown signal on: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// Tokens and share links.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// The web file browser's sessions (handlers::web).
-    pub sessions: crate::services::web_session::Sessions,
+    pub(crate) sessions: crate::services::web_session::Sessions,
     /// Held while an online fsck runs (one at a time).
-    pub fsck_slot: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
 }

@@ -16,20 +16,22 @@
 //!   [`paths`] (validation and normalization of user paths), [`blocking`] (the one
 //!   `spawn_blocking` wrapper), [`watchdog`] (the runtime stall watchdog), [`faults`].
 
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod app;
-pub mod blocking;
+pub(crate) mod blocking;
 pub mod cli;
-pub mod client;
+pub(crate) mod client;
 pub mod config;
-pub mod conn;
-pub mod error;
+pub(crate) mod conn;
+pub(crate) mod error;
 pub mod faults;
 pub mod handlers;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod paths;
-pub mod retention;
+pub(crate) mod retention;
 pub mod server;
 pub mod services;
-pub mod tls;
-pub mod watchdog;
+pub(crate) mod tls;
+pub(crate) mod watchdog;
