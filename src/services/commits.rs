@@ -315,7 +315,7 @@ impl FileService {
         }
     }
 
-    pub async fn release_lease(&self, lease_id: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn release_lease(&self, lease_id: &str) -> Result<(), ServiceError> {
         let op = AtomicOp::ReleaseLease {
             lease_id: lease_id.to_string(),
         };

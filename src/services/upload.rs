@@ -98,7 +98,7 @@ pub struct BodyLimits {
     pub idle: Duration,
     /// Bytes per second, averaged over `window` of waiting for the client; 0: no minimum.
     pub min_rate: u64,
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Longest wait for the next multipart part's headers.
     pub part_wait: Duration,
 }
@@ -110,7 +110,7 @@ impl Default for BodyLimits {
 }
 
 impl BodyLimits {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
         BodyLimits {
             idle: config.body_idle_timeout,
             min_rate: config.upload_min_rate,
@@ -171,7 +171,7 @@ impl std::fmt::Debug for UploadOptions {
 /// A committed file.
 #[derive(Debug, Clone)]
 pub struct UploadOutcome {
-    pub meta: FileMeta,
+    pub(crate) meta: FileMeta,
     /// A new path (201), not a new version of an existing one (200).
     pub created: bool,
     /// [`UploadOptions::digest_sink`]'s result, if one was given.
@@ -184,9 +184,9 @@ pub struct UploadOutcome {
 /// pool, before anything else.
 #[derive(Debug, Clone)]
 pub struct StagedFile {
-    pub path: std::path::PathBuf,
-    pub size: u64,
-    pub sha256: Option<[u8; 32]>,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) size: u64,
+    pub(crate) sha256: Option<[u8; 32]>,
 }
 
 /// Content already assembled as an object in the blob store's bucket (a tus session staged
@@ -195,8 +195,8 @@ pub struct StagedFile {
 pub struct StagedObject {
     /// The object's key in the bucket.
     pub key: String,
-    pub size: u64,
-    pub sha256: [u8; 32],
+    pub(crate) size: u64,
+    pub(crate) sha256: [u8; 32],
 }
 
 /// A fully received, verified file in staging, not yet visible.

@@ -27,7 +27,7 @@ pub enum ListSort {
 }
 
 impl ListSort {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "name" => ListSort::Name,
             "size" => ListSort::Size,
