@@ -11,7 +11,7 @@ use crate::paths::validate_prefix;
 use crate::services::files::{ListOrder, ListPage, RequestCtx};
 use crate::services::metadata::ListSort;
 
-pub const DEFAULT_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 1000;
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {

@@ -56,7 +56,7 @@ use crate::services::metadata::{EtagMatch, Precondition};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Accepts a sane `X-Request-Id` from the client or makes one, exposes it to handlers, carries
 /// it in the request's tracing span and returns it in the response.

@@ -36,8 +36,8 @@ pub struct ShareBody {
 pub struct ShareLink {
     /// Path and query of the link, to append to the server's URL.
     pub link: String,
-    pub path: String,
-    pub expires_at: String,
+    pub(crate) path: String,
+    pub(crate) expires_at: String,
 }
 
 /// `POST /api/v1/share`: a link to a file the caller may read, which must exist now.

@@ -199,7 +199,7 @@ pub async fn trash_list(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RestoreBody {
+pub(crate) struct RestoreBody {
     to: Option<String>,
     #[serde(default)]
     overwrite: bool,
