@@ -72,7 +72,7 @@ pub struct AppState {
     pub(crate) auth: Auth,
     /// The web file browser's sessions (handlers::web).
     pub(crate) sessions: crate::services::web_session::Sessions,
-    /// Held while an online fsck runs (one at a time).
+    /// Held while an online fsck runs, so at most one runs at a time (guards no data).
     pub(crate) fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
@@ -253,7 +253,7 @@ impl AppState {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
