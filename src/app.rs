@@ -78,18 +78,30 @@ pub struct AppState {
     _data_dir_lock: Arc<std::fs::File>,
 }
 
+/// Why the server could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("data directory {path}: {reason}")]
-    DataDir { path: String, reason: String },
+    /// The data directory could not be created, locked or used.
+    DataDir {
+        /// The data directory.
+        path: String,
+        /// What went wrong with it.
+        reason: String,
+    },
+    /// The blob store failed to open.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The metadata store failed to open or migrate.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// A service failed while starting (for example its background sweep).
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// Binding or serving a listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The token table could not be loaded.
     #[error("authentication: {0}")]
     Auth(#[from] AuthError),
     #[error(
@@ -97,7 +109,11 @@ pub enum ServerError {
          token exists. Create one first (`vaultfs token create --scope admin`), or pass \
          --insecure-no-auth to serve everyone who can reach it"
     )]
-    Insecure { addr: std::net::SocketAddr },
+    /// A non-loopback listener without a token and without `--insecure-no-auth`.
+    Insecure {
+        /// The listen address that would be open to everyone.
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl AppState {
@@ -264,6 +280,7 @@ impl AppState {
         self.shutdown_trigger.send_replace(true);
     }
 
+    /// Begins shutdown and closes the metadata store (its pools and writer task).
     pub async fn close(&self) {
         self.begin_shutdown();
         self.files.metadata().close().await;

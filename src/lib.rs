@@ -21,7 +21,6 @@
 #![warn(unreachable_pub, missing_docs)]
 
 pub mod api;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod app;
 pub(crate) mod blocking;
 #[allow(missing_docs)] // issue 23: public items here still undocumented
@@ -31,14 +30,10 @@ pub(crate) mod client;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod faults;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod handlers;
 pub(crate) mod metrics;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod paths;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub(crate) mod retention;
 pub mod server;
 #[allow(missing_docs)] // issue 23: public items here still undocumented
