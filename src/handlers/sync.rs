@@ -47,6 +47,7 @@ pub(crate) const CLIENT_MESSAGE_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_WAIT_SECS: u64 = 60;
 pub(crate) const MAX_EVENTS_LIMIT: usize = 10_000;
 
+/// Query of `GET /api/v1/sync`: resume after event `since`, only events under `prefix`.
 #[derive(Debug, Deserialize)]
 pub struct SyncQuery {
     since: Option<i64>,
@@ -54,6 +55,7 @@ pub struct SyncQuery {
     prefix: String,
 }
 
+/// `GET /api/v1/sync`: upgrades to the WebSocket that streams events from `since` on.
 pub async fn sync(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -228,6 +230,8 @@ fn classify(e: &axum::Error) -> (u16, &'static str) {
     (1002, "protocol error")
 }
 
+/// Query of `GET /api/v1/events`: events after `since` under `prefix`, at most `limit`,
+/// long-polling up to `wait` seconds.
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     since: Option<i64>,
