@@ -388,6 +388,7 @@ type Cursors =
 struct CursorRegistration {
     id: u64,
     cursor: Arc<std::sync::atomic::AtomicI64>,
+    /// The hub's registry (its mutex guards the id -> position map), left on drop.
     registry: Cursors,
 }
 
