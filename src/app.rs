@@ -57,39 +57,51 @@ const METADATA_READERS: u32 = 4;
 /// Shared by every handler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub files: FileService,
+    pub(crate) files: FileService,
     /// tus resumable upload sessions.
-    pub tus: crate::services::tus::TusService,
-    pub config: Arc<Config>,
+    pub(crate) tus: crate::services::tus::TusService,
+    pub(crate) config: Arc<Config>,
     /// Turns true when the server begins shutting down (sync streams close with 1001).
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_trigger: Arc<watch::Sender<bool>>,
     /// Scheduling-delay probe of the runtime serving this state.
-    pub stall: StallMonitor,
+    pub(crate) stall: StallMonitor,
     /// True from the shutdown signal on: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// Tokens and share links.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// The web file browser's sessions (handlers::web).
-    pub sessions: crate::services::web_session::Sessions,
-    /// Held while an online fsck runs (one at a time).
-    pub fsck_slot: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) sessions: crate::services::web_session::Sessions,
+    /// Held while an online fsck runs, so at most one runs at a time (guards no data).
+    pub(crate) fsck_slot: Arc<tokio::sync::Mutex<()>>,
     /// Holds the data directory's exclusive lock for the life of the server.
     _data_dir_lock: Arc<std::fs::File>,
 }
 
+/// Why the server could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("data directory {path}: {reason}")]
-    DataDir { path: String, reason: String },
+    /// The data directory could not be created, locked or used.
+    DataDir {
+        /// The data directory.
+        path: String,
+        /// What went wrong with it.
+        reason: String,
+    },
+    /// The blob store failed to open.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The metadata store failed to open or migrate.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// A service failed while starting (for example its background sweep).
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// Binding or serving a listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The token table could not be loaded.
     #[error("authentication: {0}")]
     Auth(#[from] AuthError),
     #[error(
@@ -97,7 +109,11 @@ pub enum ServerError {
          token exists. Create one first (`vaultfs token create --scope admin`), or pass \
          --insecure-no-auth to serve everyone who can reach it"
     )]
-    Insecure { addr: std::net::SocketAddr },
+    /// A non-loopback listener without a token and without `--insecure-no-auth`.
+    Insecure {
+        /// The listen address that would be open to everyone.
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl AppState {
@@ -256,7 +272,7 @@ impl AppState {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -267,6 +283,7 @@ impl AppState {
         self.shutdown_trigger.send_replace(true);
     }
 
+    /// Begins shutdown and closes the metadata store (its pools and writer task).
     pub async fn close(&self) {
         self.begin_shutdown();
         self.files.metadata().close().await;

@@ -12,7 +12,7 @@ static QUEUED: AtomicUsize = AtomicUsize::new(0);
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
 /// Calls waiting for a blocking thread, and calls running on one (for `/metrics`).
-pub fn depth() -> (usize, usize) {
+pub(crate) fn depth() -> (usize, usize) {
     (
         QUEUED.load(Ordering::Relaxed),
         RUNNING.load(Ordering::Relaxed),
@@ -37,7 +37,7 @@ impl Drop for Count {
 
 /// Runs `f` on the blocking pool and waits for it. A panic in `f` becomes an `io::Error`.
 #[allow(clippy::disallowed_methods)] // this is the wrapper the lint points to
-pub async fn run<F, T>(f: F) -> io::Result<T>
+pub(crate) async fn run<F, T>(f: F) -> io::Result<T>
 where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     T: Send + 'static,

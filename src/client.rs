@@ -161,7 +161,7 @@ impl From<reqwest::Error> for ClientError {
 }
 
 /// The environment variable whose value every request sends as `X-Vaultfs-Fence`.
-pub const FENCE_ENV: &str = "VAULTFS_FENCE";
+pub(crate) const FENCE_ENV: &str = "VAULTFS_FENCE";
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -409,7 +409,7 @@ impl Client {
 
 /// What one sync connection ended with.
 #[derive(Debug)]
-pub enum WatchEnd {
+pub(crate) enum WatchEnd {
     /// The server closed (shutdown, ping timeout...) or the connection broke: reconnect.
     Disconnected(String),
     /// The cursor is gone from the log: re-list, then resume from `latest`.
@@ -424,7 +424,7 @@ pub enum WatchEnd {
 /// event's JSON in order; `on_event` returns false to stop. Reconnects with exponential backoff
 /// and jitter (100 ms to 10 s), resuming after the last seq delivered, so a server restart or a
 /// network cut loses nothing. Returns when stopped or when a resync is required.
-pub async fn watch<F>(
+pub(crate) async fn watch<F>(
     client: &Client,
     mut since: Option<i64>,
     prefix: &str,

@@ -26,7 +26,7 @@ const LINGER_IDLE: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 64 << 20;
 
 #[derive(Debug)]
-pub struct ServerIo {
+pub(crate) struct ServerIo {
     stream: Option<TcpStream>,
     write_timeout: Duration,
     /// Armed once a write has to wait; kept (not re-created) across writes. When it fires, the
@@ -38,7 +38,7 @@ pub struct ServerIo {
 impl ServerIo {
     /// `write_timeout`: a write that makes no progress for this long fails (the client
     /// stopped reading).
-    pub fn new(stream: TcpStream, write_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: TcpStream, write_timeout: Duration) -> Self {
         ServerIo {
             stream: Some(stream),
             write_timeout,

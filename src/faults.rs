@@ -8,14 +8,24 @@ use std::io;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Point {
+    /// Before a body chunk is written to the upload's temp file.
     BeforeTempWrite = 1,
+    /// After a body chunk is in the temp file.
     AfterTempWrite,
+    /// Before the temp file is fsynced.
     BeforeFsync,
+    /// After the fsync of the temp file.
     AfterFsync,
+    /// Before the staged blob is put in place under its SHA-256 (local: the rename; S3: the
+    /// upload or the in-bucket copy).
     BeforeRename,
+    /// After the blob is in place, before the metadata transaction.
     AfterRename,
+    /// Before the metadata transaction that records the new version commits.
     BeforeMetadataCommit,
+    /// Right after the metadata transaction commits.
     AfterMetadataCommit,
+    /// After the metadata commit, before the change's event reaches live subscribers.
     BeforeEventPublish,
 }
 

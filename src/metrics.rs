@@ -28,7 +28,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder once (several servers in one test process share it).
 /// `None` when another recorder was installed first.
-pub fn install() -> Option<&'static PrometheusHandle> {
+pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = match PrometheusBuilder::new().set_buckets(BUCKETS) {
@@ -66,7 +66,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 /// Route-level middleware: requests by route, method and status, and their latency (to the
 /// response head; a streamed body's transfer is counted in bytes).
-pub async fn track(request: Request, next: Next) -> Response {
+pub(crate) async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -85,11 +85,11 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// Counts one in-flight transfer while alive.
 #[derive(Debug)]
-pub struct InFlight(&'static str);
+pub(crate) struct InFlight(&'static str);
 
 impl InFlight {
     /// `name`: `vaultfs_uploads_in_flight` or `vaultfs_downloads_in_flight`.
-    pub fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         metrics::gauge!(name).increment(1.0);
         InFlight(name)
     }
@@ -102,7 +102,7 @@ impl Drop for InFlight {
 }
 
 /// Times one store operation; errors are counted by operation.
-pub async fn timed<T, E>(
+pub(crate) async fn timed<T, E>(
     store: &'static str,
     op: &'static str,
     fut: impl Future<Output = Result<T, E>>,

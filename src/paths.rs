@@ -20,26 +20,37 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Why a path was refused. The message is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// The path is empty.
     #[error("path is empty")]
     Empty,
+    /// Longer than `MAX_PATH_BYTES` bytes.
     #[error("path is longer than {MAX_PATH_BYTES} bytes")]
     TooLong,
+    /// A segment is longer than `MAX_SEGMENT_BYTES` bytes.
     #[error("path segment is longer than {MAX_SEGMENT_BYTES} bytes")]
     SegmentTooLong,
+    /// Starts with `/`.
     #[error("path must be relative (no leading '/')")]
     Absolute,
+    /// Has `//` or ends with `/`.
     #[error("path has an empty segment ('//' or a trailing '/')")]
     EmptySegment,
+    /// Has a `.` or `..` segment.
     #[error("path segments '.' and '..' are not allowed")]
     DotSegment,
+    /// Has a backslash.
     #[error("backslashes are not allowed in paths")]
     Backslash,
+    /// Has a control, bidirectional-override or replacement character.
     #[error("control, bidirectional-override and replacement characters are not allowed in paths")]
     ForbiddenChar,
+    /// A segment ends with a space or a dot (Windows would drop it).
     #[error("a path segment may not end with a space or a dot")]
     TrailingSpaceOrDot,
+    /// Percent-decoding it would give one of the refused forms.
     #[error("path contains a percent-encoded sequence that decodes to a forbidden path")]
     EncodedTraversal,
+    /// Starts with a drive letter (`C:`).
     #[error("path may not start with a drive letter (C:)")]
     DriveLetter,
 }
@@ -83,10 +94,12 @@ impl VPath {
         Ok(VPath(nfc))
     }
 
+    /// The normalized path (NFC, relative, `/`-separated).
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The normalized path, by value.
     pub fn into_string(self) -> String {
         self.0
     }

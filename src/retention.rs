@@ -6,6 +6,7 @@
 /// How many versions of a file are kept, the current one included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionsKeep {
+    /// Every version is kept.
     All,
     /// The N newest (0 and 1 both keep the current version only).
     Newest(u64),
@@ -25,7 +26,9 @@ impl VersionsKeep {
 /// prefix wins; a setting left out falls back to the global one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionRule {
+    /// The normalized path prefix the rule applies to (a directory: `a/b/`).
     pub prefix: String,
+    /// Versions kept under the prefix; `None`: the global setting.
     pub versions_keep: Option<VersionsKeep>,
     /// `Some(None)`: deletes under this prefix are final.
     pub trash_retention_ms: Option<Option<i64>>,
@@ -34,9 +37,11 @@ pub struct RetentionRule {
 /// Version and trash retention, which the store applies inside each write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
+    /// Versions kept of every file no rule covers.
     pub versions_keep: VersionsKeep,
     /// How long a deleted file stays in the trash; `None`: deletes are final (no trash).
     pub trash_retention_ms: Option<i64>,
+    /// The per-prefix overrides, in configuration order.
     pub rules: Vec<RetentionRule>,
 }
 

@@ -42,7 +42,7 @@ impl ResolvesServerCert for CertStore {
 
 /// A TLS acceptor over a reloading certificate. Cheap to clone.
 #[derive(Clone)]
-pub struct Tls {
+pub(crate) struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     handshake_timeout: Duration,
 }
@@ -87,7 +87,7 @@ async fn modified(path: &Path) -> Option<SystemTime> {
 impl Tls {
     /// The acceptor for `--tls-cert`/`--tls-key`, or `None` when TLS is off. Starts a task
     /// that reloads the certificate when either file changes, until `shutdown`.
-    pub async fn from_config(
+    pub(crate) async fn from_config(
         config: &crate::config::Config,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> io::Result<Option<Tls>> {
@@ -141,7 +141,7 @@ impl Tls {
     }
 
     /// The TLS handshake on an accepted connection, within the header-read deadline.
-    pub async fn accept(&self, io: ServerIo) -> io::Result<MaybeTls> {
+    pub(crate) async fn accept(&self, io: ServerIo) -> io::Result<MaybeTls> {
         match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io)).await {
             Ok(Ok(stream)) => Ok(MaybeTls::Tls(Box::new(stream))),
             Ok(Err(e)) => Err(e),
@@ -155,14 +155,14 @@ impl Tls {
 
 /// A connection as served: plain, or TLS over it.
 #[derive(Debug)]
-pub enum MaybeTls {
+pub(crate) enum MaybeTls {
     Plain(ServerIo),
     Tls(Box<tokio_rustls::server::TlsStream<ServerIo>>),
 }
 
 impl MaybeTls {
     /// Performs the handshake when `tls` is set.
-    pub async fn wrap(io: ServerIo, tls: Option<&Tls>) -> io::Result<MaybeTls> {
+    pub(crate) async fn wrap(io: ServerIo, tls: Option<&Tls>) -> io::Result<MaybeTls> {
         match tls {
             None => Ok(MaybeTls::Plain(io)),
             Some(tls) => tls.accept(io).await,

@@ -40,7 +40,7 @@ const RECENT_STALLS: usize = 64;
 
 /// Why liveness fails.
 #[derive(Debug, Clone, Serialize)]
-pub struct Unresponsive {
+pub(crate) struct Unresponsive {
     /// The stall's length (so far, when `ongoing`).
     pub delay_ms: f64,
     pub ongoing: bool,
@@ -50,7 +50,7 @@ pub struct Unresponsive {
 
 /// Handle to the watchdog thread; stops it when the last clone is dropped.
 #[derive(Debug, Clone)]
-pub struct StallMonitor {
+pub(crate) struct StallMonitor {
     inner: Arc<Inner>,
     _stopper: Arc<Stopper>,
 }
@@ -71,7 +71,7 @@ impl Drop for Stopper {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StallSnapshot {
+pub(crate) struct StallSnapshot {
     pub last_delay_ms: f64,
     pub max_delay_ms: f64,
     /// How long the probe now in flight has waited (0 when none is waiting).
@@ -91,7 +91,7 @@ fn ms(ns: u64) -> f64 {
 
 impl StallMonitor {
     /// Starts probing `handle`'s runtime.
-    pub fn start(
+    pub(crate) fn start(
         handle: tokio::runtime::Handle,
         interval: Duration,
         threshold: Duration,
@@ -121,7 +121,7 @@ impl StallMonitor {
         })
     }
 
-    pub fn snapshot(&self) -> StallSnapshot {
+    pub(crate) fn snapshot(&self) -> StallSnapshot {
         let i = &self.inner;
         let since = i.outstanding_since_ns.load(Ordering::Relaxed);
         let current = if since == 0 {
@@ -144,7 +144,7 @@ impl StallMonitor {
     /// Liveness: `Err` when the runtime's scheduling delay is over `grace` now, or was at any
     /// time in the last `window`. Kubernetes restarts a pod whose runtime keeps wedging, even
     /// if each probe happens to land between stalls.
-    pub fn liveness(&self, grace: Duration, window: Duration) -> Result<(), Unresponsive> {
+    pub(crate) fn liveness(&self, grace: Duration, window: Duration) -> Result<(), Unresponsive> {
         let i = &self.inner;
         let now = nanos(i.origin.elapsed());
         let since = i.outstanding_since_ns.load(Ordering::Relaxed);

@@ -390,7 +390,7 @@ async fn fsck_checks_inline_blobs_like_files() {
     let d = dir.path();
     let mut config = vaultfs::config::Config::for_data_dir(d);
     config.inline_max_size = 64 * 1024;
-    config.versions_keep = vaultfs::retention::VersionsKeep::Newest(5);
+    config.versions_keep = vaultfs::services::metadata::VersionsKeep::Newest(5);
     let s = TestServer::start_with(config.clone()).await;
     let gone = s.put("i/gone", &data(10_000, 1)).await;
     let bad = s.put("i/bad", &data(20_000, 2)).await;

@@ -21,7 +21,7 @@ use crate::services::metadata::MetadataStore;
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     #[command(subcommand)]
-    pub command: TokenCommand,
+    pub(crate) command: TokenCommand,
     /// Data directory whose token table to change [env: VAULTFS_DATA_DIR]
     #[arg(
         long,
@@ -51,7 +51,7 @@ pub struct TokenArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Make a token; it is printed once, on standard output, and stored only as a hash.
     Create {
         /// Scopes, comma-separated: read, write, admin (admin includes read and write)

@@ -82,7 +82,7 @@ impl CommonArgs {
         load_token_file(&mut self.token, self.token_file.as_deref())
     }
 
-    pub fn client(&self) -> Result<Client, ClientError> {
+    pub(crate) fn client(&self) -> Result<Client, ClientError> {
         Client::with_options(
             &self.server,
             &ClientOptions {
@@ -105,7 +105,7 @@ impl CommonArgs {
         }
     }
 
-    pub fn policy(&self) -> RetryPolicy {
+    pub(crate) fn policy(&self) -> RetryPolicy {
         RetryPolicy {
             retries: self.retries,
             ..RetryPolicy::default()
@@ -117,16 +117,19 @@ impl CommonArgs {
 /// interrupted is removed by `main` after the runtime has stopped, so no in-flight write can
 /// recreate a file after its removal.
 #[derive(Debug, Default, Clone)]
-pub struct TempFiles(Arc<Mutex<HashSet<PathBuf>>>);
+pub struct TempFiles(
+    /// Guards the set of temp file paths; held for one insert, remove or drain.
+    Arc<Mutex<HashSet<PathBuf>>>,
+);
 
 impl TempFiles {
-    pub fn add(&self, path: PathBuf) {
+    pub(crate) fn add(&self, path: PathBuf) {
         if let Ok(mut set) = self.0.lock() {
             set.insert(path);
         }
     }
 
-    pub fn forget(&self, path: &std::path::Path) {
+    pub(crate) fn forget(&self, path: &std::path::Path) {
         if let Ok(mut set) = self.0.lock() {
             set.remove(path);
         }

@@ -14,7 +14,7 @@ use crate::api::FileMeta;
 use crate::client::ClientError;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ErrorInfo {
+pub(crate) struct ErrorInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub code: String,
@@ -50,25 +50,29 @@ impl From<&ClientError> for ErrorInfo {
 /// The outcome of one item (one file transferred, moved, removed...).
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemResult {
-    pub op: &'static str,
-    pub ok: bool,
-    pub source: String,
+    pub(crate) op: &'static str,
+    pub(crate) ok: bool,
+    pub(crate) source: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub target: String,
+    pub(crate) target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileMeta>,
-    pub bytes: u64,
-    pub attempts: u32,
+    pub(crate) file: Option<FileMeta>,
+    pub(crate) bytes: u64,
+    pub(crate) attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resumed_from: Option<u64>,
+    pub(crate) resumed_from: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
+    pub(crate) error: Option<ErrorInfo>,
 }
 
 impl ItemResult {
-    pub fn new(op: &'static str, source: impl Into<String>, target: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        op: &'static str,
+        source: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
         ItemResult {
             op,
             ok: false,
@@ -83,7 +87,7 @@ impl ItemResult {
         }
     }
 
-    pub fn succeeded(mut self, file: Option<FileMeta>, bytes: u64, attempts: u32) -> Self {
+    pub(crate) fn succeeded(mut self, file: Option<FileMeta>, bytes: u64, attempts: u32) -> Self {
         self.ok = true;
         self.file = file;
         self.bytes = bytes;
@@ -91,18 +95,18 @@ impl ItemResult {
         self
     }
 
-    pub fn failed(mut self, error: &ClientError, attempts: u32) -> Self {
+    pub(crate) fn failed(mut self, error: &ClientError, attempts: u32) -> Self {
         self.ok = false;
         self.error = Some(error.into());
         self.attempts = attempts;
         self
     }
 
-    pub fn failed_local(self, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn failed_local(self, code: &str, message: impl Into<String>) -> Self {
         self.failed(&ClientError::local(code, message), 0)
     }
 
-    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+    pub(crate) fn with_note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
         self
     }
@@ -198,6 +202,7 @@ pub struct Reporter {
     mode: Mode,
     multi: Option<MultiProgress>,
     total: Option<ProgressBar>,
+    /// Guards the running totals of finished items; held for one update, never across `.await`.
     tally: Mutex<Tally>,
     planned_items: u64,
     started: Instant,
@@ -240,7 +245,7 @@ impl Reporter {
         }
     }
 
-    pub fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.mode == Mode::Json
     }
 

@@ -24,7 +24,7 @@ use crate::client::{Client, ClientError, RetryPolicy};
 const CHUNK: usize = 256 * 1024;
 /// Most bytes one PATCH carries: what a broken connection can cost at worst (the server
 /// keeps what reached it, so usually far less is sent again).
-pub const PATCH_CHUNK: u64 = 16 << 20;
+pub(super) const PATCH_CHUNK: u64 = 16 << 20;
 
 /// What a resumed run needs: the parts' upload URLs for this file, target and content.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,7 +46,7 @@ struct Part {
 
 /// What a tus upload did.
 #[derive(Debug, Clone)]
-pub struct TusReport {
+pub(super) struct TusReport {
     pub meta: FileMeta,
     /// Bytes the server already had when this run began.
     pub resumed: u64,
@@ -79,7 +79,7 @@ fn tus_error(status: u16, what: &str) -> ClientError {
 
 /// Uploads `local` (`size` bytes, SHA-256 `sha256`) to `remote` through tus.
 #[allow(clippy::too_many_arguments)]
-pub async fn upload(
+pub(super) async fn upload(
     client: &Client,
     policy: &RetryPolicy,
     local: &Path,

@@ -48,7 +48,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     crate::config::parse_size(s)
 }
 
-pub fn parse_rate(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
     match crate::config::parse_size(s) {
         Ok(0) => Err("the rate must be above 0".into()),
         Ok(n) => Ok(n),
@@ -233,7 +233,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(limit: Option<u64>) -> Self {
+    pub(crate) fn new(limit: Option<u64>) -> Self {
         Pacer {
             limit,
             start: Instant::now(),
@@ -249,7 +249,7 @@ impl Pacer {
         }
     }
 
-    pub async fn moved(&mut self, n: u64) {
+    pub(crate) async fn moved(&mut self, n: u64) {
         self.moved += n;
         if let Some(limit) = self.limit {
             let due = Duration::from_secs_f64(self.moved as f64 / limit as f64);

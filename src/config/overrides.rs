@@ -11,9 +11,9 @@ use super::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionOverride {
-    pub prefix: String,
-    pub versions_keep: Option<SizeValue>,
-    pub trash_retention: Option<String>,
+    pub(crate) prefix: String,
+    pub(crate) versions_keep: Option<SizeValue>,
+    pub(crate) trash_retention: Option<String>,
 }
 
 /// Values as given by one source; `None` means "not set here".

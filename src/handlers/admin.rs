@@ -16,6 +16,8 @@ pub async fn runtime(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"stall": state.stall.snapshot()}))
 }
 
+/// Query of `POST /api/v1/admin/fsck`: `repair=true` also removes unreferenced
+/// blobs and leftover temp files.
 #[derive(Debug, serde::Deserialize)]
 pub struct FsckQuery {
     #[serde(default)]
@@ -48,6 +50,8 @@ pub async fn fsck(
     Ok(Json(report))
 }
 
+/// JSON body of `POST /api/v1/admin/tokens`: label, scopes, path prefix and lifetime of the
+/// new token.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenBody {

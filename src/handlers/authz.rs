@@ -23,6 +23,8 @@ use crate::services::auth::{Principal, Scope};
 pub const QUERY_TOKEN: &str = "access_token";
 const SYNC_ROUTE: &str = "/api/v1/sync";
 
+/// The authorization layer: finds the route's rule, authenticates the bearer token (or share
+/// link, session cookie, sync query token) and answers 401/403 before the handler runs.
 pub async fn authorize(
     State(state): State<AppState>,
     mut request: Request,

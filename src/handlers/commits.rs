@@ -27,13 +27,13 @@ use crate::services::metadata::commits::{CommitRecord, Lease, FENCE};
 use crate::services::metadata::rfc3339;
 
 /// The header a write's fence travels in.
-pub const FENCE_HEADER: &str = "x-vaultfs-fence";
+pub(crate) const FENCE_HEADER: &str = "x-vaultfs-fence";
 /// Default and longest ttl of a lease.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// Runs the request with its `X-Vaultfs-Fence` (a decimal number) in scope; 400
 /// `invalid_header` when it is not one.
-pub async fn fence_scope(request: Request, next: Next) -> Result<Response, AppError> {
+pub(crate) async fn fence_scope(request: Request, next: Next) -> Result<Response, AppError> {
     let fence = match header_str(request.headers(), FENCE_HEADER)? {
         None => None,
         Some(v) => Some(
@@ -103,7 +103,7 @@ struct CreateBody {
 
 /// `POST /api/v1/commits`: 201 `{"id", "expires_at", "state"}`; with a known
 /// `idempotency_key`, 200 with that commit (and `result`, its finish, once finished).
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiBytes(body): ApiBytes,
 ) -> Result<Response, AppError> {
@@ -131,7 +131,7 @@ pub async fn create(
 }
 
 /// `GET /api/v1/commits/{id}`: the commit and its staged files (`path`, `size`, `sha256`).
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
@@ -187,7 +187,7 @@ fn seq_number(n: &serde_json::Number) -> Result<i64, AppError> {
 }
 
 /// `POST /api/v1/commits/{id}/finish`: 200 with the commit id, `seq_first`, `seq_last`, `files`.
-pub async fn finish(
+pub(crate) async fn finish(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
@@ -227,7 +227,7 @@ pub async fn finish(
 }
 
 /// `DELETE /api/v1/commits/{id}`: 204; the staged content is collected.
-pub async fn abort(
+pub(crate) async fn abort(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
@@ -244,7 +244,7 @@ struct LeaseBody {
 }
 
 /// `POST /api/v1/leases`: 201 with the lease; 409 `lease_held` (with `expires_at`).
-pub async fn acquire(
+pub(crate) async fn acquire(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiBytes(body): ApiBytes,
@@ -264,7 +264,7 @@ struct RenewBody {
 
 /// `POST /api/v1/leases/{id}/renew`: 200 with the lease's new `expires_at`; 410
 /// `lease_expired` once it lapsed.
-pub async fn renew(
+pub(crate) async fn renew(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiBytes(body): ApiBytes,
@@ -277,7 +277,7 @@ pub async fn renew(
 }
 
 /// `DELETE /api/v1/leases/{id}`: 204.
-pub async fn release(
+pub(crate) async fn release(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
@@ -287,7 +287,9 @@ pub async fn release(
 }
 
 /// `GET /api/v1/admin/leases`: `{"leases": [lease]}`.
-pub async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, AppError> {
     let leases = state.files.leases().await?;
     let leases: Vec<_> = leases.iter().map(lease_json).collect();
     Ok(Json(json!({ "leases": leases })))

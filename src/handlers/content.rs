@@ -18,13 +18,16 @@ use crate::app::AppState;
 use crate::error::AppError;
 use crate::services::metadata::{EtagMatch, FileMeta};
 
+/// What a `Range` header asks of a file of known size.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeSpec {
     /// No (usable) Range: the whole content.
     Full,
     /// Inclusive byte range.
     Partial(u64, u64),
+    /// A well-formed range that no byte of the content falls in: 416 `range_not_satisfiable`.
     Unsatisfiable,
+    /// Not a valid `bytes=` range: 416 with the code `invalid_range`.
     Malformed,
 }
 

@@ -64,6 +64,7 @@ pub async fn get_meta(
     Ok(Json(state.files.meta_by_id(&id, &ctx).await?))
 }
 
+/// JSON body of the move and copy endpoints: `{"to": path}`, the destination path.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetBody {
@@ -105,6 +106,7 @@ pub async fn copy_file(
     Ok((StatusCode::CREATED, Json(meta)).into_response())
 }
 
+/// Query of `GET /api/v1/stat`: `path`, the file to describe.
 #[derive(Debug, Deserialize)]
 pub struct StatQuery {
     path: String,

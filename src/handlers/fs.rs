@@ -66,10 +66,13 @@ pub async fn delete(
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelocateOp {
+    /// Rename: the file leaves its old path.
     Move,
+    /// Duplicate: a new file at the target shares the source's blob.
     Copy,
 }
 
+/// Query of `POST /api/v1/fs`: `op` (move or copy) and `to`, the destination path.
 #[derive(Debug, Deserialize)]
 pub struct RelocateQuery {
     op: RelocateOp,

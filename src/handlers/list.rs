@@ -11,8 +11,10 @@ use crate::paths::validate_prefix;
 use crate::services::files::{ListOrder, ListPage, RequestCtx};
 use crate::services::metadata::ListSort;
 
-pub const DEFAULT_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 1000;
 
+/// Query of `GET /api/v1/list`: prefix, optional `/` delimiter, cursor, page size, sort and
+/// filter.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
@@ -32,6 +34,7 @@ pub struct ListQuery {
 /// Longest `filter`, in characters.
 const MAX_FILTER: usize = 1024;
 
+/// `GET /api/v1/list`: one page of the files (and, with a delimiter, sub-prefixes) under `prefix`.
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestCtx,

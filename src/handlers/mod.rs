@@ -21,7 +21,7 @@
 pub mod admin;
 pub mod authz;
 pub(crate) mod body;
-pub mod commits;
+pub(crate) mod commits;
 pub mod content;
 pub mod files;
 pub mod fs;
@@ -31,13 +31,13 @@ pub mod metrics;
 pub mod multipart_guard;
 pub mod openapi;
 pub mod routes;
-pub mod s3;
+pub(crate) mod s3;
 pub mod share;
 pub mod sync;
-pub mod tus;
+pub(crate) mod tus;
 pub mod upload;
 pub mod versions;
-pub mod web;
+pub(crate) mod web;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -56,7 +56,7 @@ use crate::services::metadata::{EtagMatch, Precondition};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Accepts a sane `X-Request-Id` from the client or makes one, exposes it to handlers, carries
 /// it in the request's tracing span and returns it in the response.

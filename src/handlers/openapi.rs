@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 /// The document, byte for byte as committed.
 pub const SPEC: &str = include_str!("../../docs/openapi.json");
 
-pub async fn spec() -> impl IntoResponse {
+pub(crate) async fn spec() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "application/json"),

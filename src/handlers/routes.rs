@@ -46,8 +46,11 @@ enum BodyRule {
 /// One route's authorization rule, as listed by [`route_rules`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRule {
+    /// The HTTP method the rule is for.
     pub method: Method,
+    /// The route's path pattern, as given to the router (`/api/v1/files/{id}`).
     pub path: &'static str,
+    /// Who may call it.
     pub access: Access,
 }
 

@@ -24,6 +24,7 @@ use crate::services::auth::{Principal, MAX_SHARE_TTL};
 use crate::services::files::RequestCtx;
 use crate::services::metadata::{now_ms, rfc3339};
 
+/// JSON body of `POST /api/v1/share`: the file to share and how long the link lives.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShareBody {
@@ -32,12 +33,13 @@ pub struct ShareBody {
     expires_in: Option<String>,
 }
 
+/// Answer of `POST /api/v1/share`: the signed link and when it expires.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ShareLink {
     /// Path and query of the link, to append to the server's URL.
     pub link: String,
-    pub path: String,
-    pub expires_at: String,
+    pub(crate) path: String,
+    pub(crate) expires_at: String,
 }
 
 /// `POST /api/v1/share`: a link to a file the caller may read, which must exist now.
@@ -80,6 +82,7 @@ pub async fn create(
     ))
 }
 
+/// Query of a share link: expiry, signing time, signer and signature.
 #[derive(Debug, Deserialize)]
 pub struct SharedQuery {
     expires: i64,

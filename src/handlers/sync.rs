@@ -34,19 +34,20 @@ use crate::services::auth::Narrowed;
 use crate::services::files::RequestCtx;
 use crate::services::notification::{until_true, Filter, SubscribeError};
 
-pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
-pub const PING_EVERY: Duration = Duration::from_secs(15);
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(45);
-pub const CLOSE_RESYNC: u16 = 4000;
+pub(crate) const MAX_CLIENT_FRAME: usize = 64 * 1024;
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(15);
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(45);
+pub(crate) const CLOSE_RESYNC: u16 = 4000;
 /// The session's token is no longer valid (revoked, expired).
 pub const CLOSE_TOKEN_INVALID: u16 = 4401;
 /// Client data messages tolerated per window (the feed takes none; pings are separate).
 pub const MAX_CLIENT_MESSAGES: u32 = 100;
-pub const CLIENT_MESSAGE_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const CLIENT_MESSAGE_WINDOW: Duration = Duration::from_secs(10);
 /// Longest long-poll.
 pub const MAX_WAIT_SECS: u64 = 60;
-pub const MAX_EVENTS_LIMIT: usize = 10_000;
+pub(crate) const MAX_EVENTS_LIMIT: usize = 10_000;
 
+/// Query of `GET /api/v1/sync`: resume after event `since`, only events under `prefix`.
 #[derive(Debug, Deserialize)]
 pub struct SyncQuery {
     since: Option<i64>,
@@ -54,6 +55,7 @@ pub struct SyncQuery {
     prefix: String,
 }
 
+/// `GET /api/v1/sync`: upgrades to the WebSocket that streams events from `since` on.
 pub async fn sync(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -228,6 +230,8 @@ fn classify(e: &axum::Error) -> (u16, &'static str) {
     (1002, "protocol error")
 }
 
+/// Query of `GET /api/v1/events`: events after `since` under `prefix`, at most `limit`,
+/// long-polling up to `wait` seconds.
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     since: Option<i64>,

@@ -24,21 +24,22 @@ use crate::services::tus::{
 };
 use crate::services::upload::UploadError;
 
-pub const TUS_VERSION: &str = "1.0.0";
-pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,\
+pub(crate) const TUS_VERSION: &str = "1.0.0";
+pub(crate) const TUS_EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,expiration,\
                                   checksum,termination,concatenation";
 /// Where upload URLs live.
-pub const BASE: &str = "/api/v1/tus/";
+pub(crate) const BASE: &str = "/api/v1/tus/";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 #[derive(Debug, Deserialize)]
-pub struct CreateQuery {
+pub(crate) struct CreateQuery {
     path: Option<String>,
 }
 
 /// `Tus-Resumable: 1.0.0` on every answer of the tus routes, and `Connection: close` after
 /// an error (a refused PATCH leaves its body unread on the connection).
-pub async fn tus_headers(request: Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn tus_headers(request: Request, next: axum::middleware::Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
@@ -52,7 +53,7 @@ pub async fn tus_headers(request: Request, next: axum::middleware::Next) -> Resp
 }
 
 /// `OPTIONS`: what this server supports.
-pub async fn options(State(state): State<AppState>) -> Response {
+pub(crate) async fn options(State(state): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
@@ -186,7 +187,7 @@ fn describe(response: &mut Response, view: &SessionView, full: bool) {
 
 /// `POST /api/v1/tus/`: creation (with an upload in the body when it is
 /// `application/offset+octet-stream`).
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiQuery(q): ApiQuery<CreateQuery>,
@@ -283,7 +284,7 @@ async fn create_inner(
 }
 
 /// `HEAD /api/v1/tus/{id}` (and GET, which answers the same headers).
-pub async fn head(
+pub(crate) async fn head(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
@@ -312,7 +313,7 @@ fn no_store(mut response: Response) -> Response {
 }
 
 /// `PATCH /api/v1/tus/{id}`: appends the body at `Upload-Offset`.
-pub async fn patch(
+pub(crate) async fn patch(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,
@@ -365,7 +366,7 @@ async fn patch_inner(
 }
 
 /// `DELETE /api/v1/tus/{id}`: termination.
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     ctx: RequestCtx,
     ApiPath(id): ApiPath<String>,

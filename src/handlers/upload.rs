@@ -23,6 +23,7 @@ use crate::services::upload::{UploadError, UploadOptions};
 pub const MAX_MULTIPART_FILES: usize = 1000;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// Query of `POST /api/v1/files/upload`: the target path (raw bodies) and an optional open commit.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     path: Option<String>,
@@ -43,6 +44,9 @@ pub async fn close_after_error(mut response: Response) -> Response {
     response
 }
 
+/// `POST /api/v1/files/upload`: a raw body or a multipart form, streamed through the one upload
+/// entry point (`services::upload`); answers the new version's FileMeta (201 when it created
+/// the file).
 pub async fn upload(
     State(state): State<AppState>,
     ctx: RequestCtx,

@@ -50,6 +50,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, AppError> {
     }
 }
 
+/// Query of the paged version listing: `cursor` from the previous page and page size `limit`.
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
     cursor: Option<String>,
@@ -108,6 +109,7 @@ pub async fn restore(
     ))
 }
 
+/// Query of the delete endpoints: `permanent=true` skips the trash.
 #[derive(Debug, Deserialize)]
 pub struct DeleteQuery {
     #[serde(default)]
@@ -173,6 +175,7 @@ pub async fn delete_file(
     delete_by_id(&state, &ctx, &id, q.permanent, &headers).await
 }
 
+/// Query of `GET /api/v1/trash`: entries under `prefix`, paged by `cursor` and `limit`.
 #[derive(Debug, Deserialize)]
 pub struct TrashQuery {
     #[serde(default)]
@@ -199,7 +202,7 @@ pub async fn trash_list(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RestoreBody {
+pub(crate) struct RestoreBody {
     to: Option<String>,
     #[serde(default)]
     overwrite: bool,
@@ -240,6 +243,7 @@ pub async fn trash_purge(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Answer of a batch restore: the files put back, as they are now.
 #[derive(Debug, serde::Serialize)]
 pub struct RestoredFiles {
     files: Vec<FileMeta>,

@@ -32,13 +32,13 @@ use crate::services::auth::Principal;
 use crate::services::web_session::{SessionError, SessionInfo, Sessions};
 
 /// The session cookie's name.
-pub const SESSION_COOKIE: &str = "vaultfs_session";
+pub(crate) const SESSION_COOKIE: &str = "vaultfs_session";
 /// The header a cookie-authenticated write carries its session's CSRF token in.
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The page's policy: nothing runs or loads but this origin's own scripts and styles; images,
 /// media and text previews come from this origin (blob: for PDF previews); no framing.
-pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(crate) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' blob:; media-src 'self'; connect-src 'self'; frame-src blob:; \
     object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -159,12 +159,12 @@ fn serve(asset: &Asset, request_headers: &HeaderMap, method: &Method) -> Respons
 }
 
 /// `GET /`: the file browser (the folder comes from `?prefix=`, read by the page).
-pub async fn index(method: Method, headers: HeaderMap) -> Response {
+pub(crate) async fn index(method: Method, headers: HeaderMap) -> Response {
     serve(&INDEX, &headers, &method)
 }
 
 /// `GET /ui/{asset}`: one of the page's scripts, its style sheet or its icon.
-pub async fn asset(
+pub(crate) async fn asset(
     method: Method,
     headers: HeaderMap,
     ApiPath(name): ApiPath<String>,
@@ -177,7 +177,8 @@ pub async fn asset(
 }
 
 /// Every asset's name and size (the page is `index.html`), for the size check.
-pub fn asset_sizes() -> Vec<(&'static str, usize)> {
+#[cfg(test)]
+pub(crate) fn asset_sizes() -> Vec<(&'static str, usize)> {
     std::iter::once(&INDEX)
         .chain(ASSETS.iter())
         .map(|a| (a.name, a.body.len()))
@@ -242,7 +243,7 @@ pub(crate) async fn session_principal(
 
 /// What the page needs to know about its session.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// Tokens exist: the page must sign in.
     pub auth_required: bool,
     /// A live session (or an open server, which needs none).
@@ -301,7 +302,7 @@ fn cookie_header(state: &AppState, headers: &HeaderMap, value: &str, clear: bool
 
 /// `GET /api/v1/session`: whether sign-in is needed, and the live session's scope, prefix
 /// and CSRF token.
-pub async fn get_session(
+pub(crate) async fn get_session(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -337,12 +338,12 @@ pub async fn get_session(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignIn {
+pub(crate) struct SignIn {
     token: String,
 }
 
 /// `POST /api/v1/session` with `{"token"}`: a session for a valid token, as a cookie.
-pub async fn sign_in(
+pub(crate) async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SignIn>,
@@ -376,7 +377,7 @@ pub async fn sign_in(
 
 /// `DELETE /api/v1/session`: signs out (the session ends on the server; the cookie is
 /// cleared). A live session needs its CSRF token; without one there is nothing to end.
-pub async fn sign_out(
+pub(crate) async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {

@@ -25,11 +25,13 @@ use super::ServiceError;
 use crate::paths::VPath;
 
 /// Default number of files one commit may hold.
-pub const DEFAULT_COMMIT_MAX_FILES: usize = 10_000;
+// Unreferenced: `Config::default` spells the same 10_000 (config may not import services).
+#[allow(dead_code)]
+pub(crate) const DEFAULT_COMMIT_MAX_FILES: usize = 10_000;
 /// Default ttl of an unfinished commit.
-pub const DEFAULT_COMMIT_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_COMMIT_TTL: Duration = Duration::from_secs(3600);
 /// Longest ttl of a commit or a lease.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often expired commits are collected, and how many per transaction.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 const EXPIRY_BATCH: i64 = 100;
@@ -45,7 +47,7 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 /// A lease path: a file path, or a prefix ending in `/`.
-pub fn parse_lease_path(raw: &str) -> Result<String, crate::paths::PathError> {
+pub(crate) fn parse_lease_path(raw: &str) -> Result<String, crate::paths::PathError> {
     if raw.ends_with('/') {
         crate::paths::validate_prefix(raw)
     } else {
@@ -313,7 +315,7 @@ impl FileService {
         }
     }
 
-    pub async fn release_lease(&self, lease_id: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn release_lease(&self, lease_id: &str) -> Result<(), ServiceError> {
         let op = AtomicOp::ReleaseLease {
             lease_id: lease_id.to_string(),
         };
@@ -333,7 +335,10 @@ impl FileService {
 }
 
 /// Collects expired commits every second until shutdown.
-pub fn spawn_commit_expiry(files: FileService, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) fn spawn_commit_expiry(
+    files: FileService,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(EXPIRY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -33,7 +33,7 @@ pub const MAX_LIST_LIMIT: usize = 10_000;
 /// Who asked, carried into lock introspection and logs.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
-    pub request_id: String,
+    pub(crate) request_id: String,
     /// What the request may touch; every path an operation reads or writes is checked.
     pub principal: Principal,
 }
@@ -67,10 +67,10 @@ impl RequestCtx {
 /// A fully received, verified upload waiting for its commit.
 #[derive(Debug)]
 pub struct StagedFile {
-    pub path: VPath,
-    pub staged: StagedBlob,
-    pub content_type: String,
-    pub precondition: Precondition,
+    pub(crate) path: VPath,
+    pub(crate) staged: StagedBlob,
+    pub(crate) content_type: String,
+    pub(crate) precondition: Precondition,
     /// The S3 record committed with the version (S3 writes only).
     pub s3: Option<S3ObjectRow>,
 }
@@ -78,17 +78,17 @@ pub struct StagedFile {
 /// How [`FilesService::list_sorted`] orders and filters.
 #[derive(Debug, Clone, Copy)]
 pub struct ListOrder<'a> {
-    pub sort: ListSort,
-    pub desc: bool,
+    pub(crate) sort: ListSort,
+    pub(crate) desc: bool,
     /// Keep names containing this (`None`: all).
     pub filter: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
-    pub entries: Vec<FileMeta>,
-    pub prefixes: Vec<String>,
-    pub next_cursor: Option<String>,
+    pub(crate) entries: Vec<FileMeta>,
+    pub(crate) prefixes: Vec<String>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// Admission control for uploads: at most `slots` stream at once; others wait, bounded in
@@ -96,6 +96,7 @@ pub struct ListPage {
 /// their clients and the server's memory stays bounded by `slots`.
 #[derive(Debug)]
 pub struct UploadGate {
+    /// Upload slots: one permit per upload streaming right now (`UploadPermit` holds it).
     slots: Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
@@ -119,7 +120,7 @@ impl UploadPermit {
 }
 
 impl UploadGate {
-    pub fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
+    pub(crate) fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
         UploadGate {
             slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
             waiting: std::sync::atomic::AtomicUsize::new(0),
@@ -128,7 +129,7 @@ impl UploadGate {
         }
     }
 
-    pub async fn admit(&self) -> Result<UploadPermit, ServiceError> {
+    pub(crate) async fn admit(&self) -> Result<UploadPermit, ServiceError> {
         use std::sync::atomic::Ordering;
         if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(UploadPermit::new(p));
@@ -152,7 +153,7 @@ impl UploadGate {
         }
     }
 
-    pub fn stats(&self) -> UploadGateStats {
+    pub(crate) fn stats(&self) -> UploadGateStats {
         UploadGateStats {
             waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
             free_slots: self.slots.available_permits(),
@@ -187,7 +188,7 @@ impl std::fmt::Debug for FileService {
 }
 
 impl FileService {
-    pub fn new(
+    pub(crate) fn new(
         storage: BlobStore,
         meta: Arc<dyn MetadataStore>,
         locks: LockManager,
@@ -212,7 +213,7 @@ impl FileService {
         self
     }
 
-    pub fn body_limits(&self) -> BodyLimits {
+    pub(crate) fn body_limits(&self) -> BodyLimits {
         self.body_limits
     }
 
@@ -223,19 +224,19 @@ impl FileService {
         self.uploads.admit().await
     }
 
-    pub fn upload_gate_stats(&self) -> UploadGateStats {
+    pub(crate) fn upload_gate_stats(&self) -> UploadGateStats {
         self.uploads.stats()
     }
 
-    pub fn notifier(&self) -> &Notifier {
+    pub(crate) fn notifier(&self) -> &Notifier {
         &self.notifier
     }
 
-    pub fn locks(&self) -> &LockManager {
+    pub(crate) fn locks(&self) -> &LockManager {
         &self.locks
     }
 
-    pub fn storage(&self) -> &BlobStore {
+    pub(crate) fn storage(&self) -> &BlobStore {
         &self.storage
     }
 
@@ -254,11 +255,11 @@ impl FileService {
         Ok(self.storage.check().await?)
     }
 
-    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+    pub(crate) fn metadata(&self) -> &Arc<dyn MetadataStore> {
         &self.meta
     }
 
-    pub fn max_upload_size(&self) -> u64 {
+    pub(crate) fn max_upload_size(&self) -> u64 {
         self.max_upload_size
     }
 

@@ -53,35 +53,35 @@ impl From<FsckError> for ServiceError {
 /// A file whose content is damaged.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Damaged {
-    pub path: String,
-    pub sha256: String,
-    pub problem: String,
+    pub(crate) path: String,
+    pub(crate) sha256: String,
+    pub(crate) problem: String,
 }
 
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct FsckReport {
     /// Checked through a running server (`vaultfs fsck --server`).
     pub online: bool,
-    pub files: u64,
+    pub(crate) files: u64,
     /// Old versions kept and trash entries: each references a blob, checked like a file's.
     #[serde(default)]
     pub versions: u64,
     #[serde(default)]
-    pub trash_entries: u64,
+    pub(crate) trash_entries: u64,
     /// Events retained in the log, and the latest seq.
     pub events: u64,
-    pub latest_seq: i64,
+    pub(crate) latest_seq: i64,
     /// Disagreements between the files table, the event log and blob reference counts.
     pub metadata_problems: Vec<AuditProblem>,
-    pub blobs_checked: u64,
-    pub bytes_checked: u64,
+    pub(crate) blobs_checked: u64,
+    pub(crate) bytes_checked: u64,
     /// Files whose blob is missing, has the wrong size or the wrong SHA-256.
     pub damaged: Vec<Damaged>,
     /// Blobs no file references (removed with `--repair`).
     pub orphan_blobs: Vec<String>,
     /// Leftover temporary upload files (removed with `--repair`).
     pub temp_files: u64,
-    pub repaired: bool,
+    pub(crate) repaired: bool,
 }
 
 impl FsckReport {
@@ -90,7 +90,7 @@ impl FsckReport {
         !self.damaged.is_empty() || !self.metadata_problems.is_empty()
     }
 
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         !self.is_damaged()
             && (self.repaired || (self.orphan_blobs.is_empty() && self.temp_files == 0))
     }

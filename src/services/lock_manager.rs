@@ -149,7 +149,7 @@ pub struct LockStats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HolderState {
+pub(crate) enum HolderState {
     Waiting,
     Held,
 }
@@ -165,17 +165,17 @@ struct HolderInfo {
 /// One lock set as shown by `GET /api/v1/admin/locks`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HolderView {
-    pub request_id: String,
-    pub operation: &'static str,
-    pub state: HolderState,
-    pub age_ms: u64,
-    pub keys: Vec<KeyView>,
+    pub(crate) request_id: String,
+    pub(crate) operation: &'static str,
+    pub(crate) state: HolderState,
+    pub(crate) age_ms: u64,
+    pub(crate) keys: Vec<KeyView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct KeyView {
-    pub key: String,
-    pub mode: LockMode,
+pub(crate) struct KeyView {
+    pub(crate) key: String,
+    pub(crate) mode: LockMode,
 }
 
 type KeyLock = Arc<RwLock<()>>;

@@ -1,7 +1,8 @@
 //! Services: everything below the HTTP edge.
 //!
 //! - [`lock_manager`]: the only place that locks paths.
-//! - [`storage`]: blob I/O.
+//! - [`storage`]: blob I/O: staging (temp file, hashing, fsync), the local store and the S3
+//!   store, the backend chosen once when it opens.
 //! - [`metadata`]: files, blob references and the event log: the trait, the rules written
 //!   once (`metadata/rules.rs`), the SQLite and PostgreSQL backends (`metadata::sqlite`,
 //!   `metadata::postgres`), their migrations, and the timing wrapper.
@@ -14,21 +15,23 @@
 //! - [`versions`]: old versions, the trash, recursive delete and trash expiry.
 //! - [`tus`]: tus 1.0 resumable upload sessions, completed through [`upload`].
 //! - [`commits`]: atomic multi-file commits and leases with fencing tokens (issue 21).
+//! - [`s3_meta`]: the S3 API's own records: buckets, object attributes, multipart uploads.
+//! - [`web_session`]: the web file browser's sign-in sessions.
 
 pub mod auth;
-pub mod commits;
+pub(crate) mod commits;
 pub mod files;
 pub mod fsck;
 pub mod lock_manager;
 pub mod metadata;
 pub mod notification;
 pub mod s3_meta;
-pub mod secret;
+pub(crate) mod secret;
 pub mod storage;
-pub mod tus;
+pub(crate) mod tus;
 pub mod upload;
-pub mod versions;
-pub mod web_session;
+pub(crate) mod versions;
+pub(crate) mod web_session;
 
 use lock_manager::LockError;
 use metadata::MetadataError;

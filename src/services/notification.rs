@@ -46,9 +46,9 @@ pub enum SubscribeError {
 /// Retention of the event log.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    pub max_age: Duration,
-    pub max_events: u64,
-    pub prune_every: Duration,
+    pub(crate) max_age: Duration,
+    pub(crate) max_events: u64,
+    pub(crate) prune_every: Duration,
 }
 
 struct Inner {
@@ -62,6 +62,7 @@ struct Inner {
     published: watch::Sender<i64>,
     shutdown: watch::Receiver<bool>,
     /// Every live subscription's position, for the lag metric.
+    /// Its mutex guards the id -> position map; held for one insert, remove or scan.
     cursors: Cursors,
     next_cursor: std::sync::atomic::AtomicU64,
 }
@@ -314,12 +315,13 @@ fn matches(e: &Event, prefix: &str) -> bool {
 /// `scope` (its token's prefix; empty: everything).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    pub prefix: String,
-    pub scope: String,
+    pub(crate) prefix: String,
+    pub(crate) scope: String,
 }
 
 impl Filter {
-    pub fn prefix(prefix: impl Into<String>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn prefix(prefix: impl Into<String>) -> Self {
         Filter {
             prefix: prefix.into(),
             scope: String::new(),
@@ -386,6 +388,7 @@ type Cursors =
 struct CursorRegistration {
     id: u64,
     cursor: Arc<std::sync::atomic::AtomicI64>,
+    /// The hub's registry (its mutex guards the id -> position map), left on drop.
     registry: Cursors,
 }
 

@@ -40,15 +40,15 @@ const LEGACY_TABLES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checksums {
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crc32: Option<String>,
+    pub(crate) crc32: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crc32c: Option<String>,
+    pub(crate) crc32c: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crc64nvme: Option<String>,
+    pub(crate) crc64nvme: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sha1: Option<String>,
+    pub(crate) sha1: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
 }
 
 /// The headers an object keeps (besides Content-Type, which VaultFS stores itself).
@@ -58,13 +58,13 @@ pub struct ObjectAttrs {
     #[serde(default)]
     pub user: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub content_disposition: Option<String>,
+    pub(crate) content_disposition: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cache_control: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub content_encoding: Option<String>,
+    pub(crate) content_encoding: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub content_language: Option<String>,
+    pub(crate) content_language: Option<String>,
     /// Content-Type asked for at CreateMultipartUpload (applied at Complete).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub content_type: Option<String>,
@@ -72,7 +72,7 @@ pub struct ObjectAttrs {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub checksum_algorithm: Option<String>,
     #[serde(default)]
-    pub checksums: Checksums,
+    pub(crate) checksums: Checksums,
     /// Parts of a multipart object.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub parts: Option<u32>,
@@ -115,8 +115,8 @@ pub struct PartRecord {
     pub size: u64,
     /// Hex MD5 of the part.
     pub md5: String,
-    pub checksums: Checksums,
-    pub modified_ms: i64,
+    pub(crate) checksums: Checksums,
+    pub(crate) modified_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -376,7 +376,7 @@ impl S3Meta {
         Ok(done.0 > 0)
     }
 
-    pub async fn delete_bucket(&self, name: &str) -> Result<bool, MetadataError> {
+    pub(crate) async fn delete_bucket(&self, name: &str) -> Result<bool, MetadataError> {
         let done: Done = on_pool!(
             &self.pool,
             execute,
@@ -475,7 +475,7 @@ impl S3Meta {
         rows.0.iter().map(|r| r.text(0)).collect()
     }
 
-    pub async fn put_part(&self, id: &str, part: &PartRecord) -> Result<(), MetadataError> {
+    pub(crate) async fn put_part(&self, id: &str, part: &PartRecord) -> Result<(), MetadataError> {
         let checksums = serde_json::to_string(&part.checksums).map_err(json_err)?;
         let _: Done = on_pool!(
             &self.pool,

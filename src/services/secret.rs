@@ -21,9 +21,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Bytes of entropy a secret must carry at least.
-pub const SECRET_BYTES: usize = 32;
+pub(crate) const SECRET_BYTES: usize = 32;
 /// The default key file's name in the data directory.
-pub const KEY_FILE: &str = "secret.key";
+pub(crate) const KEY_FILE: &str = "secret.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -215,7 +215,7 @@ async fn private(path: &Path, mode: u32) -> io::Result<()> {
 
 /// Makes the data directory private to the server's user (0700). A directory the server does
 /// not own (a volume root) is left as it is, with a warning.
-pub async fn private_data_dir(dir: &Path) {
+pub(crate) async fn private_data_dir(dir: &Path) {
     if let Err(e) = private(dir, 0o700).await {
         tracing::warn!(dir = %dir.display(), error = %e,
             "cannot make the data directory private (mode 0700); make sure only the server's \
@@ -226,7 +226,7 @@ pub async fn private_data_dir(dir: &Path) {
 /// Makes the SQLite database and its WAL and shared-memory files private (0600). A missing
 /// database is made empty with that mode first: SQLite gives the WAL and SHM files the mode
 /// of the database file. Call before SQLite opens it.
-pub async fn private_database(
+pub(crate) async fn private_database(
     db_path: &Path,
 ) -> Result<(), crate::services::metadata::MetadataError> {
     private_database_files(db_path).await.map_err(|e| {

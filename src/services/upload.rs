@@ -145,7 +145,7 @@ impl std::fmt::Debug for UploadOptions {
 /// A committed file.
 #[derive(Debug, Clone)]
 pub struct UploadOutcome {
-    pub meta: FileMeta,
+    pub(crate) meta: FileMeta,
     /// A new path (201), not a new version of an existing one (200).
     pub created: bool,
     /// [`UploadOptions::digest_sink`]'s result, if one was given.
@@ -158,9 +158,9 @@ pub struct UploadOutcome {
 /// pool, before anything else.
 #[derive(Debug, Clone)]
 pub struct StagedFile {
-    pub path: std::path::PathBuf,
-    pub size: u64,
-    pub sha256: Option<[u8; 32]>,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) size: u64,
+    pub(crate) sha256: Option<[u8; 32]>,
 }
 
 /// Content already assembled as an object in the blob store's bucket (a tus session staged
@@ -169,8 +169,8 @@ pub struct StagedFile {
 pub struct StagedObject {
     /// The object's key in the bucket.
     pub key: String,
-    pub size: u64,
-    pub sha256: [u8; 32],
+    pub(crate) size: u64,
+    pub(crate) sha256: [u8; 32],
 }
 
 /// A fully received, verified file in staging, not yet visible.

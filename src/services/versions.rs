@@ -15,43 +15,43 @@ use super::ServiceError;
 use crate::paths::VPath;
 
 /// Most files one recursive delete takes (its lock set names every one).
-pub const MAX_TREE_FILES: usize = 10_000;
+pub(crate) const MAX_TREE_FILES: usize = 10_000;
 /// Trash entries one expiry transaction purges: small, so writers get the store in between.
-pub const EXPIRY_BATCH: usize = 100;
+pub(crate) const EXPIRY_BATCH: usize = 100;
 /// How often the background expiry looks for expired entries.
-pub const EXPIRY_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const EXPIRY_EVERY: Duration = Duration::from_millis(500);
 /// How many times a tree operation lists and locks again after the tree changed.
 const TREE_RETRIES: usize = 8;
 
 /// One version of a file, as `GET /api/v1/files/{id}/versions` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileVersion {
-    pub version: i64,
-    pub size: u64,
-    pub sha256: String,
-    pub content_type: String,
-    pub modified_at: String,
-    pub current: bool,
+    pub(crate) version: i64,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
+    pub(crate) content_type: String,
+    pub(crate) modified_at: String,
+    pub(crate) current: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VersionPage {
-    pub versions: Vec<FileVersion>,
-    pub next_cursor: Option<String>,
+    pub(crate) versions: Vec<FileVersion>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// A trash entry as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrashView {
-    pub trash_id: String,
-    pub id: String,
-    pub path: String,
-    pub version: i64,
-    pub size: u64,
-    pub sha256: String,
-    pub deleted_at: String,
-    pub expires_at: String,
-    pub batch_id: Option<String>,
+    pub(crate) trash_id: String,
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) version: i64,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
+    pub(crate) deleted_at: String,
+    pub(crate) expires_at: String,
+    pub(crate) batch_id: Option<String>,
 }
 
 impl From<&TrashEntry> for TrashView {
@@ -72,14 +72,14 @@ impl From<&TrashEntry> for TrashView {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrashPage {
-    pub entries: Vec<TrashView>,
-    pub next_cursor: Option<String>,
+    pub(crate) entries: Vec<TrashView>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// What a recursive delete did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TreeDeleted {
-    pub files: Vec<FileMeta>,
+    pub(crate) files: Vec<FileMeta>,
     /// Null when the files went for good (permanent, or no trash for the prefix).
     pub batch_id: Option<String>,
 }

@@ -75,7 +75,7 @@ pub(crate) struct SessionInfo {
 
 /// The session table. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     store: WebSessionStore,
 }
 
@@ -213,7 +213,7 @@ impl Sessions {
     }
 
     /// Sweeps every [`SWEEP_EVERY`] until `shutdown` turns true.
-    pub fn spawn_sweeper(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) fn spawn_sweeper(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let sessions = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);

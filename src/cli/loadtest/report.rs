@@ -14,10 +14,10 @@ const MAX_SAMPLES: usize = 2_000_000;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Latency {
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 impl Latency {
@@ -39,15 +39,15 @@ impl Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
     pub count: u64,
-    pub errors: u64,
-    pub per_sec: f64,
-    pub mib_per_sec: f64,
-    pub latency: Latency,
+    pub(crate) errors: u64,
+    pub(crate) per_sec: f64,
+    pub(crate) mib_per_sec: f64,
+    pub(crate) latency: Latency,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EventsReport {
-    pub subscribers: usize,
+    pub(crate) subscribers: usize,
     pub expected_per_subscriber: i64,
     pub delivered: u64,
     pub subscribers_complete: usize,
@@ -58,15 +58,15 @@ pub struct EventsReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub url: String,
-    pub seconds: f64,
-    pub uploaders: usize,
-    pub downloaders: usize,
-    pub movers: usize,
+    pub(crate) url: String,
+    pub(crate) seconds: f64,
+    pub(crate) uploaders: usize,
+    pub(crate) downloaders: usize,
+    pub(crate) movers: usize,
     pub kinds: BTreeMap<String, KindReport>,
-    pub longest_stall_seconds: f64,
+    pub(crate) longest_stall_seconds: f64,
     pub events: EventsReport,
-    pub errors_by_status: BTreeMap<String, u64>,
+    pub(crate) errors_by_status: BTreeMap<String, u64>,
     pub failures: Vec<String>,
     pub passed: bool,
 }

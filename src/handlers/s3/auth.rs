@@ -26,14 +26,14 @@ const ACCESS_KEY_PREFIX: &str = "VFS";
 const SECRET_PURPOSE: &str = "s3-secret-v1";
 /// An S3 key pair, as `token create --s3` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct S3Keys {
+pub(crate) struct S3Keys {
     pub access_key_id: String,
     pub secret_access_key: String,
 }
 
 /// The key that S3 secrets are derived with (fetched once per process).
 #[derive(Clone)]
-pub struct KeyDeriver {
+pub(crate) struct KeyDeriver {
     key: [u8; 32],
 }
 
@@ -45,14 +45,14 @@ impl std::fmt::Debug for KeyDeriver {
 
 impl KeyDeriver {
     /// The deriver of this server's S3 secrets.
-    pub fn new(auth: &Auth) -> Self {
+    pub(crate) fn new(auth: &Auth) -> Self {
         KeyDeriver {
             key: auth.derive_key(SECRET_PURPOSE),
         }
     }
 
     /// The key pair of token `token_id`.
-    pub fn keys(&self, token_id: &str) -> S3Keys {
+    pub(crate) fn keys(&self, token_id: &str) -> S3Keys {
         S3Keys {
             access_key_id: format!("{ACCESS_KEY_PREFIX}{}", token_id.to_ascii_uppercase()),
             secret_access_key: self.secret(token_id),
@@ -72,18 +72,18 @@ impl KeyDeriver {
 }
 
 /// The key pair of `token_id`, for `token create --s3` (CLI and admin API).
-pub fn keys_for(auth: &Auth, token_id: &str) -> S3Keys {
+pub(crate) fn keys_for(auth: &Auth, token_id: &str) -> S3Keys {
     KeyDeriver::new(auth).keys(token_id)
 }
 
 /// The token id an access key id names.
-pub fn token_id_of(access_key: &str) -> Option<String> {
+pub(crate) fn token_id_of(access_key: &str) -> Option<String> {
     let id = access_key.strip_prefix(ACCESS_KEY_PREFIX)?;
     (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
 
 /// Checks SigV4 against the derived secret of an active token.
-pub struct TokenAuth {
+pub(crate) struct TokenAuth {
     pub auth: Auth,
     pub keys: KeyDeriver,
 }
@@ -102,7 +102,7 @@ impl S3Auth for TokenAuth {
 }
 
 /// The principal of a verified request; anonymous requests only on an open server.
-pub async fn principal(auth: &Auth, access_key: Option<&str>) -> S3Result<Principal> {
+pub(crate) async fn principal(auth: &Auth, access_key: Option<&str>) -> S3Result<Principal> {
     match access_key {
         Some(key) => {
             let id = token_id_of(key).ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
@@ -116,7 +116,7 @@ pub async fn principal(auth: &Auth, access_key: Option<&str>) -> S3Result<Princi
 }
 
 /// The scope an S3 operation needs: reads need `read`, everything else `write`.
-pub fn scope_of(operation: &str) -> Scope {
+pub(crate) fn scope_of(operation: &str) -> Scope {
     if operation.starts_with("Get")
         || operation.starts_with("Head")
         || operation.starts_with("List")
@@ -128,7 +128,7 @@ pub fn scope_of(operation: &str) -> Scope {
 }
 
 /// Scope check per operation (prefixes are checked by the operations, per path).
-pub struct ScopeAccess {
+pub(crate) struct ScopeAccess {
     pub auth: Auth,
 }
 

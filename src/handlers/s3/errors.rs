@@ -12,7 +12,7 @@ use crate::services::upload::UploadError;
 use crate::services::ServiceError;
 
 /// `503 SlowDown` with `Retry-After: 1`.
-pub fn slow_down(message: &'static str) -> S3Error {
+pub(crate) fn slow_down(message: &'static str) -> S3Error {
     let mut e = s3_error!(SlowDown, "{message}");
     let mut headers = HeaderMap::new();
     headers.insert("retry-after", HeaderValue::from_static("1"));
@@ -20,12 +20,12 @@ pub fn slow_down(message: &'static str) -> S3Error {
     e
 }
 
-pub fn internal(detail: &dyn std::fmt::Display) -> S3Error {
+pub(crate) fn internal(detail: &dyn std::fmt::Display) -> S3Error {
     tracing::error!(error = %detail, "S3 internal error");
     s3_error!(InternalError, "internal error")
 }
 
-pub fn from_service(e: ServiceError) -> S3Error {
+pub(crate) fn from_service(e: ServiceError) -> S3Error {
     match e {
         ServiceError::Forbidden => s3_error!(AccessDenied, "outside the token's prefix"),
         ServiceError::Overloaded => slow_down("too many uploads in progress; retry shortly"),
@@ -49,7 +49,7 @@ pub fn from_service(e: ServiceError) -> S3Error {
 }
 
 /// A body the pipeline refused while it streamed in.
-pub fn from_upload(e: UploadError) -> S3Error {
+pub(crate) fn from_upload(e: UploadError) -> S3Error {
     match e {
         e if e.is_timeout() => s3_error!(RequestTimeout, "{e}"),
         UploadError::TooLarge { limit } => {
@@ -66,7 +66,7 @@ pub fn from_upload(e: UploadError) -> S3Error {
     }
 }
 
-pub fn from_metadata(e: MetadataError) -> S3Error {
+pub(crate) fn from_metadata(e: MetadataError) -> S3Error {
     match e {
         MetadataError::NotFound => s3_error!(NoSuchKey),
         MetadataError::PreconditionFailed | MetadataError::AlreadyExists => {
@@ -86,7 +86,7 @@ pub fn from_metadata(e: MetadataError) -> S3Error {
     }
 }
 
-pub fn from_storage(e: StorageError) -> S3Error {
+pub(crate) fn from_storage(e: StorageError) -> S3Error {
     match e {
         StorageError::TooLarge { limit } => {
             s3_error!(EntityTooLarge, "larger than the limit of {limit} bytes")
@@ -98,7 +98,7 @@ pub fn from_storage(e: StorageError) -> S3Error {
     }
 }
 
-pub fn from_path(e: PathError) -> S3Error {
+pub(crate) fn from_path(e: PathError) -> S3Error {
     s3_error!(InvalidArgument, "invalid object key: {e}")
 }
 
@@ -111,7 +111,7 @@ fn custom(code: &'static str, status: StatusCode, message: &'static str) -> S3Er
 
 /// A write staged into a commit (`x-vaultfs-commit`, issue 21) that failed: the commit's
 /// own errors under their own codes, the rest as [`from_service`].
-pub fn from_staging(e: ServiceError) -> S3Error {
+pub(crate) fn from_staging(e: ServiceError) -> S3Error {
     match e {
         // Staging looks the commit up last (after the body): not found is the commit.
         ServiceError::Metadata(MetadataError::NotFound) => custom(

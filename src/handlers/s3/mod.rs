@@ -31,14 +31,14 @@ macro_rules! with_checksums {
     }};
 }
 
-pub mod auth;
-pub mod buckets;
-pub mod errors;
-pub mod listing;
-pub mod multipart;
-pub mod objects;
-pub mod ops;
-pub mod write;
+pub(crate) mod auth;
+pub(crate) mod buckets;
+pub(crate) mod errors;
+pub(crate) mod listing;
+pub(crate) mod multipart;
+pub(crate) mod objects;
+pub(crate) mod ops;
+pub(crate) mod write;
 
 use std::sync::Arc;
 
@@ -51,9 +51,9 @@ use crate::app::{AppState, ServerError};
 use crate::services::s3_meta::S3Meta;
 
 /// Longest validity of a presigned URL (`X-Amz-Expires`), as AWS allows.
-pub const MAX_PRESIGNED_EXPIRES: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_PRESIGNED_EXPIRES: u64 = 7 * 24 * 3600;
 /// Largest request clock skew accepted, in seconds (header and presigned SigV4).
-pub const MAX_CLOCK_SKEW_SECS: u32 = 15 * 60;
+pub(crate) const MAX_CLOCK_SKEW_SECS: u32 = 15 * 60;
 /// How often abandoned multipart uploads are looked for.
 const MULTIPART_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
@@ -64,7 +64,9 @@ struct Entry {
 
 /// Binds the S3 listener and builds its app, when `s3_listen` is set. The caller serves it
 /// with the same accept loop as the main API.
-pub async fn listener(state: &AppState) -> Result<Option<(TcpListener, Router)>, ServerError> {
+pub(crate) async fn listener(
+    state: &AppState,
+) -> Result<Option<(TcpListener, Router)>, ServerError> {
     let Some(addr) = state.config.s3_listen else {
         return Ok(None);
     };

@@ -28,7 +28,7 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const ASSEMBLE_CHUNK: usize = 256 * 1024;
 
 /// Collects uploads older than `max_age` every `every`, until shutdown.
-pub fn spawn_sweeper(
+pub(crate) fn spawn_sweeper(
     meta: S3Meta,
     max_age: std::time::Duration,
     every: std::time::Duration,

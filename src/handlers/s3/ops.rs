@@ -24,7 +24,7 @@ pub(super) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// The S3 backend. Cheap to clone.
 #[derive(Clone)]
-pub struct VaultS3 {
+pub(crate) struct VaultS3 {
     pub(super) state: AppState,
     pub(super) meta: S3Meta,
 }
@@ -83,7 +83,7 @@ pub(super) struct Shown {
 }
 
 impl VaultS3 {
-    pub fn new(state: AppState, meta: S3Meta) -> Self {
+    pub(crate) fn new(state: AppState, meta: S3Meta) -> Self {
         VaultS3 { state, meta }
     }
 

@@ -30,7 +30,7 @@ use crate::services::upload::{DigestSink, UploadError, UploadOptions};
 
 /// What the digests of a received body came to.
 #[derive(Debug, Clone, Default)]
-pub struct Digests {
+pub(crate) struct Digests {
     /// Hex MD5, when asked for.
     pub md5: Option<String>,
     pub checksums: Checksums,
@@ -38,9 +38,9 @@ pub struct Digests {
 }
 
 /// Checks the received body's digests before the commit; an error discards the upload.
-pub type Verify = Box<dyn FnOnce(&Digests) -> S3Result<()> + Send>;
+pub(crate) type Verify = Box<dyn FnOnce(&Digests) -> S3Result<()> + Send>;
 
-pub struct WriteOptions {
+pub(crate) struct WriteOptions {
     pub content_type: String,
     pub precondition: Precondition,
     /// Compute the MD5 (single-part ETag).
@@ -55,7 +55,7 @@ pub struct WriteOptions {
 }
 
 /// What the S3 record of a written object will be.
-pub struct Record {
+pub(crate) struct Record {
     pub attrs: ObjectAttrs,
     /// The ETag; `None`: the MD5 computed from the body.
     pub etag: Option<String>,
@@ -65,7 +65,7 @@ pub struct Record {
 
 /// A committed (or staged) write.
 #[derive(Debug)]
-pub struct Written {
+pub(crate) struct Written {
     /// The new version; `None` when staged into a commit (nothing visible yet).
     pub meta: Option<FileMeta>,
     pub digests: Digests,
@@ -73,14 +73,14 @@ pub struct Written {
 
 /// MD5 and flexible checksums computed while the body streams; chunks larger than
 /// [`INLINE_HASH_LIMIT`] are hashed on the blocking pool.
-pub struct Hashing {
+pub(crate) struct Hashing {
     md5: Option<Md5>,
     sums: Option<ChecksumHasher>,
     size: u64,
 }
 
 impl Hashing {
-    pub fn new(md5: bool, sums: ChecksumHasher) -> Self {
+    pub(crate) fn new(md5: bool, sums: ChecksumHasher) -> Self {
         Hashing {
             md5: md5.then(Md5::new),
             sums: Some(sums),
@@ -88,7 +88,7 @@ impl Hashing {
         }
     }
 
-    pub async fn update(&mut self, chunk: Bytes) -> S3Result<()> {
+    pub(crate) async fn update(&mut self, chunk: Bytes) -> S3Result<()> {
         self.size += chunk.len() as u64;
         if chunk.len() <= INLINE_HASH_LIMIT {
             if let Some(m) = self.md5.as_mut() {
@@ -116,7 +116,7 @@ impl Hashing {
         Ok(())
     }
 
-    pub fn finish(self) -> S3Result<Digests> {
+    pub(crate) fn finish(self) -> S3Result<Digests> {
         let sums = self
             .sums
             .ok_or_else(|| S3Error::internal_error(std::io::Error::other("hash state lost")))?
@@ -218,7 +218,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// through the one upload pipeline: admission, the size limit, the body deadlines and
 /// minimum rate, staging, verification, locks, the commit, the event and cleanup. With
 /// [`WriteOptions::commit`], the same pipeline stages it into that open commit instead.
-pub async fn write_object<S, E>(
+pub(crate) async fn write_object<S, E>(
     state: &AppState,
     ctx: &RequestCtx,
     path: &VPath,
@@ -300,11 +300,11 @@ where
 }
 
 /// What a request body stream fails with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// s3s reports a payload hash mismatch, a bad chunk signature or a malformed aws-chunked body
 /// as a stream error (an `S3Error` when it knows the S3 code).
-pub fn body_error(e: impl Into<BodyError>) -> S3Error {
+pub(crate) fn body_error(e: impl Into<BodyError>) -> S3Error {
     let e: BodyError = e.into();
     tracing::debug!(error = %e, "S3 request body failed");
     match e.downcast::<S3Error>() {

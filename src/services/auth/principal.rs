@@ -23,7 +23,7 @@ impl Scope {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Scope> {
+    pub(crate) fn parse(s: &str) -> Option<Scope> {
         match s.trim() {
             "read" => Some(Scope::Read),
             "write" => Some(Scope::Write),
@@ -43,12 +43,12 @@ pub struct Scopes {
 }
 
 impl Scopes {
-    pub const ALL: Scopes = Scopes {
+    pub(crate) const ALL: Scopes = Scopes {
         read: true,
         write: true,
         admin: true,
     };
-    pub const NONE: Scopes = Scopes {
+    pub(crate) const NONE: Scopes = Scopes {
         read: false,
         write: false,
         admin: false,
@@ -76,7 +76,7 @@ impl Scopes {
         Ok(scopes)
     }
 
-    pub fn allows(self, scope: Scope) -> bool {
+    pub(crate) fn allows(self, scope: Scope) -> bool {
         self.admin
             || match scope {
                 Scope::Read => self.read,
@@ -85,7 +85,7 @@ impl Scopes {
             }
     }
 
-    pub fn to_text(self) -> String {
+    pub(crate) fn to_text(self) -> String {
         let mut parts = Vec::new();
         for (on, name) in [
             (self.read, "read"),
@@ -106,7 +106,7 @@ impl Scopes {
 pub struct Principal {
     /// The token's id; `None` when the server is open (no tokens) or for a share link.
     pub token_id: Option<String>,
-    pub scopes: Scopes,
+    pub(crate) scopes: Scopes,
     /// Paths this principal may touch start with this (ends in `/`); empty: all.
     pub prefix: String,
 }

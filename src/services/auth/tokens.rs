@@ -19,14 +19,14 @@ const TOKEN_PREFIX: &str = "vfs_";
 /// A token as listed (no secret, no hash).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TokenInfo {
-    pub id: String,
-    pub label: String,
-    pub scopes: String,
-    pub prefix: String,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub revoked_at: Option<String>,
-    pub active: bool,
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) scopes: String,
+    pub(crate) prefix: String,
+    pub(crate) created_at: String,
+    pub(crate) expires_at: Option<String>,
+    pub(crate) revoked_at: Option<String>,
+    pub(crate) active: bool,
 }
 
 impl TokenInfo {
@@ -51,9 +51,9 @@ pub(super) fn is_active(r: &TokenRecord, now: i64) -> bool {
 /// A token just made: the only moment its secret exists outside the client.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CreatedToken {
-    pub token: String,
+    pub(crate) token: String,
     #[serde(flatten)]
-    pub info: TokenInfo,
+    pub(crate) info: TokenInfo,
 }
 
 /// `n` bytes from the operating system's CSPRNG.
@@ -179,7 +179,7 @@ impl Auth {
         Ok(true)
     }
 
-    pub async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
+    pub(crate) async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
         let now = now_ms();
         Ok(self
             .meta
@@ -190,7 +190,7 @@ impl Auth {
             .collect())
     }
 
-    pub async fn revoke(&self, id: &str) -> Result<(), AuthError> {
+    pub(crate) async fn revoke(&self, id: &str) -> Result<(), AuthError> {
         if !self.meta.revoke_token(id, now_ms()).await? {
             return Err(AuthError::NotFound);
         }

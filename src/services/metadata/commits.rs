@@ -24,12 +24,12 @@ tokio::task_local! {
 }
 
 /// The fence of the running request, if any.
-pub fn current_fence() -> Option<i64> {
+pub(crate) fn current_fence() -> Option<i64> {
     FENCE.try_with(|f| *f).ok().flatten()
 }
 
 /// The extra member of a `lease_held` error: when the holder's lease ends.
-pub const LEASE_HELD_UNTIL: &str = "expires_at";
+pub(crate) const LEASE_HELD_UNTIL: &str = "expires_at";
 
 /// A commit's state column.
 pub(crate) const OPEN: &str = "open";

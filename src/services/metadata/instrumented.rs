@@ -12,7 +12,7 @@ use super::{
 use crate::metrics::timed;
 
 /// Wraps a metadata store, timing every operation.
-pub struct InstrumentedMetadata {
+pub(crate) struct InstrumentedMetadata {
     inner: Arc<dyn MetadataStore>,
 }
 
@@ -24,7 +24,7 @@ impl std::fmt::Debug for InstrumentedMetadata {
 }
 
 impl InstrumentedMetadata {
-    pub fn wrap(inner: Arc<dyn MetadataStore>) -> Arc<dyn MetadataStore> {
+    pub(crate) fn wrap(inner: Arc<dyn MetadataStore>) -> Arc<dyn MetadataStore> {
         Arc::new(InstrumentedMetadata { inner })
     }
 }

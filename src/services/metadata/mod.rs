@@ -12,6 +12,8 @@
 //! - [`sqlite`]: the embedded default (one group-committing writer, pooled readers);
 //! - [`postgres`]: what several replicas share (one counter-row lock per write, blob fences);
 //! - [`instrumented`]: the timing wrapper every server puts around its store;
+//! - [`commits`]: the rows of atomic commits, leases and their fencing tokens;
+//! - [`tus`]: the rows of tus upload sessions;
 //! - `migrations/{sqlite,postgres}/NNNN_name.sql`: each backend's schema, applied in order.
 
 use async_trait::async_trait;
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::storage::BlobRef;
 
 #[macro_use]
-pub mod commits;
+pub(crate) mod commits;
 pub(crate) mod instrumented;
 pub(crate) mod rules;
 #[macro_use]
@@ -40,7 +42,7 @@ pub struct FileMeta {
     pub size: u64,
     pub sha256: String,
     pub version: i64,
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -81,7 +83,7 @@ impl EventKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "created" => EventKind::Created,
             "updated" => EventKind::Updated,
@@ -99,13 +101,13 @@ impl EventKind {
 pub struct Event {
     pub seq: i64,
     pub kind: EventKind,
-    pub id: String,
+    pub(crate) id: String,
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub from_path: Option<String>,
     pub version: i64,
-    pub size: u64,
-    pub sha256: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
     /// RFC 3339.
     pub at: String,
     /// On a `deleted` event that moved the file to the trash: its trash entry.
@@ -119,7 +121,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub commit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub commit_size: Option<u64>,
+    pub(crate) commit_size: Option<u64>,
 }
 
 /// What an event carries besides the file's state (see [`Event`]).
@@ -156,7 +158,7 @@ pub struct BatchOutcome {
 pub struct RetentionStats {
     pub trash_entries: u64,
     pub trash_bytes: u64,
-    pub versions_retained: u64,
+    pub(crate) versions_retained: u64,
 }
 
 /// Which entity tags an `If-Match` accepts.
@@ -186,7 +188,7 @@ impl EtagMatch {
         )
     }
 
-    pub fn matches(&self, sha256: &str) -> bool {
+    pub(crate) fn matches(&self, sha256: &str) -> bool {
         match self {
             EtagMatch::Any => true,
             EtagMatch::OneOf(tags) => tags.iter().any(|t| t == sha256),
@@ -297,16 +299,16 @@ pub enum MetadataError {
 pub struct AuditProblem {
     /// `log_gap`, `log_mismatch`, `log_missing`, `refcount`, `version_orphan`, `trash_live`.
     pub kind: String,
-    pub id: String,
-    pub path: String,
-    pub detail: String,
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) detail: String,
 }
 
 /// What [`MetadataStore::audit`] found, read from one consistent snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataAudit {
     pub files: u64,
-    pub events: u64,
+    pub(crate) events: u64,
     pub oldest_seq: Option<i64>,
     pub latest_seq: i64,
     /// Old versions kept (each holds a blob reference).
@@ -353,7 +355,7 @@ impl BlobFence {
         BlobFence { _release: None }
     }
 
-    pub fn held(release: tokio::sync::oneshot::Sender<()>) -> Self {
+    pub(crate) fn held(release: tokio::sync::oneshot::Sender<()>) -> Self {
         BlobFence {
             _release: Some(release),
         }

@@ -166,6 +166,8 @@ pub struct PostgresMetadata {
 struct Fences {
     options: PgConnectOptions,
     timeout: Duration,
+    /// Guards the one session the advisory-lock fences run on (None until the first fence or
+    /// after a break); held for one fence statement at a time, which serializes the fences.
     conn: tokio::sync::Mutex<Option<PgConnection>>,
 }
 

@@ -30,7 +30,7 @@ mod commits;
 use commits::FenceGuard;
 
 /// Level listings (issue 22): sorted, filtered pages of one folder.
-pub mod listing;
+pub(crate) mod listing;
 
 /// The audit: what counts as a problem in the metadata and how it is worded.
 mod audit;

@@ -6,7 +6,7 @@ use super::TusError;
 
 /// A checksum algorithm of the checksum extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksumAlgorithm {
+pub(crate) enum ChecksumAlgorithm {
     Sha1,
     Md5,
     Sha256,
@@ -14,9 +14,9 @@ pub enum ChecksumAlgorithm {
 
 impl ChecksumAlgorithm {
     /// What `Tus-Checksum-Algorithm` lists.
-    pub const ALL: &'static str = "sha1,md5,sha256";
+    pub(crate) const ALL: &'static str = "sha1,md5,sha256";
 
-    pub fn parse(name: &str) -> Result<Self, TusError> {
+    pub(crate) fn parse(name: &str) -> Result<Self, TusError> {
         match name.trim().to_ascii_lowercase().as_str() {
             "sha1" => Ok(ChecksumAlgorithm::Sha1),
             "md5" => Ok(ChecksumAlgorithm::Md5),
@@ -44,7 +44,7 @@ impl ChecksumAlgorithm {
 
 /// A request's `Upload-Checksum`: the algorithm and the digest it must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
+pub(crate) struct Checksum {
     pub algorithm: ChecksumAlgorithm,
     pub digest: Vec<u8>,
 }

@@ -51,10 +51,10 @@ use super::metadata::{now_ms, MetadataError};
 use super::storage::TusStaging;
 use super::upload::UploadError;
 use super::ServiceError;
-pub use checksum::{Checksum, ChecksumAlgorithm};
+pub(crate) use checksum::{Checksum, ChecksumAlgorithm};
 use live::{lock, Live};
-pub use session::{Append, Concat, Creation, SessionView};
-pub use upload_metadata::parse_metadata;
+pub(crate) use session::{Append, Concat, Creation, SessionView};
+pub(crate) use upload_metadata::parse_metadata;
 use upload_metadata::{meta_value, target_path, upload_options};
 
 /// Why a tus request was refused. `handlers::tus` maps each to its tus status.
@@ -116,7 +116,7 @@ impl From<UploadError> for TusError {
 
 /// The per-session limits.
 #[derive(Debug, Clone, Copy)]
-pub struct TusLimits {
+pub(crate) struct TusLimits {
     /// Inactivity after which a session expires.
     pub expiry: Duration,
     /// Open sessions per owner.
@@ -128,7 +128,7 @@ pub struct TusLimits {
 }
 
 impl TusLimits {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
         TusLimits {
             expiry: config.tus_expiry,
             max_sessions: config.tus_max_sessions_per_token,
@@ -140,7 +140,7 @@ impl TusLimits {
 
 /// The tus sessions of a server.
 #[derive(Clone)]
-pub struct TusService {
+pub(crate) struct TusService {
     inner: Arc<Inner>,
 }
 
@@ -192,12 +192,12 @@ impl TusService {
     }
 
     /// The largest upload (`Tus-Max-Size`).
-    pub fn max_size(&self) -> u64 {
+    pub(crate) fn max_size(&self) -> u64 {
         self.inner.files.max_upload_size()
     }
 
     /// Creates a session (and, for a final concatenation, concatenates and commits it).
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         ctx: &RequestCtx,
         creation: Creation,
@@ -330,7 +330,7 @@ impl TusService {
     }
 
     /// The session's state (HEAD).
-    pub async fn status(&self, ctx: &RequestCtx, id: &str) -> Result<SessionView, TusError> {
+    pub(crate) async fn status(&self, ctx: &RequestCtx, id: &str) -> Result<SessionView, TusError> {
         let row = self.inner.visible_row(&owner_of(ctx), id).await?;
         // Every byte acknowledged but no commit (the server died between the last PATCH's
         // fsync and its commit): a client that sees offset == length is done and sends
@@ -360,7 +360,7 @@ impl TusService {
     /// `revoked` resolves when the request's token is revoked or expires
     /// ([`crate::services::auth::Auth::until_invalid`]): the body stops at its next chunk,
     /// nothing of this request is acknowledged, and the answer is [`TusError::Revoked`].
-    pub async fn append<S, E, R>(
+    pub(crate) async fn append<S, E, R>(
         &self,
         ctx: &RequestCtx,
         id: &str,
@@ -401,7 +401,7 @@ impl TusService {
     }
 
     /// Terminates a session: its bytes and its row are removed (DELETE).
-    pub async fn terminate(&self, ctx: &RequestCtx, id: &str) -> Result<(), TusError> {
+    pub(crate) async fn terminate(&self, ctx: &RequestCtx, id: &str) -> Result<(), TusError> {
         let inner = &self.inner;
         let row = inner
             .store

@@ -8,7 +8,7 @@ use super::checksum::Checksum;
 
 /// How an upload is concatenated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Concat {
+pub(crate) enum Concat {
     None,
     Partial,
     /// The partial uploads' ids, in order.
@@ -37,7 +37,7 @@ impl Concat {
 
 /// What a creation request asked for.
 #[derive(Debug, Clone)]
-pub struct Creation {
+pub(crate) struct Creation {
     /// `None`: deferred (`Upload-Defer-Length: 1`). Ignored for a final concatenation.
     pub length: Option<u64>,
     /// The `Upload-Metadata` header as sent.
@@ -49,7 +49,7 @@ pub struct Creation {
 
 /// A PATCH (or the body of a creation-with-upload).
 #[derive(Debug, Clone)]
-pub struct Append {
+pub(crate) struct Append {
     /// `Upload-Offset`.
     pub offset: u64,
     /// `Upload-Length`, declaring a deferred length.
@@ -61,7 +61,7 @@ pub struct Append {
 
 /// A session as a client sees it (HEAD, and the answers to POST and PATCH).
 #[derive(Debug, Clone)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     pub id: String,
     pub offset: u64,
     pub length: Option<u64>,

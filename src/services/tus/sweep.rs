@@ -15,7 +15,7 @@ impl TusService {
     /// One pass of the expiry sweep: expired sessions' bytes removed (their rows kept as
     /// tombstones for another expiry period), old tombstones and done rows deleted, staging
     /// files without an open session removed. Returns how many sessions expired.
-    pub async fn sweep(&self) -> Result<usize, TusError> {
+    pub(crate) async fn sweep(&self) -> Result<usize, TusError> {
         let inner = &self.inner;
         let now = now_ms();
         let mut expired = 0;

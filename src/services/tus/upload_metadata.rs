@@ -11,7 +11,7 @@ use crate::services::upload::UploadOptions;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// `Upload-Metadata`: `key base64,key base64,...` (a key alone has an empty value).
-pub fn parse_metadata(header: &str) -> Result<Vec<(String, String)>, TusError> {
+pub(crate) fn parse_metadata(header: &str) -> Result<Vec<(String, String)>, TusError> {
     let mut out = Vec::new();
     for pair in header.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut parts = pair.split(' ').filter(|p| !p.is_empty());

@@ -19,7 +19,7 @@ pub struct BodyLimits {
     pub idle: Duration,
     /// Bytes per second, averaged over `window` of waiting for the client; 0: no minimum.
     pub min_rate: u64,
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Longest wait for the next multipart part's headers.
     pub part_wait: Duration,
 }
@@ -31,7 +31,7 @@ impl Default for BodyLimits {
 }
 
 impl BodyLimits {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
         BodyLimits {
             idle: config.body_idle_timeout,
             min_rate: config.upload_min_rate,

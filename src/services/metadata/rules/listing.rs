@@ -27,7 +27,7 @@ pub enum ListSort {
 }
 
 impl ListSort {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "name" => ListSort::Name,
             "size" => ListSort::Size,
@@ -240,7 +240,7 @@ pub(crate) async fn list_level<S: LevelSource + ?Sized>(
 
 /// Why a cursor was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CursorError {
+pub(crate) enum CursorError {
     /// Not a cursor of this listing's folder, or not a cursor at all.
     Invalid,
     /// A cursor of a listing with another sort or order.
@@ -263,7 +263,7 @@ struct CursorBody {
 }
 
 /// The opaque cursor for `pos` in a listing sorted by `sort`.
-pub fn encode_cursor(sort: ListSort, desc: bool, pos: &LevelPosition) -> String {
+pub(crate) fn encode_cursor(sort: ListSort, desc: bool, pos: &LevelPosition) -> String {
     let body = match pos {
         LevelPosition::Folder(f) => CursorBody {
             sort,
@@ -286,7 +286,7 @@ pub fn encode_cursor(sort: ListSort, desc: bool, pos: &LevelPosition) -> String 
 }
 
 /// The position `cursor` names in the listing of `prefix` sorted by `sort`.
-pub fn decode_cursor(
+pub(crate) fn decode_cursor(
     cursor: &str,
     prefix: &str,
     sort: ListSort,
