@@ -375,11 +375,21 @@ impl MetaDb {
                 )
                 .await
                 .unwrap();
-                sqlx::query(age).bind(ms).bind(id).execute(&mut c).await.unwrap();
+                sqlx::query(age)
+                    .bind(ms)
+                    .bind(id)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
             }
             MetaDb::Postgres(url) => {
                 let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::query(age).bind(ms).bind(id).execute(&mut c).await.unwrap();
+                sqlx::query(age)
+                    .bind(ms)
+                    .bind(id)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -430,7 +440,11 @@ async fn expired_commits_stay_gone(a: &TestServer, b: &TestServer, db: &MetaDb) 
     expired(finish(a, &id, json!({"replace_prefix": "exp/"}), None).await);
     expired(get_commit(b, &id).await);
     expired(stage(a, &id, "exp/b", b"late").await);
-    assert_eq!(abort_commit(b, &id).await, 204, "an expired commit aborts as a no-op");
+    assert_eq!(
+        abort_commit(b, &id).await,
+        204,
+        "an expired commit aborts as a no-op"
+    );
     expired(get_commit(a, &id).await);
     expired(finish(a, &id, json!({}), None).await);
     assert_eq!(db.commit(&id).await, Some(("expired".to_string(), 0)));
@@ -455,7 +469,12 @@ async fn expired_commits_stay_gone(a: &TestServer, b: &TestServer, db: &MetaDb) 
         db.commit(&id).await.is_none() && db.commit(&aborted).await.is_none()
     })
     .await;
-    assert!(purged, "{:?} {:?}", db.commit(&id).await, db.commit(&aborted).await);
+    assert!(
+        purged,
+        "{:?} {:?}",
+        db.commit(&id).await,
+        db.commit(&aborted).await
+    );
     for gone in [&id, &aborted] {
         assert_eq!(get_commit(b, gone).await.0, 404);
         assert_eq!(finish(a, gone, json!({}), None).await.0, 404);
@@ -471,16 +490,17 @@ async fn expired_commits_stay_gone_on_sqlite() {
     let db = MetaDb::Sqlite(dir.path().join("meta.db"));
     expired_commits_stay_gone(&s, &s, &db).await;
     // The expired commit's staged content is collected: no blob is left.
-    let collected =
-        common::eventually(Duration::from_secs(10), || async { s.blob_count().await == 0 }).await;
+    let collected = common::eventually(Duration::from_secs(10), || async {
+        s.blob_count().await == 0
+    })
+    .await;
     assert!(collected, "blobs: {}", s.blob_count().await);
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_commits_stay_gone_on_postgres_across_replicas() {
-    let Some((a, b, _dirs, url)) = cluster_at("expired_commits_stay_gone_on_postgres").await
-    else {
+    let Some((a, b, _dirs, url)) = cluster_at("expired_commits_stay_gone_on_postgres").await else {
         return;
     };
     expired_commits_stay_gone(&a, &b, &MetaDb::Postgres(url)).await;

@@ -290,8 +290,7 @@ pub(crate) trait CommitRows: Send {
     /// `Tx::update_content` of each (distinct ids).
     async fn update_contents(&mut self, metas: &[FileMeta]) -> Result<(), super::MetadataError>;
     /// `Tx::insert_version` of each.
-    async fn insert_versions(&mut self, metas: &[FileMeta])
-        -> Result<(), super::MetadataError>;
+    async fn insert_versions(&mut self, metas: &[FileMeta]) -> Result<(), super::MetadataError>;
     /// `Tx::versions_beyond` of each of `ids`: (id, version, sha256).
     async fn versions_beyond_each(
         &mut self,

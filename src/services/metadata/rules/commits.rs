@@ -13,11 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::super::commits::StagedEntry;
 use super::super::commits::{
     AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED,
     ENDED_COMMIT_RETENTION_MS, EXPIRED, FINISHED, LAPSED_LEASE_RETENTION_MS, OPEN,
 };
-use super::super::commits::StagedEntry;
 use super::{new_file, release, MetadataError, Tx, Writer};
 use crate::services::metadata::{rfc3339, EventKind, FileMeta};
 use crate::services::storage::BlobRef;
@@ -188,11 +188,8 @@ impl Writer<'_> {
                 }
                 // The tombstones of ended commits (expired: 410, aborted: 404) are bounded:
                 // a week past their expiry they go, and the id is unknown (404).
-                tx.purge_ended_commits(
-                    self.now.saturating_sub(ENDED_COMMIT_RETENTION_MS),
-                    *limit,
-                )
-                .await?;
+                tx.purge_ended_commits(self.now.saturating_sub(ENDED_COMMIT_RETENTION_MS), *limit)
+                    .await?;
                 AtomicDone::Released(ids.len(), released)
             }
             AtomicOp::AcquireLease {
@@ -407,7 +404,9 @@ impl Writer<'_> {
             self.delete_row(tx, victim, None, false, &mut released)
                 .await?;
         }
-        let files = self.put_staged(tx, &commit.id, &staged, &mut released).await?;
+        let files = self
+            .put_staged(tx, &commit.id, &staged, &mut released)
+            .await?;
         tx.set_commit_note(None);
         tx.delete_staged(&commit.id).await?;
         let (seq_first, seq_last) = match (size, tx.last_appended_seq()) {
