@@ -17,7 +17,6 @@
 """
 
 import base64
-import re
 import json
 import hashlib
 import os
@@ -117,27 +116,8 @@ def _list_cursor(case):
     case.query = query
 
 
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def _commit_ttl(case):
-    """A commit drawn with a ttl of milliseconds is collected by the expiry sweep (its
-    contract) before the stateful phase follows its link to GET, which then rightly answers
-    404: such ttls become 10 minutes, so the links are followed on a live commit."""
-    if not isinstance(case.body, dict) or not isinstance(case.body.get("ttl"), str):
-        return
-    m = re.fullmatch(r"\s*0*(\d+)\s*(ms|s|m|h|d)\s*", case.body["ttl"])
-    if m and int(m.group(1)) * _UNIT_MS[m.group(2)] < 600_000:
-        case.body = dict(case.body, ttl="10m")
-
-
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    if (case.operation.method.upper(), case.operation.path) == ("POST", "/api/v1/commits"):
-        meta = case.meta
-        if meta is not None and meta.generation.mode.is_positive:
-            _commit_ttl(case)
-        return
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return

@@ -86,6 +86,13 @@ async fn online_fsck(s: &TestServer) -> Value {
 
 /// Two replicas on PostgreSQL + S3 (or `None`, SKIPPED).
 async fn cluster(test: &str) -> Option<(TestServer, TestServer, Vec<tempfile::TempDir>)> {
+    cluster_at(test).await.map(|(a, b, dirs, _)| (a, b, dirs))
+}
+
+/// [`cluster`], with the metadata database's URL.
+async fn cluster_at(
+    test: &str,
+) -> Option<(TestServer, TestServer, Vec<tempfile::TempDir>, String)> {
     let metadata_url = common::test_postgres_url(test).await?;
     let blob_store = common::test_s3_url(test)?;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -97,7 +104,7 @@ async fn cluster(test: &str) -> Option<(TestServer, TestServer, Vec<tempfile::Te
     };
     let a = TestServer::start_with(config(da.path())).await;
     let b = TestServer::start_with(config(db.path())).await;
-    Some((a, b, vec![da, db]))
+    Some((a, b, vec![da, db], metadata_url))
 }
 
 /// The whole life of a commit, with `a` publishing and `b` reading (one server on SQLite).
@@ -312,6 +319,191 @@ async fn commit_lifecycle_on_postgres_across_replicas() {
         return;
     };
     commit_lifecycle(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The metadata database of a running server, read (and aged) behind its back: the
+/// sweep's work is seen in the rows, not guessed from a sleep.
+enum MetaDb {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl MetaDb {
+    /// The commit's state and its staged rows; `None` when the row is gone.
+    async fn commit(&self, id: &str) -> Option<(String, i64)> {
+        use sqlx::Connection;
+        let state = "SELECT state, (SELECT COUNT(*) FROM commit_files WHERE commit_id = $1)
+                     FROM commits WHERE id = $1";
+        match self {
+            MetaDb::Sqlite(path) => {
+                let mut c = sqlx::SqliteConnection::connect_with(
+                    &sqlx::sqlite::SqliteConnectOptions::new()
+                        .filename(path)
+                        .busy_timeout(Duration::from_secs(10)),
+                )
+                .await
+                .unwrap();
+                sqlx::query_as(state)
+                    .bind(id)
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap()
+            }
+            MetaDb::Postgres(url) => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_as(state)
+                    .bind(id)
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Moves the commit's expiry `ms` into the past.
+    async fn age(&self, id: &str, ms: i64) {
+        use sqlx::Connection;
+        let age = "UPDATE commits SET expires_at = expires_at - $1 WHERE id = $2";
+        match self {
+            MetaDb::Sqlite(path) => {
+                let mut c = sqlx::SqliteConnection::connect_with(
+                    &sqlx::sqlite::SqliteConnectOptions::new()
+                        .filename(path)
+                        .busy_timeout(Duration::from_secs(10)),
+                )
+                .await
+                .unwrap();
+                sqlx::query(age)
+                    .bind(ms)
+                    .bind(id)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+            MetaDb::Postgres(url) => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(age)
+                    .bind(ms)
+                    .bind(id)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn get_commit(s: &TestServer, id: &str) -> (u16, Value) {
+    s.get_json(&format!("/api/v1/commits/{id}")).await
+}
+
+async fn abort_commit(s: &TestServer, id: &str) -> u16 {
+    s.client
+        .delete(s.url(&format!("/api/v1/commits/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// An expired commit answers 410 `commit_expired` to its finish, its GET and a staging,
+/// before the sweep and after it (its row stays as a tombstone, its staged content goes);
+/// an abort of it is 204 and changes nothing. An aborted commit answers 404. A week past
+/// its expiry the tombstone is removed and the id is unknown (404). `a` and `b` share `db`.
+async fn expired_commits_stay_gone(a: &TestServer, b: &TestServer, db: &MetaDb) {
+    let expired = |(status, v): (u16, Value)| {
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (410, Some("commit_expired")),
+            "{v}"
+        );
+    };
+    let (_, c) = create_commit(a, json!({"ttl": "1s"})).await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let (status, staged) = stage(a, &id, "exp/a", format!("expiring {id}").as_bytes()).await;
+    assert_eq!(status, 202, "{staged}");
+    assert_eq!(db.commit(&id).await, Some(("open".to_string(), 1)));
+    // Past the ttl, before any sweep could have run: 410 already.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expired(get_commit(b, &id).await);
+
+    // The sweep (every second) ends it: state `expired`, no staged rows.
+    let swept = common::eventually(Duration::from_secs(15), || async {
+        db.commit(&id).await == Some(("expired".to_string(), 0))
+    })
+    .await;
+    assert!(swept, "not swept: {:?}", db.commit(&id).await);
+    expired(finish(b, &id, json!({}), None).await);
+    expired(finish(a, &id, json!({"replace_prefix": "exp/"}), None).await);
+    expired(get_commit(b, &id).await);
+    expired(stage(a, &id, "exp/b", b"late").await);
+    assert_eq!(
+        abort_commit(b, &id).await,
+        204,
+        "an expired commit aborts as a no-op"
+    );
+    expired(get_commit(a, &id).await);
+    expired(finish(a, &id, json!({}), None).await);
+    assert_eq!(db.commit(&id).await, Some(("expired".to_string(), 0)));
+    assert_eq!(list(b, "exp/").await.len(), 0, "nothing landed");
+
+    // Aborted: 404 on every route, while its tombstone is kept.
+    let (_, c) = create_commit(a, json!({"ttl": "10m"})).await;
+    let aborted = c["id"].as_str().unwrap().to_string();
+    stage(a, &aborted, "exp/c", b"aborted").await;
+    assert_eq!(abort_commit(a, &aborted).await, 204);
+    assert_eq!(db.commit(&aborted).await, Some(("aborted".to_string(), 0)));
+    assert_eq!(get_commit(b, &aborted).await.0, 404);
+    assert_eq!(finish(b, &aborted, json!({}), None).await.0, 404);
+    assert_eq!(stage(a, &aborted, "exp/c", b"again").await.0, 404);
+    assert_eq!(abort_commit(b, &aborted).await, 404);
+
+    // Bounded: a tombstone a week past its expiry is purged by the sweep; then 404.
+    let week_ms = 7 * 24 * 3600 * 1000;
+    db.age(&id, week_ms + 60_000).await;
+    db.age(&aborted, week_ms + 11 * 60_000).await;
+    let purged = common::eventually(Duration::from_secs(15), || async {
+        db.commit(&id).await.is_none() && db.commit(&aborted).await.is_none()
+    })
+    .await;
+    assert!(
+        purged,
+        "{:?} {:?}",
+        db.commit(&id).await,
+        db.commit(&aborted).await
+    );
+    for gone in [&id, &aborted] {
+        assert_eq!(get_commit(b, gone).await.0, 404);
+        assert_eq!(finish(a, gone, json!({}), None).await.0, 404);
+    }
+    let audit = online_fsck(a).await;
+    assert_eq!(audit["metadata_problems"], json!([]), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_commits_stay_gone_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(Config::for_data_dir(dir.path())).await;
+    let db = MetaDb::Sqlite(dir.path().join("meta.db"));
+    expired_commits_stay_gone(&s, &s, &db).await;
+    // The expired commit's staged content is collected: no blob is left.
+    let collected = common::eventually(Duration::from_secs(10), || async {
+        s.blob_count().await == 0
+    })
+    .await;
+    assert!(collected, "blobs: {}", s.blob_count().await);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_commits_stay_gone_on_postgres_across_replicas() {
+    let Some((a, b, _dirs, url)) = cluster_at("expired_commits_stay_gone_on_postgres").await else {
+        return;
+    };
+    expired_commits_stay_gone(&a, &b, &MetaDb::Postgres(url)).await;
     a.stop().await;
     b.stop().await;
 }

@@ -24,7 +24,7 @@ use crate::paths::VPath;
 use crate::services::commits::{parse_lease_path, FinishOptions, DEFAULT_COMMIT_TTL, MAX_TTL};
 use crate::services::files::RequestCtx;
 use crate::services::metadata::commits::{CommitRecord, Lease, FENCE};
-use crate::services::metadata::rfc3339;
+use crate::services::metadata::{rfc3339, MetadataError};
 
 /// The header a write's fence travels in.
 pub(crate) const FENCE_HEADER: &str = "x-vaultfs-fence";
@@ -130,15 +130,18 @@ pub(crate) async fn create(
     Ok((status, Json(answer)).into_response())
 }
 
-/// `GET /api/v1/commits/{id}`: the commit and its staged files (`path`, `size`, `sha256`).
+/// `GET /api/v1/commits/{id}`: the commit and its staged files (`path`, `size`, `sha256`);
+/// 404 once aborted, 410 `commit_expired` past its ttl (swept or not).
 pub(crate) async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     check_id(&id)?;
     let (commit, files) = state.files.commit_status(&id).await?;
-    if commit.state == "aborted" {
-        return Err(AppError::not_found());
+    match commit.state.as_str() {
+        "aborted" => return Err(AppError::not_found()),
+        "expired" => return Err(MetadataError::CommitExpired.into()),
+        _ => {}
     }
     let mut answer = commit_json(&commit);
     answer["files"] = json!(files);

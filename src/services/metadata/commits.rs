@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileMeta, S3ObjectRow};
+use super::{EventKind, FileMeta, S3ObjectRow};
 
 tokio::task_local! {
     /// The `X-Vaultfs-Fence` of the request whose future runs now (set by the HTTP edge
@@ -76,6 +76,11 @@ pub struct StagedEntry {
 /// How long a lease id that lapsed and was taken over is still told apart from an unknown
 /// one (its renewal answers `LeaseExpired`, not `NotFound`).
 pub(crate) const LAPSED_LEASE_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// How long an ended commit's row (its tombstone: `expired` answers 410 `commit_expired`,
+/// `aborted` 404) is kept past the commit's expiry before the sweep removes it; its id is
+/// then unknown (404). Finished commits stay (a retried finish answers their result).
+pub(crate) const ENDED_COMMIT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What a finish applies, besides the staged files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -239,6 +244,13 @@ pub(crate) trait CommitRows: Send {
         now: i64,
         limit: i64,
     ) -> Result<Vec<String>, super::MetadataError>;
+    /// Removes at most `limit` expired or aborted commits whose `expires_at` is before
+    /// `before` (their staged rows went when they ended).
+    async fn purge_ended_commits(
+        &mut self,
+        before: i64,
+        limit: i64,
+    ) -> Result<(), super::MetadataError>;
     /// Staged files of a commit, by path.
     async fn staged_files(
         &mut self,
@@ -264,6 +276,43 @@ pub(crate) trait CommitRows: Send {
     ) -> Result<(), super::MetadataError>;
     /// Whether `lease_id` lapsed and was taken over (and is still remembered).
     async fn lapsed_lease(&mut self, lease_id: &str) -> Result<bool, super::MetadataError>;
+    // Set-based row operations of a finish: a handful of statements for a whole commit,
+    // each the same rows as the per-file operation of `rules::Tx` it names, applied to a
+    // batch (none for an empty one).
+
+    /// The file rows at the paths staged in `commit_id`.
+    async fn files_at_staged_paths(
+        &mut self,
+        commit_id: &str,
+    ) -> Result<Vec<FileMeta>, super::MetadataError>;
+    /// `Tx::insert_file` of each.
+    async fn insert_files(&mut self, metas: &[FileMeta]) -> Result<(), super::MetadataError>;
+    /// `Tx::update_content` of each (distinct ids).
+    async fn update_contents(&mut self, metas: &[FileMeta]) -> Result<(), super::MetadataError>;
+    /// `Tx::insert_version` of each.
+    async fn insert_versions(&mut self, metas: &[FileMeta]) -> Result<(), super::MetadataError>;
+    /// `Tx::versions_beyond` of each of `ids`: (id, version, sha256).
+    async fn versions_beyond_each(
+        &mut self,
+        ids: &[String],
+        skip: u64,
+    ) -> Result<Vec<(String, i64, String)>, super::MetadataError>;
+    /// `Tx::delete_version` of each (id, version).
+    async fn delete_versions(&mut self, rows: &[(String, i64)])
+        -> Result<(), super::MetadataError>;
+    /// Drops `n` references of each (sha256, n) (distinct hashes); (sha256, count left) of
+    /// those that have a row.
+    async fn drop_blob_refs(
+        &mut self,
+        refs: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>, super::MetadataError>;
+    /// `Tx::append_event` of each (kind, file), in order (consecutive seqs), with no
+    /// `from_path` and no note.
+    async fn append_events(
+        &mut self,
+        events: &[(EventKind, FileMeta)],
+        at: i64,
+    ) -> Result<(), super::MetadataError>;
     /// (path, from_path) of the events after `seq`, at most `limit`.
     async fn paths_changed_after(
         &mut self,
@@ -274,10 +323,37 @@ pub(crate) trait CommitRows: Send {
     async fn oldest_retained_seq(&mut self) -> Result<Option<i64>, super::MetadataError>;
 }
 
+/// Rows per statement of the set-based operations: at most 13 binds a row keeps a
+/// statement under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// `rows` tuples of `VALUES`, each the bind numbers `template` names (offsets into the
+/// row's `width` binds), numbered from `$first`: `($1, $2), ($3, $4)`.
+pub(crate) fn values_rows(rows: usize, first: usize, width: usize, template: &[usize]) -> String {
+    let mut out = String::with_capacity(rows * template.len() * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for (i, offset) in template.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * width + offset).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// Expands, inside `sql_layer!`, [`CommitRows`] for its `SqlTx` (SQL both engines accept).
 macro_rules! commit_rows {
     ($row:ty) => {
-        use $crate::services::metadata::commits::{CommitRecord, CommitRows, LeaseRow, StagedEntry};
+        use $crate::services::metadata::commits::{
+            values_rows, CommitRecord, CommitRows, LeaseRow, StagedEntry, ROWS_PER_STATEMENT,
+        };
 
         const COMMIT_COLUMNS: &str =
             "id, idempotency_key, state, created_at, expires_at, result";
@@ -367,6 +443,21 @@ macro_rules! commit_rows {
                 .fetch_all(&mut *self.conn)
                 .await
                 .map_err(map_err)
+            }
+
+            async fn purge_ended_commits(
+                &mut self,
+                before: i64,
+                limit: i64,
+            ) -> Result<(), MetadataError> {
+                let q = sqlx::query(
+                    "DELETE FROM commits WHERE id IN (
+                        SELECT id FROM commits WHERE state IN ('expired', 'aborted')
+                        AND expires_at < $1 LIMIT $2)",
+                )
+                .bind(before)
+                .bind(limit);
+                self.run(q).await
             }
 
             async fn staged_files(
@@ -488,6 +579,226 @@ macro_rules! commit_rows {
                         .await
                         .map_err(map_err)?;
                 Ok(found.is_some())
+            }
+
+            async fn files_at_staged_paths(
+                &mut self,
+                commit_id: &str,
+            ) -> Result<Vec<FileMeta>, MetadataError> {
+                let rows = sqlx::query(
+                    "SELECT f.id, f.path, f.size, f.sha256, f.version, f.content_type,
+                            f.created_at, f.modified_at
+                     FROM commit_files c JOIN files f ON f.path = c.path
+                     WHERE c.commit_id = $1",
+                )
+                .bind(commit_id)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(map_err)?;
+                rows.iter().map(row_to_meta).collect()
+            }
+
+            async fn insert_files(&mut self, metas: &[FileMeta]) -> Result<(), MetadataError> {
+                for chunk in metas.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "INSERT INTO files
+                            (id, path, size, sha256, version, content_type, created_at, modified_at)
+                         VALUES {}",
+                        values_rows(chunk.len(), 1, 7, &[0, 1, 2, 3, 4, 5, 6, 6])
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for m in chunk {
+                        q = q
+                            .bind(&m.id)
+                            .bind(&m.path)
+                            .bind(size_i64(m.size)?)
+                            .bind(&m.sha256)
+                            .bind(m.version)
+                            .bind(&m.content_type)
+                            .bind(m.modified_ms);
+                    }
+                    self.run(q).await?;
+                }
+                Ok(())
+            }
+
+            async fn update_contents(&mut self, metas: &[FileMeta]) -> Result<(), MetadataError> {
+                for chunk in metas.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "UPDATE files SET size = v.column2, sha256 = v.column3,
+                            version = v.column4, content_type = v.column5, modified_at = v.column6
+                         FROM (VALUES {}) AS v WHERE files.id = v.column1",
+                        values_rows(chunk.len(), 1, 6, &[0, 1, 2, 3, 4, 5])
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for m in chunk {
+                        q = q
+                            .bind(&m.id)
+                            .bind(size_i64(m.size)?)
+                            .bind(&m.sha256)
+                            .bind(m.version)
+                            .bind(&m.content_type)
+                            .bind(m.modified_ms);
+                    }
+                    self.run(q).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_versions(&mut self, metas: &[FileMeta]) -> Result<(), MetadataError> {
+                for chunk in metas.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "INSERT INTO versions (file_id, version, size, sha256, content_type, modified_at)
+                         VALUES {}",
+                        values_rows(chunk.len(), 1, 6, &[0, 1, 2, 3, 4, 5])
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for m in chunk {
+                        q = q
+                            .bind(&m.id)
+                            .bind(m.version)
+                            .bind(size_i64(m.size)?)
+                            .bind(&m.sha256)
+                            .bind(&m.content_type)
+                            .bind(m.modified_ms);
+                    }
+                    self.run(q).await?;
+                }
+                Ok(())
+            }
+
+            async fn versions_beyond_each(
+                &mut self,
+                ids: &[String],
+                skip: u64,
+            ) -> Result<Vec<(String, i64, String)>, MetadataError> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "SELECT file_id, version, sha256 FROM (
+                            SELECT file_id, version, sha256, ROW_NUMBER() OVER (
+                                PARTITION BY file_id ORDER BY version DESC) AS newer
+                            FROM versions WHERE file_id IN ({})) AS ranked
+                         WHERE newer > $1",
+                        values_rows(chunk.len(), 2, 1, &[0]).replace(['(', ')'], "")
+                    );
+                    let mut q = sqlx::query_as(&sql).bind(i64::try_from(skip).unwrap_or(i64::MAX));
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    let rows: Vec<(String, i64, String)> =
+                        q.fetch_all(&mut *self.conn).await.map_err(map_err)?;
+                    out.extend(rows);
+                }
+                Ok(out)
+            }
+
+            async fn delete_versions(&mut self, rows: &[(String, i64)]) -> Result<(), MetadataError> {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "DELETE FROM versions WHERE (file_id, version) IN (VALUES {})",
+                        values_rows(chunk.len(), 1, 2, &[0, 1])
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (id, version) in chunk {
+                        q = q.bind(id).bind(*version);
+                    }
+                    self.run(q).await?;
+                }
+                Ok(())
+            }
+
+            async fn drop_blob_refs(
+                &mut self,
+                refs: &[(String, i64)],
+            ) -> Result<Vec<(String, i64)>, MetadataError> {
+                let mut out = Vec::with_capacity(refs.len());
+                for chunk in refs.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "UPDATE blobs SET refcount = refcount - v.column2
+                         FROM (VALUES {}) AS v WHERE blobs.sha256 = v.column1
+                         RETURNING sha256, refcount",
+                        values_rows(chunk.len(), 1, 2, &[0, 1])
+                    );
+                    let mut q = sqlx::query_as(&sql);
+                    for (sha, n) in chunk {
+                        q = q.bind(sha).bind(*n);
+                    }
+                    let rows: Vec<(String, i64)> =
+                        q.fetch_all(&mut *self.conn).await.map_err(map_err)?;
+                    out.extend(rows);
+                }
+                Ok(out)
+            }
+
+            async fn append_events(
+                &mut self,
+                events: &[(EventKind, FileMeta)],
+                at: i64,
+            ) -> Result<(), MetadataError> {
+                let (commit_id, commit_size) = match &self.commit {
+                    Some((id, n)) => (Some(id.clone()), Some(*n)),
+                    None => (None, None),
+                };
+                let postgres = dialect::NAME == "postgres";
+                for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                    // $1..$3 the columns every row shares, then per row kind, id, path,
+                    // version, size, sha256; PostgreSQL's has the row count at $4 and each
+                    // row's place in the chunk first.
+                    // SQLite's AUTOINCREMENT numbers the rows in VALUES order (one writer:
+                    // consecutive seqs); PostgreSQL takes them from the counter row, which
+                    // this transaction then holds until it commits.
+                    let sql = if postgres {
+                        format!(
+                            "WITH c AS (UPDATE event_counter SET seq = seq + $4 WHERE id = 1
+                                        RETURNING seq)
+                             INSERT INTO events (seq, kind, file_id, path, version, size, sha256,
+                                                 at, commit_id, commit_size)
+                             SELECT c.seq - $4 + v.column1, v.column2, v.column3, v.column4,
+                                    v.column5, v.column6, v.column7, $1, $2, $3
+                             FROM c CROSS JOIN (VALUES {}) AS v
+                             RETURNING seq",
+                            values_rows(chunk.len(), 5, 7, &[0, 1, 2, 3, 4, 5, 6])
+                        )
+                    } else {
+                        let rows = values_rows(chunk.len(), 4, 6, &[0, 1, 2, 3, 4, 5])
+                            .replace(')', ", $1, $2, $3)");
+                        format!(
+                            "INSERT INTO events (kind, file_id, path, version, size, sha256, at,
+                                                 commit_id, commit_size)
+                             VALUES {rows} RETURNING seq"
+                        )
+                    };
+                    let mut q = sqlx::query_scalar(&sql)
+                        .bind(at)
+                        .bind(commit_id.as_deref())
+                        .bind(commit_size);
+                    if postgres {
+                        q = q.bind(i64::try_from(chunk.len()).unwrap_or(i64::MAX));
+                    }
+                    for (i, (kind, m)) in chunk.iter().enumerate() {
+                        if postgres {
+                            q = q.bind(i64::try_from(i + 1).unwrap_or(i64::MAX));
+                        }
+                        q = q
+                            .bind(kind.as_str())
+                            .bind(&m.id)
+                            .bind(&m.path)
+                            .bind(m.version)
+                            .bind(size_i64(m.size)?)
+                            .bind(&m.sha256);
+                    }
+                    let seqs: Vec<i64> = q.fetch_all(&mut *self.conn).await.map_err(map_err)?;
+                    if seqs.len() != chunk.len() {
+                        return Err(MetadataError::Backend(format!(
+                            "{} events appended of {}",
+                            seqs.len(),
+                            chunk.len()
+                        )));
+                    }
+                    self.last_seq = seqs.into_iter().max().or(self.last_seq);
+                }
+                Ok(())
             }
 
             async fn paths_changed_after(

@@ -13,12 +13,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::super::commits::StagedEntry;
 use super::super::commits::{
-    AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED, EXPIRED,
-    FINISHED, LAPSED_LEASE_RETENTION_MS, OPEN,
+    AtomicDone, AtomicOp, CommitRecord, FinishOutcome, FinishRequest, LeaseRow, ABORTED,
+    ENDED_COMMIT_RETENTION_MS, EXPIRED, FINISHED, LAPSED_LEASE_RETENTION_MS, OPEN,
 };
-use super::{release, MetadataError, PutRequest, Tx, Writer};
-use crate::services::metadata::Precondition;
+use super::{new_file, release, MetadataError, Tx, Writer};
+use crate::services::metadata::{rfc3339, EventKind, FileMeta};
 use crate::services::storage::BlobRef;
 
 /// Most events after `if_unchanged_since` a finish examines; past it, the finish answers
@@ -100,7 +101,7 @@ impl Writer<'_> {
             } => {
                 if let Some(key) = idempotency_key {
                     if let Some(existing) = tx.commit_by_key(key).await? {
-                        return Ok(AtomicDone::Commit(existing, false));
+                        return Ok(AtomicDone::Commit(self.effective(existing), false));
                     }
                 }
                 let commit = CommitRecord {
@@ -119,6 +120,7 @@ impl Writer<'_> {
                     .commit_by_id(commit_id)
                     .await?
                     .ok_or(MetadataError::NotFound)?;
+                let commit = self.effective(commit);
                 let files = tx.staged_files(commit_id).await?;
                 AtomicDone::Staged {
                     commit,
@@ -164,9 +166,15 @@ impl Writer<'_> {
                     .commit_by_id(commit_id)
                     .await?
                     .ok_or(MetadataError::NotFound)?;
-                match commit.state.as_str() {
+                match self.effective(commit).state.as_str() {
                     FINISHED => return Err(MetadataError::CommitClosed),
                     OPEN => {}
+                    // Past its ttl: it ends as expired, swept or not (its GET and finish
+                    // stay 410 `commit_expired`), and the abort has nothing more to do.
+                    EXPIRED => {
+                        let released = end_commit(tx, commit_id, EXPIRED).await?;
+                        return Ok(AtomicDone::Released(1, released));
+                    }
                     _ => return Err(MetadataError::NotFound),
                 }
                 let released = end_commit(tx, commit_id, ABORTED).await?;
@@ -178,6 +186,10 @@ impl Writer<'_> {
                 for id in &ids {
                     released.extend(end_commit(tx, id, EXPIRED).await?);
                 }
+                // The tombstones of ended commits (expired: 410, aborted: 404) are bounded:
+                // a week past their expiry they go, and the id is unknown (404).
+                tx.purge_ended_commits(self.now.saturating_sub(ENDED_COMMIT_RETENTION_MS), *limit)
+                    .await?;
                 AtomicDone::Released(ids.len(), released)
             }
             AtomicOp::AcquireLease {
@@ -270,6 +282,14 @@ impl Writer<'_> {
                 AtomicDone::Leases(leases)
             }
         })
+    }
+
+    /// `commit` as it stands now: an open commit past its ttl is expired, swept or not.
+    fn effective(&self, mut commit: CommitRecord) -> CommitRecord {
+        if commit.state == OPEN && commit.expires_at_ms <= self.now {
+            commit.state = EXPIRED.to_string();
+        }
+        commit
     }
 
     /// Commit `id`, open for staging: `CommitExpired` past its ttl (swept or not),
@@ -384,27 +404,9 @@ impl Writer<'_> {
             self.delete_row(tx, victim, None, false, &mut released)
                 .await?;
         }
-        let mut files = Vec::with_capacity(staged.len());
-        for entry in &staged {
-            let put = PutRequest {
-                path: entry.path.clone(),
-                blob: BlobRef {
-                    sha256: entry.sha256.clone(),
-                    size: entry.size,
-                },
-                content_type: entry.content_type.clone(),
-                precondition: Precondition::None,
-                // Staged through the S3 API: its record (ETag, user metadata), written in
-                // this transaction with the file as a direct PutObject would.
-                s3: entry.s3.clone(),
-            };
-            let outcome = self.put(tx, &put).await?;
-            released.extend(outcome.released);
-            released.extend(outcome.released_more);
-            // The file row holds the content now; the staged reference goes.
-            released.extend(release(tx, &entry.sha256).await?);
-            files.push(outcome.meta);
-        }
+        let files = self
+            .put_staged(tx, &commit.id, &staged, &mut released)
+            .await?;
         tx.set_commit_note(None);
         tx.delete_staged(&commit.id).await?;
         let (seq_first, seq_last) = match (size, tx.last_appended_seq()) {
@@ -424,6 +426,100 @@ impl Writer<'_> {
         released.sort();
         released.dedup();
         Ok(AtomicDone::Finished { outcome, released })
+    }
+}
+
+impl Writer<'_> {
+    /// The puts of a finish, set-based: for each staged file what [`Writer::put`] does
+    /// (a `created` or `updated` event, the current row kept as an old version or released,
+    /// versions past the window dropped), in a handful of statements for the whole commit.
+    /// A put's new reference and the staged one it replaces cancel out, so the staged
+    /// blobs' counts are not touched; the blobs whose count reaches zero are `released`.
+    async fn put_staged<T: Tx + ?Sized>(
+        &self,
+        tx: &mut T,
+        commit_id: &str,
+        staged: &[StagedEntry],
+        released: &mut Vec<String>,
+    ) -> Result<Vec<FileMeta>, MetadataError> {
+        let mut current: BTreeMap<String, FileMeta> = tx
+            .files_at_staged_paths(commit_id)
+            .await?
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        let mut files = Vec::with_capacity(staged.len());
+        let mut events = Vec::with_capacity(staged.len());
+        let (mut created, mut updated, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        // Old versions to trim, by how many each file keeps.
+        let mut trim: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut drops: BTreeMap<String, i64> = BTreeMap::new();
+        for entry in staged {
+            self.guard.check(&entry.path)?;
+            // Staged through the S3 API: its record (ETag, user metadata), written in this
+            // transaction with the file as a direct PutObject would.
+            if let Some(row) = &entry.s3 {
+                tx.put_s3_object(&entry.path, &entry.sha256, row).await?;
+            }
+            let meta = match current.remove(&entry.path) {
+                Some(cur) => {
+                    let keep_old = self.policy.versions_keep_for(&cur.path).old_versions();
+                    if let Some(keep) = keep_old {
+                        trim.entry(keep).or_default().push(cur.id.clone());
+                    }
+                    let meta = FileMeta {
+                        size: entry.size,
+                        sha256: entry.sha256.clone(),
+                        version: cur.version + 1,
+                        content_type: entry.content_type.clone(),
+                        modified_at: rfc3339(self.now),
+                        modified_ms: self.now,
+                        ..cur.clone()
+                    };
+                    if keep_old == Some(0) {
+                        *drops.entry(cur.sha256).or_default() += 1;
+                    } else {
+                        kept.push(cur);
+                    }
+                    updated.push(meta.clone());
+                    events.push((EventKind::Updated, meta.clone()));
+                    meta
+                }
+                None => {
+                    let blob = BlobRef {
+                        sha256: entry.sha256.clone(),
+                        size: entry.size,
+                    };
+                    let meta = new_file(&entry.path, &blob, &entry.content_type, self.now);
+                    created.push(meta.clone());
+                    events.push((EventKind::Created, meta.clone()));
+                    meta
+                }
+            };
+            files.push(meta);
+        }
+        tx.insert_versions(&kept).await?;
+        let mut beyond = Vec::new();
+        for (keep, ids) in &trim {
+            for (id, version, sha) in tx.versions_beyond_each(ids, *keep).await? {
+                beyond.push((id, version));
+                *drops.entry(sha).or_default() += 1;
+            }
+        }
+        tx.delete_versions(&beyond).await?;
+        tx.update_contents(&updated).await?;
+        tx.insert_files(&created).await?;
+        tx.append_events(&events, self.now).await?;
+        let drops: Vec<(String, i64)> = drops.into_iter().collect();
+        let left: BTreeMap<String, i64> = tx.drop_blob_refs(&drops).await?.into_iter().collect();
+        for (sha, _) in &drops {
+            match left.get(sha) {
+                Some(0) => released.push(sha.clone()),
+                Some(_) => {}
+                None => tracing::error!(sha256 = %sha, "released a blob that has no reference row"),
+            }
+        }
+        Ok(files)
     }
 }
 
