@@ -56,8 +56,8 @@ def main():
                 time.sleep(0.05)
         report_path = os.path.join(work, "report.json")
         cpu0 = cpu_seconds(srv.pid)
-        lt = subprocess.run([BIN, "loadtest", "--url", f"http://127.0.0.1:{PORT}", "--uploaders", "10",
-                             "--downloaders", "1", "--movers", "0", "--subscribers", str(subs), "--rate", str(rate),
+        lt = subprocess.run([BIN, "loadtest", "--url", f"http://127.0.0.1:{PORT}", "--uploaders", "64",
+                             "--downloaders", "4", "--movers", "0", "--subscribers", str(subs), "--rate", str(rate),
                              "--sizes", "4KiB:100", "--duration", a.duration, "--json", report_path],
                             capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
         cpu = cpu_seconds(srv.pid) - cpu0

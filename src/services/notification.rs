@@ -825,6 +825,11 @@ mod tests {
             .subscribe(None, Filter::prefix("x/"))
             .await
             .unwrap();
+        // Both read the (empty) log, then wait on the channel: live from here on.
+        for sub in [&mut a, &mut b] {
+            let idle = tokio::time::timeout(Duration::from_millis(100), sub.next_frame()).await;
+            assert!(idle.is_err(), "nothing to deliver yet");
+        }
         for i in 0..5 {
             commit(&meta, &notifier, &format!("x/{i}")).await;
         }
