@@ -94,7 +94,7 @@ pub struct ListPage {
 
 /// Declared lengths up to this make a "small" upload, which may also take the reserved
 /// slots. Larger ones, and uploads of unknown length (chunked), are "large".
-pub const SMALL_UPLOAD: u64 = 1 << 20;
+pub(crate) const SMALL_UPLOAD: u64 = 1 << 20;
 
 /// The share of the slots only small uploads may take: a quarter (none below 4 slots).
 fn reserved_slots(slots: usize) -> usize {
@@ -103,7 +103,7 @@ fn reserved_slots(slots: usize) -> usize {
 
 /// Which admission class an upload of `declared` bytes (its `Content-Length`) falls in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadClass {
+pub(crate) enum UploadClass {
     /// Declared length up to [`SMALL_UPLOAD`]: any free slot, reserved ones first.
     Small,
     /// Longer or unknown: only the shared slots.
@@ -111,7 +111,7 @@ pub enum UploadClass {
 }
 
 impl UploadClass {
-    pub fn of(declared: Option<u64>) -> Self {
+    pub(crate) fn of(declared: Option<u64>) -> Self {
         match declared {
             Some(len) if len <= SMALL_UPLOAD => UploadClass::Small,
             _ => UploadClass::Large,
@@ -184,7 +184,10 @@ impl UploadGate {
     }
 
     /// Admits an upload of `class`: a slot at once, or a bounded wait for one.
-    pub async fn admit_class(&self, class: UploadClass) -> Result<UploadPermit, ServiceError> {
+    pub(crate) async fn admit_class(
+        &self,
+        class: UploadClass,
+    ) -> Result<UploadPermit, ServiceError> {
         use std::sync::atomic::Ordering;
         let small = class == UploadClass::Small;
         if small {
@@ -308,7 +311,7 @@ impl FileService {
 
     /// [`FileService::admit_upload`] in the class of the declared length ([`UploadClass`]):
     /// small uploads have slots of their own.
-    pub async fn admit_upload_sized(
+    pub(crate) async fn admit_upload_sized(
         &self,
         declared: Option<u64>,
     ) -> Result<UploadPermit, ServiceError> {

@@ -53,9 +53,9 @@ impl Published {
 /// One event ready for the wire: its seq and its JSON text (valid UTF-8, a WebSocket text
 /// frame's payload). Cloning shares the bytes.
 #[derive(Debug, Clone)]
-pub struct Frame {
-    pub seq: i64,
-    pub json: Bytes,
+pub(crate) struct Frame {
+    pub(crate) seq: i64,
+    pub(crate) json: Bytes,
 }
 
 impl Frame {
@@ -497,7 +497,7 @@ impl Subscription {
     /// [`Subscription::next`] as its JSON text: the bytes the hub serialized once for every
     /// subscriber, unless this subscriber's view differs or the event came from the log.
     /// Cancel-safe.
-    pub async fn next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
         self.next_item().await?.map(Item::into_frame).transpose()
     }
 
@@ -505,7 +505,7 @@ impl Subscription {
     /// already in the channel), for sending several in one write. `None` means "nothing
     /// ready now", also when the subscriber lagged or the feed closed: the next
     /// [`Subscription::next_frame`] deals with those.
-    pub fn try_next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
+    pub(crate) fn try_next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
         loop {
             self.publish_cursor();
             if let Some(e) = self.pending.pop_front() {
