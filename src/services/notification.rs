@@ -881,6 +881,7 @@ mod tests {
                 },
                 content_type: "x".into(),
                 precondition: Precondition::None,
+                s3: None,
             })
             .await
             .unwrap();

@@ -247,7 +247,7 @@ impl FileService {
         E: Into<UploadError>,
     {
         self.check_size_hint(options.size_hint)?;
-        let _permit = self.admit_upload().await?;
+        let _permit = self.admit_upload_sized(options.size_hint).await?;
         let body = Deadlines::new(body, self.body_limits(), None);
         let staged = self.stage(ctx, path, body, options).await?;
         let file = super::files::StagedFile {
