@@ -75,14 +75,15 @@ impl Frame {
 #[derive(Debug)]
 enum Item {
     Shared(Arc<Published>),
-    Own(Event),
+    /// Boxed: the broadcast case, which carries only an `Arc`, is the common one.
+    Own(Box<Event>),
 }
 
 impl Item {
     fn into_event(self) -> Event {
         match self {
             Item::Shared(p) => p.event.clone(),
-            Item::Own(e) => e,
+            Item::Own(e) => *e,
         }
     }
 
@@ -407,7 +408,7 @@ impl Filter {
         match self.classify(e) {
             View::Hidden => None,
             View::Same => Some(e.clone()),
-            View::Changed(scoped) => Some(scoped),
+            View::Changed(scoped) => Some(*scoped),
         }
     }
 
@@ -436,7 +437,7 @@ impl Filter {
         };
         match scoped {
             None if matches(e, &self.prefix) => View::Same,
-            Some(scoped) if matches(&scoped, &self.prefix) => View::Changed(scoped),
+            Some(scoped) if matches(&scoped, &self.prefix) => View::Changed(Box::new(scoped)),
             _ => View::Hidden,
         }
     }
@@ -446,7 +447,8 @@ impl Filter {
 enum View {
     Hidden,
     Same,
-    Changed(Event),
+    /// Boxed: rare (a move or copy across a token's scope).
+    Changed(Box<Event>),
 }
 
 /// A gapless, ordered stream of events for one subscriber.
@@ -559,7 +561,7 @@ impl Subscription {
         loop {
             self.publish_cursor();
             if let Some(e) = self.pending.pop_front() {
-                return Ok(Some(Item::Own(e)));
+                return Ok(Some(Item::Own(Box::new(e))));
             }
             if self.behind {
                 let batch = self.meta.events_after(self.last, CATCH_UP_BATCH).await?;
