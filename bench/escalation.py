@@ -5,8 +5,13 @@ For each uploader count (default 50, 200, 1000) with 100 subscribers: a fresh se
 directory on 127.0.0.1, one loadtest run, the server's peak RSS and CPU time, then the server is
 stopped by its PID. Prints a Markdown table and writes it to bench/results/escalation-*.md.
 
+The server also serves its probe listener (--probe-listen), and the load tool's prober asks
+/healthz there, the way an orchestrator would (issue 18: the probes never share the API
+listener or its runtime). BIN=path runs another build of the server (the load tool is always
+this checkout's).
+
 Usage: bench/escalation.py [--uploaders 50,200,1000] [--subscribers 100] [--duration 30s]
-                           [--sizes 4KiB:50,1MiB:45,64MiB:5]
+                           [--sizes 4KiB:50,1MiB:45,64MiB:5] [--server-bin PATH] [--no-build]
 """
 import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
@@ -14,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vaultfs-target"))
 BIN = os.path.join(TARGET, "release", "vaultfs")
 PORT = 18311
+PROBE_PORT = 18312
 
 
 def cpu_seconds(pid):
@@ -34,13 +40,17 @@ def main():
     ap.add_argument("--subscribers", type=int, default=100)
     ap.add_argument("--duration", default="30s")
     ap.add_argument("--sizes", default="4KiB:50,1MiB:45,64MiB:5")
+    ap.add_argument("--server-bin", default=BIN, help="the server build to measure (default: this checkout's)")
+    ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
-    subprocess.run(f"cd {ROOT} && CARGO_TARGET_DIR={TARGET} cargo build --release --locked -q", shell=True, check=True)
+    if not a.no_build:
+        subprocess.run(f"cd {ROOT} && CARGO_TARGET_DIR={TARGET} cargo build --release --locked -q", shell=True, check=True)
     rows = []
     for n in [int(x) for x in a.uploaders.split(",")]:
         work = tempfile.mkdtemp(prefix=f"vaultfs-esc-{n}-", dir="/tmp")
         log = open(os.path.join(work, "server.log"), "w")
-        srv = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{PORT}", "--data-dir", f"{work}/data"],
+        srv = subprocess.Popen([a.server_bin, "serve", "--listen", f"127.0.0.1:{PORT}", "--probe-listen",
+                                f"127.0.0.1:{PROBE_PORT}", "--data-dir", f"{work}/data"],
                                stdout=log, stderr=log, env=dict(os.environ, RUST_LOG="warn"))
         for _ in range(200):
             try:
@@ -52,6 +62,7 @@ def main():
         cpu0 = cpu_seconds(srv.pid)
         lt = subprocess.run([BIN, "loadtest", "--url", f"http://127.0.0.1:{PORT}", "--uploaders", str(n),
                              "--subscribers", str(a.subscribers), "--duration", a.duration, "--sizes", a.sizes,
+                             "--probe-url", f"http://127.0.0.1:{PROBE_PORT}",
                              "--json", report_path], capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
         cpu = cpu_seconds(srv.pid) - cpu0
         rss = peak_rss_mib(srv.pid)
@@ -72,20 +83,23 @@ def main():
             "h_p50": health.get("latency", {}).get("p50_ms", 0), "h_p99": health.get("latency", {}).get("p99_ms", 0),
             "h_max": health.get("latency", {}).get("max_ms", 0), "stall": r["longest_stall_seconds"],
             "ev": r["events"], "rss": rss, "cpu_per_upload_ms": 1000 * cpu / max(up.get("count", 1), 1),
-            "errors": r["errors_by_status"],
+            "errors": r["errors_by_status"], "tool_cores": (r.get("load_tool") or {}).get("cores"),
+            "server_cores": cpu / max(r["seconds"], 1e-9),
         })
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-             f"{a.duration} per row, sizes {a.sizes}, {a.subscribers} subscribers; client and server share the cores.", "",
-             "| uploaders | passed | completed | uploads/s | MiB/s | upload p50 / p99 ms | health p50 / p99 / max ms | longest zero-completion window s | events delivered (gaps) | event latency p50 / p99 ms | server peak RSS MiB | server CPU ms per upload |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{a.duration} per row, sizes {a.sizes}, {a.subscribers} subscribers; client and server share the cores; "
+             f"server {a.server_bin}.", "",
+             "| uploaders | passed | completed | uploads/s | MiB/s | upload p50 / p99 ms | health p50 / p99 / max ms | longest zero-completion window s | events delivered (gaps) | event latency p50 / p99 ms | server peak RSS MiB | server CPU ms per upload | server / load tool cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
         ev = x["ev"]
         lines.append(f"| {x['uploaders']} | {x['passed']} | {x['completed']} | {x['uploads_s']:.1f} | {x['mib_s']:.1f} | "
                      f"{x['up_p50']:.0f} / {x['up_p99']:.0f} | {x['h_p50']:.1f} / {x['h_p99']:.1f} / {x['h_max']:.1f} | "
                      f"{x['stall']:.2f} | {ev['delivered']} ({ev['gaps']}) | {ev['delivery_latency']['p50_ms']:.0f} / "
-                     f"{ev['delivery_latency']['p99_ms']:.0f} | {x['rss']:.0f} | {x['cpu_per_upload_ms']:.1f} |")
+                     f"{ev['delivery_latency']['p99_ms']:.0f} | {x['rss']:.0f} | {x['cpu_per_upload_ms']:.1f} | "
+                     f"{x['server_cores']:.2f} / {x['tool_cores'] if x['tool_cores'] is None else round(x['tool_cores'], 2)} |")
         if x["errors"]:
-            lines.append(f"|  | errors: {x['errors']} |||||||||||")
+            lines.append(f"|  | errors: {x['errors']} ||||||||||||")
     table = "\n".join(lines)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     out = os.path.join(ROOT, "bench", "results", time.strftime("escalation-%Y%m%d-%H%M.md", time.gmtime()))

@@ -182,6 +182,51 @@ async fn accept(listener: &TcpListener) -> Option<tokio::net::TcpStream> {
     }
 }
 
+/// Serves the probe listener on a thread with a single-threaded runtime of its own, so that
+/// `/healthz` and `/readyz` never queue behind upload work on the main runtime's workers
+/// (hashing, copying bodies, thousands of tasks): a probe waits only for the OS to schedule
+/// this thread. Its connections join the server's tracker and shutdown like any other: the
+/// thread serves until `stop`, then until every tracked connection is done or cut off.
+fn spawn_probe_runtime(
+    listener: TcpListener,
+    app: Router,
+    connections: Arc<Connections>,
+    stop: CancellationToken,
+    state: AppState,
+) -> std::io::Result<()> {
+    // Deregistered from this runtime's reactor; registered again with the probe runtime's.
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("vaultfs-probes".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "probe listener failed"),
+                };
+                let cap = Cap::probe();
+                loop {
+                    tokio::select! {
+                        accepted = accept(&listener) => if let Some(stream) = accepted {
+                            connections.serve(stream, &app, &cap, &state, None);
+                        },
+                        () = stop.cancelled() => break,
+                    }
+                }
+                drop(listener);
+                // Drive the probe connections through the graceful shutdown.
+                tokio::select! {
+                    () = connections.tracker.wait() => {}
+                    () = connections.cut_off.cancelled() => {}
+                }
+            });
+        })?;
+    Ok(())
+}
+
 /// The listeners served beside the API's, and the TLS settings.
 struct Others {
     /// `probe_listen`: `/healthz` and `/readyz` only.
@@ -205,16 +250,21 @@ async fn serve(
     let config = Arc::clone(&state.config);
     let connections = Arc::new(Connections::new(&config));
     let others_stop = CancellationToken::new();
+    // Also when this future is dropped unfinished: the probe thread must not outlive it.
+    let _stop_others_on_drop = others_stop.clone().drop_guard();
     let cap = Cap::api(config.max_connections);
-    // The probes: plain HTTP on their own small cap. The S3 API: the API's cap and TLS.
-    let extra = [
-        others
-            .probes
-            .map(|l| (l, probe_router(state.clone()), Cap::probe(), None)),
-        others
-            .s3
-            .map(|(l, app)| (l, app, cap.clone(), others.tls.clone())),
-    ];
+    // The probes: plain HTTP on their own small cap, on a runtime of their own.
+    if let Some(probes) = others.probes {
+        let app = probe_router(state.clone());
+        let (conns, stop) = (Arc::clone(&connections), others_stop.clone());
+        if let Err(e) = spawn_probe_runtime(probes, app, conns, stop, state.clone()) {
+            tracing::error!(error = %e, "cannot start the probe listener's thread");
+        }
+    }
+    // The S3 API: the API's cap and TLS.
+    let extra = [others
+        .s3
+        .map(|(l, app)| (l, app, cap.clone(), others.tls.clone()))];
     for (extra_listener, app, extra_cap, tls) in extra.into_iter().flatten() {
         let connections = Arc::clone(&connections);
         let stop = others_stop.clone();

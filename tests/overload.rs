@@ -294,3 +294,106 @@ async fn every_json_route_has_an_idle_and_a_total_body_deadline() {
     assert_eq!(r.status(), 201);
     s.stop().await;
 }
+
+/// Issue 18: admission is size-aware. With 4 slots, one is reserved for small uploads
+/// (declared length up to 1 MiB): while large uploads hold every shared slot and another
+/// large one waits, a small upload is admitted and committed at once; the waiting large one
+/// gets 503 `overloaded` after the queue timeout.
+#[tokio::test]
+async fn a_flood_of_large_uploads_does_not_block_a_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        max_concurrent_uploads: 4,
+        upload_queue_timeout: Duration::from_millis(500),
+        ..Config::for_data_dir(dir.path())
+    };
+    let s = TestServer::start_with(config).await;
+    // Three large uploads (2 MiB declared) hold the three shared slots: headers and part of
+    // the body, then silence.
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let mut holder = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/files/upload?path=large{i} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2097152\r\n\r\npartial"
+        );
+        holder.write_all(head.as_bytes()).await.unwrap();
+        holders.push(holder);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.temp_count().await == 3
+        })
+        .await
+    );
+    // A fourth large upload waits for a shared slot, in the background.
+    let big = {
+        let client = s.client.clone();
+        let url = format!("{}/api/v1/files/upload?path=large3", s.base);
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .body(vec![7u8; 2 << 20])
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The small upload takes the reserved slot.
+    let r = s.upload("small", b"tiny".to_vec()).await;
+    assert_eq!(
+        r.status(),
+        201,
+        "a small upload is not queued behind large ones"
+    );
+    let big = big.await.unwrap();
+    assert_eq!(big.status(), 503, "the large one waited for a shared slot");
+    let e: serde_json::Value = big.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "overloaded");
+    assert_eq!(s.get_bytes("/api/v1/fs/small").await.0, 200);
+    drop(holders);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.temp_count().await == 0
+        })
+        .await
+    );
+    s.stop().await;
+}
+
+/// Issue 18: the probe listener runs on a runtime of its own. While every worker of the
+/// server's runtime is blocked (here the only one: the test's current-thread runtime),
+/// `/healthz` on the probe listener is still answered, from another thread.
+#[tokio::test(flavor = "current_thread")]
+async fn the_probe_listener_answers_while_the_main_runtime_is_blocked() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, probes) = TestServer::start_with_probes(Config::for_data_dir(dir.path())).await;
+    let (go, wait) = std::sync::mpsc::sync_channel::<()>(1);
+    let prober = std::thread::spawn(move || {
+        wait.recv().unwrap();
+        let mut c = std::net::TcpStream::connect(probes).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        (answer, Instant::now())
+    });
+    go.send(()).unwrap();
+    let blocked = Instant::now();
+    // Deliberately blocking the runtime that serves the API listener.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(Duration::from_millis(1500));
+    let unblocked = Instant::now();
+    let (answer, answered_at) = prober.join().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    assert!(
+        answered_at < unblocked,
+        "answered during the block ({:?} after it began)",
+        answered_at - blocked
+    );
+    s.stop().await;
+}

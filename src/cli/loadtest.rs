@@ -23,7 +23,7 @@ use crate::client::{Client, ClientError};
 
 mod report;
 use report::{lock, Recorder};
-pub use report::{EventsReport, KindReport, Latency, Report};
+pub use report::{EventsReport, KindReport, Latency, LoadToolReport, Report};
 
 const BLOCK: usize = 64 * 1024;
 /// Largest payload hashed inline; bigger ones are hashed on the blocking pool.
@@ -42,6 +42,10 @@ pub struct LoadConfig {
     pub sizes: Vec<(u64, u32)>,
     pub stall_limit: Duration,
     pub progress: bool,
+    /// Uploads started per second across all uploaders (paced); `None`: as fast as they go.
+    pub rate: Option<f64>,
+    /// Where the prober sends `GET /healthz` (a probe listener); `None`: `url`.
+    pub probe_url: Option<String>,
 }
 
 impl LoadConfig {
@@ -57,6 +61,8 @@ impl LoadConfig {
             sizes: vec![(4 << 10, 50), (1 << 20, 45), (64 << 20, 5)],
             stall_limit: Duration::from_secs(5),
             progress: false,
+            rate: None,
+            probe_url: None,
         }
     }
 }
@@ -153,6 +159,14 @@ impl Shared {
         self.cfg.sizes.first().map_or(4096, |s| s.0)
     }
 
+    /// With `--rate`, waits until upload `n` is due (`n / rate` seconds after the start).
+    async fn pace(&self, n: u64, began: Instant) {
+        if let Some(rate) = self.cfg.rate.filter(|r| *r > 0.0) {
+            let due = began + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+
     /// Whether another upload may start.
     fn take_ticket(&self) -> Option<u64> {
         if self.stop.load(Ordering::Relaxed) {
@@ -193,8 +207,12 @@ async fn upload_one(
     })
 }
 
-async fn uploader(sh: Arc<Shared>, worker: usize, verify: mpsc::Sender<Uploaded>) {
+async fn uploader(sh: Arc<Shared>, worker: usize, verify: mpsc::Sender<Uploaded>, began: Instant) {
     while let Some(n) = sh.take_ticket() {
+        sh.pace(n, began).await;
+        if sh.stop.load(Ordering::Relaxed) {
+            return;
+        }
         let size = sh.pick_size(n);
         let path = format!("loadtest/{}/u{worker}/{n}.bin", sh.run_id);
         let started = Instant::now();
@@ -301,10 +319,40 @@ async fn mover(sh: Arc<Shared>, worker: usize) {
     }
 }
 
-async fn prober(sh: Arc<Shared>, done: Arc<AtomicBool>) {
+/// The health prober: `GET /healthz` every 100 ms. It runs on a thread and runtime of its
+/// own, with a client of its own, so what it measures is the server's answer, not this
+/// tool's workers being busy with a thousand uploads.
+fn spawn_prober(
+    sh: Arc<Shared>,
+    done: Arc<AtomicBool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (finished, finished_rx) = tokio::sync::oneshot::channel();
+    let url = sh
+        .cfg
+        .probe_url
+        .clone()
+        .unwrap_or_else(|| sh.cfg.url.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("loadtest-prober".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match Client::new(&url) {
+                    Ok(client) => prober(&sh, &client, &done).await,
+                    Err(e) => sh.rec.fail(format!("prober: {e}")),
+                }
+            });
+            let _ = finished.send(());
+        })?;
+    Ok(finished_rx)
+}
+
+async fn prober(sh: &Shared, client: &Client, done: &AtomicBool) {
     while !done.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(10), sh.client.health()).await;
+        let r = tokio::time::timeout(Duration::from_secs(10), client.health()).await;
         match r {
             Ok(Ok(())) => sh.rec.ok("health", started.elapsed(), 0),
             Ok(Err(e)) => sh.rec.err("health", &e),
@@ -317,21 +365,55 @@ async fn prober(sh: Arc<Shared>, done: Arc<AtomicBool>) {
     }
 }
 
+/// The fields of a feed frame a subscriber checks (the rest is not parsed).
+#[derive(serde::Deserialize)]
+struct FeedFrame<'a> {
+    seq: Option<i64>,
+    #[serde(borrow)]
+    at: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Subscribers connecting at once: 10,000 at a time would overflow the server's accept
+/// backlog and turn into SYN retransmits.
+const CONNECTING_AT_ONCE: usize = 256;
+/// A subscriber's WebSocket read buffer (tungstenite's default is 128 KiB; the feed's frames
+/// are a few hundred bytes, and 10,000 subscribers would hold 1.2 GiB of buffers).
+const SUBSCRIBER_READ_BUFFER: usize = 16 * 1024;
+
 /// One subscriber: connects from `since`, checks order and gaps, records delivery latency,
 /// and returns the last seq it saw once it reaches `target` (sent when the load is over).
 async fn subscriber(
     sh: Arc<Shared>,
     since: i64,
     mut target: tokio::sync::watch::Receiver<i64>,
+    connecting: Arc<tokio::sync::Semaphore>,
 ) -> i64 {
     let url = sh.client.sync_url(Some(since), "");
-    let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok((ws, _)) => ws,
-        Err(e) => {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(SUBSCRIBER_READ_BUFFER);
+    let connected = async {
+        let _turn = connecting.acquire().await;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
+        )
+        .await
+    };
+    let mut ws = match connected.await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            sh.rec.settled.fetch_add(1, Ordering::Relaxed);
             sh.rec.fail(format!("subscriber could not connect: {e}"));
             return since;
         }
+        Err(_) => {
+            sh.rec.settled.fetch_add(1, Ordering::Relaxed);
+            sh.rec
+                .fail("subscriber could not connect within 60 s".to_string());
+            return since;
+        }
     };
+    let mut hello = false;
     let mut last = since;
     loop {
         let want = *target.borrow();
@@ -356,13 +438,19 @@ async fn subscriber(
             }
             None => return last,
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let Ok(v) = serde_json::from_str::<FeedFrame<'_>>(&text) else {
             sh.rec.fail("subscriber got invalid JSON".into());
             return last;
         };
-        let Some(seq) = v["seq"].as_i64() else {
+        let Some(seq) = v.seq else {
+            // hello: subscribed, the load may start
+            if !hello {
+                hello = true;
+                sh.rec.connected.fetch_add(1, Ordering::Relaxed);
+                sh.rec.settled.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
-        }; // hello
+        };
         if seq != last + 1 {
             sh.rec.gaps.fetch_add(1, Ordering::Relaxed);
             sh.rec
@@ -370,7 +458,7 @@ async fn subscriber(
         }
         last = seq;
         sh.rec.events.fetch_add(1, Ordering::Relaxed);
-        if let Some(at) = v["at"].as_str().and_then(|t| {
+        if let Some(at) = v.at.as_deref().and_then(|t| {
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         }) {
             let lag = time::OffsetDateTime::now_utc() - at;
@@ -378,6 +466,22 @@ async fn subscriber(
             sh.rec.ok("event", lag, 0);
         }
     }
+}
+
+/// This process's CPU time (user + system, seconds) and peak RSS (MiB), from `/proc/self`
+/// (Linux; `None` elsewhere). The tool shares the machine with the server it measures.
+async fn own_usage() -> Option<(f64, f64)> {
+    let stat = tokio::fs::read_to_string("/proc/self/stat").await.ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = tokio::fs::read_to_string("/proc/self/status").await.ok()?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    // USER_HZ: 100 on every Linux architecture the tool runs on.
+    Some((ticks as f64 / 100.0, hwm_kib / 1024.0))
 }
 
 async fn latest_seq(client: &Client) -> Result<i64, ClientError> {
@@ -410,15 +514,46 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
         run_id: uuid::Uuid::new_v4().simple().to_string(),
         total_weight,
     });
+    let cpu_before = own_usage().await;
 
     let (target_tx, target_rx) = tokio::sync::watch::channel(0i64);
     let mut subs = tokio::task::JoinSet::new();
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
     for _ in 0..cfg.subscribers {
-        subs.spawn(subscriber(Arc::clone(&sh), start_seq, target_rx.clone()));
+        subs.spawn(subscriber(
+            Arc::clone(&sh),
+            start_seq,
+            target_rx.clone(),
+            Arc::clone(&connecting),
+        ));
     }
     let probe_done = Arc::new(AtomicBool::new(false));
-    let probe = tokio::spawn(prober(Arc::clone(&sh), Arc::clone(&probe_done)));
+    let probe = match spawn_prober(Arc::clone(&sh), Arc::clone(&probe_done)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            sh.rec
+                .fail(format!("cannot start the prober's thread: {e}"));
+            None
+        }
+    };
 
+    // Every subscriber subscribed (or failed) before the load starts: otherwise the events
+    // of the first seconds reach late subscribers through the replay, and their delivery
+    // latency would measure the connection ramp.
+    let ramp = Instant::now();
+    while (sh.rec.settled.load(Ordering::Relaxed) as usize) < cfg.subscribers
+        && ramp.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if cfg.progress && cfg.subscribers > 0 {
+        eprintln!(
+            "{} of {} subscribers connected in {:.1?}",
+            sh.rec.connected.load(Ordering::Relaxed),
+            cfg.subscribers,
+            ramp.elapsed()
+        );
+    }
     let started = Instant::now();
     let (verify_tx, verify_rx) = mpsc::channel::<Uploaded>(10_000);
     let queue = Arc::new(tokio::sync::Mutex::new(verify_rx));
@@ -428,7 +563,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
     }
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..cfg.uploaders.max(1) {
-        workers.spawn(uploader(Arc::clone(&sh), w, verify_tx.clone()));
+        workers.spawn(uploader(Arc::clone(&sh), w, verify_tx.clone(), started));
     }
     drop(verify_tx);
     let mut movers = tokio::task::JoinSet::new();
@@ -516,7 +651,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
         ));
     }
     probe_done.store(true, Ordering::Relaxed);
-    let _ = probe.await;
+    if let Some(probe) = probe {
+        let _ = tokio::time::timeout(Duration::from_secs(15), probe).await;
+    }
+    let cpu_after = own_usage().await;
     if complete < cfg.subscribers {
         sh.rec.fail(format!(
             "{} of {} subscribers did not receive every event up to seq {final_seq}",
@@ -567,7 +705,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
             subscribers_complete: complete,
             gaps: sh.rec.gaps.load(Ordering::Relaxed),
             delivery_latency: event_latency,
+            connected: sh.rec.connected.load(Ordering::Relaxed),
         },
+        load_tool: LoadToolReport::between(cpu_before, cpu_after, secs),
         passed: failures.is_empty() && errors_by_status.is_empty(),
         errors_by_status,
         failures,
@@ -606,6 +746,13 @@ pub struct LoadtestArgs {
     /// Also write the report as JSON to FILE (`-` for standard output)
     #[arg(long)]
     pub json: Option<String>,
+    /// Start at most this many uploads per second in total (e.g. 100 for a feed at 100
+    /// events/s with --movers 0) [default: unpaced]
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Probe /healthz here instead of on --url (the server's --probe-listen address)
+    #[arg(long)]
+    pub probe_url: Option<String>,
 }
 
 /// `vaultfs loadtest`: runs the load, prints the report; exit 1 on any failure, 2 on bad flags.
@@ -629,6 +776,13 @@ pub async fn command(args: LoadtestArgs) -> ExitCode {
             stall_limit: parse_duration(&args.stall_limit)
                 .map_err(|e| format!("--stall-limit: {e}"))?,
             progress: true,
+            rate: match args.rate {
+                Some(r) if r.is_nan() || r <= 0.0 || r.is_infinite() => {
+                    return Err("--rate must be a positive number".into())
+                }
+                r => r,
+            },
+            probe_url: args.probe_url.clone(),
         })
     })();
     let config = match parsed {

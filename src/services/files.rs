@@ -91,14 +91,58 @@ pub struct ListPage {
     pub(crate) next_cursor: Option<String>,
 }
 
+/// Declared lengths up to this make a "small" upload, which may also take the reserved
+/// slots. Larger ones, and uploads of unknown length (chunked), are "large".
+pub(crate) const SMALL_UPLOAD: u64 = 1 << 20;
+
+/// The share of the slots only small uploads may take: a quarter (none below 4 slots).
+fn reserved_slots(slots: usize) -> usize {
+    slots / 4
+}
+
+/// Which admission class an upload of `declared` bytes (its `Content-Length`) falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UploadClass {
+    /// Declared length up to [`SMALL_UPLOAD`]: any free slot, reserved ones first.
+    Small,
+    /// Longer or unknown: only the shared slots.
+    Large,
+}
+
+impl UploadClass {
+    pub(crate) fn of(declared: Option<u64>) -> Self {
+        match declared {
+            Some(len) if len <= SMALL_UPLOAD => UploadClass::Small,
+            _ => UploadClass::Large,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            UploadClass::Small => "small",
+            UploadClass::Large => "large",
+        }
+    }
+}
+
 /// Admission control for uploads: at most `slots` stream at once; others wait, bounded in
 /// number and time. The waiting requests' bodies are not read, so TCP back-pressure holds
 /// their clients and the server's memory stays bounded by `slots`.
+///
+/// Size-aware: a quarter of the slots ([`reserved_slots`]) is reserved for small uploads
+/// ([`UploadClass`]), so a flood of large uploads, which hold a slot for seconds, never
+/// leaves a 4 KiB upload waiting behind them. Large uploads queue only for the shared
+/// slots; small ones take a reserved slot first, else a shared one, else wait for
+/// whichever frees first. Each class's queue is bounded by `max_waiting` and the wait by
+/// `timeout`.
 #[derive(Debug)]
 pub struct UploadGate {
-    /// Upload slots: one permit per upload streaming right now (`UploadPermit` holds it).
-    slots: Arc<tokio::sync::Semaphore>,
-    waiting: std::sync::atomic::AtomicUsize,
+    /// Slots any upload may take.
+    shared: Arc<tokio::sync::Semaphore>,
+    /// Slots only small uploads take.
+    reserved: Arc<tokio::sync::Semaphore>,
+    waiting_small: std::sync::atomic::AtomicUsize,
+    waiting_large: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
     timeout: std::time::Duration,
 }
@@ -120,43 +164,83 @@ impl UploadPermit {
 }
 
 impl UploadGate {
-    pub(crate) fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
+    pub fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
+        let slots = slots.max(1);
+        let reserved = reserved_slots(slots);
         UploadGate {
-            slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
+            shared: Arc::new(tokio::sync::Semaphore::new(slots - reserved)),
+            reserved: Arc::new(tokio::sync::Semaphore::new(reserved)),
+            waiting_small: std::sync::atomic::AtomicUsize::new(0),
+            waiting_large: std::sync::atomic::AtomicUsize::new(0),
             max_waiting,
             timeout,
         }
     }
 
-    pub(crate) async fn admit(&self) -> Result<UploadPermit, ServiceError> {
+    /// Admits an upload of unknown length (the large class).
+    pub async fn admit(&self) -> Result<UploadPermit, ServiceError> {
+        self.admit_class(UploadClass::Large).await
+    }
+
+    /// Admits an upload of `class`: a slot at once, or a bounded wait for one.
+    pub(crate) async fn admit_class(
+        &self,
+        class: UploadClass,
+    ) -> Result<UploadPermit, ServiceError> {
         use std::sync::atomic::Ordering;
-        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+        let small = class == UploadClass::Small;
+        if small {
+            if let Ok(p) = Arc::clone(&self.reserved).try_acquire_owned() {
+                return Ok(UploadPermit::new(p));
+            }
+        }
+        if let Ok(p) = Arc::clone(&self.shared).try_acquire_owned() {
             return Ok(UploadPermit::new(p));
         }
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_full")
+        let waiting = if small {
+            &self.waiting_small
+        } else {
+            &self.waiting_large
+        };
+        if waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_full", "class" => class.label())
                 .increment(1);
             return Err(ServiceError::Overloaded);
         }
-        let r = tokio::time::timeout(self.timeout, Arc::clone(&self.slots).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared).acquire_owned();
+        let r = if small {
+            // Whichever frees first; the other wait is dropped, which leaves its queue
+            // (tokio's acquire is cancel-safe).
+            let reserved = Arc::clone(&self.reserved).acquire_owned();
+            tokio::time::timeout(self.timeout, async {
+                tokio::select! {
+                    p = reserved => p,
+                    p = shared => p,
+                }
+            })
+            .await
+        } else {
+            tokio::time::timeout(self.timeout, shared).await
+        };
+        waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(Ok(p)) => Ok(UploadPermit::new(p)),
             // Timed out, or the semaphore was closed (never done): overloaded either way.
             Ok(Err(_)) | Err(_) => {
-                metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_timeout")
+                metrics::counter!("vaultfs_uploads_rejected_total", "reason" => "queue_timeout", "class" => class.label())
                     .increment(1);
                 Err(ServiceError::Overloaded)
             }
         }
     }
 
-    pub(crate) fn stats(&self) -> UploadGateStats {
+    pub fn stats(&self) -> UploadGateStats {
+        use std::sync::atomic::Ordering;
         UploadGateStats {
-            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
-            free_slots: self.slots.available_permits(),
+            waiting: self.waiting_small.load(Ordering::Relaxed)
+                + self.waiting_large.load(Ordering::Relaxed),
+            free_slots: self.shared.available_permits() + self.reserved.available_permits(),
         }
     }
 }
@@ -224,7 +308,16 @@ impl FileService {
         self.uploads.admit().await
     }
 
-    pub(crate) fn upload_gate_stats(&self) -> UploadGateStats {
+    /// [`FileService::admit_upload`] in the class of the declared length ([`UploadClass`]):
+    /// small uploads have slots of their own.
+    pub(crate) async fn admit_upload_sized(
+        &self,
+        declared: Option<u64>,
+    ) -> Result<UploadPermit, ServiceError> {
+        self.uploads.admit_class(UploadClass::of(declared)).await
+    }
+
+    pub fn upload_gate_stats(&self) -> UploadGateStats {
         self.uploads.stats()
     }
 

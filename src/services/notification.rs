@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use super::metadata::{now_ms, Event, EventKind, MetadataError, MetadataStore};
@@ -32,6 +33,70 @@ pub(crate) const POLL_SCAN_LIMIT: i64 = 10_000;
 const POLL_PAGE: usize = 1000;
 /// The hub re-reads the log at least this often, whatever pokes it got.
 const HUB_POLL: Duration = Duration::from_secs(1);
+
+/// One event as the hub broadcast it: the event, and its JSON text, serialized once for every
+/// subscriber that sees the event unchanged (all but the token-scoped views of moves and
+/// copies across the scope's edge).
+#[derive(Debug)]
+pub(crate) struct Published {
+    event: Event,
+    json: Bytes,
+}
+
+impl Published {
+    fn new(event: Event) -> Result<Self, serde_json::Error> {
+        let json = Bytes::from(serde_json::to_string(&event)?);
+        Ok(Published { event, json })
+    }
+}
+
+/// One event ready for the wire: its seq and its JSON text (valid UTF-8, a WebSocket text
+/// frame's payload). Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    pub(crate) seq: i64,
+    pub(crate) json: Bytes,
+}
+
+impl Frame {
+    fn of(event: &Event) -> Result<Self, MetadataError> {
+        let json = serde_json::to_string(event).map_err(|e| {
+            MetadataError::Backend(format!("cannot encode event {}: {e}", event.seq))
+        })?;
+        Ok(Frame {
+            seq: event.seq,
+            json: Bytes::from(json),
+        })
+    }
+}
+
+/// What a subscription has ready: a broadcast event it sees unchanged (shared bytes), or its
+/// own view of an event (read from the log, or rewritten by its scope).
+#[derive(Debug)]
+enum Item {
+    Shared(Arc<Published>),
+    /// Boxed: the broadcast case, which carries only an `Arc`, is the common one.
+    Own(Box<Event>),
+}
+
+impl Item {
+    fn into_event(self) -> Event {
+        match self {
+            Item::Shared(p) => p.event.clone(),
+            Item::Own(e) => *e,
+        }
+    }
+
+    fn into_frame(self) -> Result<Frame, MetadataError> {
+        match self {
+            Item::Shared(p) => Ok(Frame {
+                seq: p.event.seq,
+                json: p.json.clone(),
+            }),
+            Item::Own(e) => Frame::of(&e),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -57,7 +122,7 @@ struct Inner {
     poke: watch::Sender<u64>,
     /// A receiver that never reads, kept only to `resubscribe()` new subscribers. A tokio
     /// broadcast channel overwrites old slots whatever its receivers do, so it holds no memory.
-    template: broadcast::Receiver<Arc<Event>>,
+    template: broadcast::Receiver<Arc<Published>>,
     /// Highest seq the hub has read and broadcast; long-polls wait on it.
     published: watch::Sender<i64>,
     shutdown: watch::Receiver<bool>,
@@ -342,40 +407,62 @@ impl Filter {
     /// shown: a move out of the scope reads as a deletion of the source, a move or copy into
     /// it as a creation (without the outside source path).
     pub fn view(&self, e: &Event) -> Option<Event> {
+        match self.classify(e) {
+            View::Hidden => None,
+            View::Same => Some(e.clone()),
+            View::Changed(scoped) => Some(*scoped),
+        }
+    }
+
+    /// [`Filter::view`] without copying an event this subscriber sees unchanged.
+    fn classify(&self, e: &Event) -> View {
         let scoped = if self.scope.is_empty() {
-            e.clone()
+            None
         } else {
             let inside = |p: &str| p.starts_with(&self.scope);
             let from_inside = e.from_path.as_deref().map(inside);
             match (inside(&e.path), from_inside) {
-                (true, None | Some(true)) => e.clone(),
-                (true, Some(false)) => Event {
+                (true, None | Some(true)) => None,
+                (true, Some(false)) => Some(Event {
                     kind: EventKind::Created,
                     from_path: None,
                     ..e.clone()
-                },
-                (false, Some(true)) if e.kind == EventKind::Moved => Event {
+                }),
+                (false, Some(true)) if e.kind == EventKind::Moved => Some(Event {
                     kind: EventKind::Deleted,
                     path: e.from_path.clone().unwrap_or_default(),
                     from_path: None,
                     ..e.clone()
-                },
-                (false, _) => return None,
+                }),
+                (false, _) => return View::Hidden,
             }
         };
-        matches(&scoped, &self.prefix).then_some(scoped)
+        match scoped {
+            None if matches(e, &self.prefix) => View::Same,
+            Some(scoped) if matches(&scoped, &self.prefix) => View::Changed(Box::new(scoped)),
+            _ => View::Hidden,
+        }
     }
+}
+
+/// How one subscriber sees one event.
+enum View {
+    Hidden,
+    Same,
+    /// Boxed: rare (a move or copy across a token's scope).
+    Changed(Box<Event>),
 }
 
 /// A gapless, ordered stream of events for one subscriber.
 pub struct Subscription {
     meta: Arc<dyn MetadataStore>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     /// Highest seq delivered or skipped (filtered out).
     last: i64,
     filter: Filter,
     /// Reading from the log instead of the channel (replay, or after falling behind).
     behind: bool,
+    /// Read from the log, not yet delivered (at most [`CATCH_UP_BATCH`]).
     pending: VecDeque<Event>,
     catch_up_reads: u64,
     registration: CursorRegistration,
@@ -409,12 +496,75 @@ impl Subscription {
     /// The next matching event; `Ok(None)` once the feed has closed (server shutting down).
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Result<Option<Event>, MetadataError> {
+        Ok(self.next_item().await?.map(Item::into_event))
+    }
+
+    /// [`Subscription::next`] as its JSON text: the bytes the hub serialized once for every
+    /// subscriber, unless this subscriber's view differs or the event came from the log.
+    /// Cancel-safe.
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
+        self.next_item().await?.map(Item::into_frame).transpose()
+    }
+
+    /// The next frame if one is ready without waiting (buffered from a catch-up read, or
+    /// already in the channel), for sending several in one write. `None` means "nothing
+    /// ready now", also when the subscriber lagged or the feed closed: the next
+    /// [`Subscription::next_frame`] deals with those.
+    pub(crate) fn try_next_frame(&mut self) -> Result<Option<Frame>, MetadataError> {
         loop {
-            self.registration
-                .cursor
-                .store(self.last, std::sync::atomic::Ordering::Relaxed);
+            self.publish_cursor();
             if let Some(e) = self.pending.pop_front() {
-                return Ok(Some(e));
+                return Frame::of(&e).map(Some);
+            }
+            if self.behind {
+                return Ok(None);
+            }
+            match self.rx.try_recv() {
+                Ok(p) => match self.accept(p) {
+                    Some(item) => return item.into_frame().map(Some),
+                    None => continue,
+                },
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.behind = true;
+                    return Ok(None);
+                }
+                Err(
+                    broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed,
+                ) => return Ok(None),
+            }
+        }
+    }
+
+    fn publish_cursor(&self) {
+        self.registration
+            .cursor
+            .store(self.last, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes one broadcast event: what to deliver, or `None` (already delivered, filtered
+    /// out, or a gap, which switches to reading the log).
+    fn accept(&mut self, p: Arc<Published>) -> Option<Item> {
+        let seq = p.event.seq;
+        if seq <= self.last {
+            return None; // already delivered by the replay
+        }
+        if seq != self.last + 1 {
+            self.behind = true; // a gap: the log has it
+            return None;
+        }
+        self.last = seq;
+        match self.filter.classify(&p.event) {
+            View::Hidden => None,
+            View::Same => Some(Item::Shared(p)),
+            View::Changed(e) => Some(Item::Own(e)),
+        }
+    }
+
+    async fn next_item(&mut self) -> Result<Option<Item>, MetadataError> {
+        loop {
+            self.publish_cursor();
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(Item::Own(Box::new(e))));
             }
             if self.behind {
                 let batch = self.meta.events_after(self.last, CATCH_UP_BATCH).await?;
@@ -432,17 +582,9 @@ impl Subscription {
                 continue;
             }
             match self.rx.recv().await {
-                Ok(e) => {
-                    if e.seq <= self.last {
-                        continue; // already delivered by the replay
-                    }
-                    if e.seq != self.last + 1 {
-                        self.behind = true; // a gap: the log has it
-                        continue;
-                    }
-                    self.last = e.seq;
-                    if let Some(seen) = self.filter.view(&e) {
-                        return Ok(Some(seen));
+                Ok(p) => {
+                    if let Some(item) = self.accept(p) {
+                        return Ok(Some(item));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -461,7 +603,7 @@ impl Subscription {
 
 async fn hub(
     notifier: Notifier,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Published>>,
     mut poked: watch::Receiver<u64>,
     mut cursor: i64,
     mut shutdown: watch::Receiver<bool>,
@@ -486,8 +628,18 @@ async fn hub(
                     let n = batch.len();
                     for e in batch {
                         cursor = e.seq;
-                        // Err means "no subscriber right now": nothing to do.
-                        let _ = tx.send(Arc::new(e));
+                        match Published::new(e) {
+                            // Err means "no subscriber right now": nothing to do.
+                            Ok(p) => {
+                                let _ = tx.send(Arc::new(p));
+                            }
+                            // Never seen (the event is plain strings and numbers). The seq is
+                            // skipped on the channel, so subscribers see a gap and read it
+                            // from the log, where they report the error themselves.
+                            Err(err) => {
+                                tracing::error!(error = %err, seq = cursor, "event hub cannot encode an event")
+                            }
+                        }
                     }
                     published.send_replace(cursor);
                     if n < CATCH_UP_BATCH {
@@ -663,5 +815,96 @@ mod tests {
             notifier.subscribe(Some(99), Filter::default()).await,
             Err(SubscribeError::ResyncRequired { latest: 3, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn live_frames_are_serialized_once_and_drain_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = store(dir.path()).await;
+        let (_t, shutdown) = watch::channel(false);
+        let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
+            .await
+            .unwrap();
+        let (mut a, _) = notifier.subscribe(None, Filter::default()).await.unwrap();
+        let (mut b, _) = notifier
+            .subscribe(None, Filter::prefix("x/"))
+            .await
+            .unwrap();
+        // Both read the (empty) log, then wait on the channel: live from here on.
+        for sub in [&mut a, &mut b] {
+            let idle = tokio::time::timeout(Duration::from_millis(100), sub.next_frame()).await;
+            assert!(idle.is_err(), "nothing to deliver yet");
+        }
+        for i in 0..5 {
+            commit(&meta, &notifier, &format!("x/{i}")).await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while notifier.published() < 5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let fa = a.next_frame().await.unwrap().unwrap();
+        let fb = b.next_frame().await.unwrap().unwrap();
+        assert_eq!(fa.seq, 1);
+        assert_eq!(
+            fa.json.as_ptr(),
+            fb.json.as_ptr(),
+            "both subscribers send the bytes the hub serialized"
+        );
+        let e: Event = serde_json::from_slice(&fa.json).unwrap();
+        assert_eq!((e.seq, e.path.as_str()), (1, "x/0"));
+        // The rest is ready without waiting, in order.
+        let mut seqs = Vec::new();
+        while let Some(f) = a.try_next_frame().unwrap() {
+            seqs.push(f.seq);
+        }
+        assert_eq!(seqs, vec![2, 3, 4, 5]);
+        assert!(a.try_next_frame().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_scoped_view_gets_its_own_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = store(dir.path()).await;
+        let (_t, shutdown) = watch::channel(false);
+        let notifier = Notifier::start(Arc::clone(&meta), retention(), shutdown)
+            .await
+            .unwrap();
+        let scoped = Filter {
+            prefix: String::new(),
+            scope: "in/".into(),
+        };
+        let (mut sub, _) = notifier.subscribe(None, scoped).await.unwrap();
+        let put = meta
+            .put(PutRequest {
+                path: "out/f".to_string(),
+                blob: BlobRef {
+                    sha256: "00".repeat(32),
+                    size: 1,
+                },
+                content_type: "x".into(),
+                precondition: Precondition::None,
+                s3: None,
+            })
+            .await
+            .unwrap();
+        meta.rename(&put.meta.id, "out/f", "in/g", false)
+            .await
+            .unwrap();
+        notifier.poke();
+        let f = tokio::time::timeout(Duration::from_secs(10), sub.next_frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let e: Event = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::Created,
+            "a move into the scope reads as a creation"
+        );
+        assert_eq!(e.from_path, None);
     }
 }

@@ -199,7 +199,7 @@ impl FileService {
         E: Into<UploadError>,
     {
         self.check_size_hint(options.size_hint)?;
-        let _permit = self.admit_upload().await?;
+        let _permit = self.admit_upload_sized(options.size_hint).await?;
         let body = Deadlines::new(body, self.body_limits(), None);
         let staged = self.stage(ctx, path, body, options).await?;
         self.commit_staged(ctx, staged).await
@@ -221,7 +221,7 @@ impl FileService {
         E: Into<UploadError>,
     {
         self.check_size_hint(options.size_hint)?;
-        let _permit = self.admit_upload().await?;
+        let _permit = self.admit_upload_sized(options.size_hint).await?;
         let body = Deadlines::new(body, self.body_limits(), None);
         let staged = self.stage(ctx, path, body, options).await?;
         let file = super::files::StagedFile {
@@ -243,7 +243,7 @@ impl FileService {
     /// `size_hint` is the whole request's declared length.
     pub async fn begin_batch(&self, size_hint: Option<u64>) -> Result<UploadBatch, ServiceError> {
         self.check_size_hint(size_hint)?;
-        let permit = self.admit_upload().await?;
+        let permit = self.admit_upload_sized(size_hint).await?;
         Ok(UploadBatch {
             service: self.clone(),
             _permit: permit,

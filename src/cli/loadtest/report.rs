@@ -54,6 +54,35 @@ pub struct EventsReport {
     pub gaps: u64,
     /// From the event's commit timestamp (millisecond resolution) to its arrival.
     pub delivery_latency: Latency,
+    /// Subscribers whose WebSocket connected.
+    pub connected: u64,
+}
+
+/// What the load tool itself used: it shares the machine with the server it measures.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LoadToolReport {
+    /// User + system CPU seconds over the run (`None` where `/proc` is not available).
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` over the run's wall time: the cores the tool kept busy.
+    pub cores: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl LoadToolReport {
+    pub(super) fn between(
+        before: Option<(f64, f64)>,
+        after: Option<(f64, f64)>,
+        secs: f64,
+    ) -> Self {
+        match (before, after) {
+            (Some((b, _)), Some((a, rss))) => LoadToolReport {
+                cpu_seconds: Some(a - b),
+                cores: Some((a - b) / secs.max(1e-9)),
+                peak_rss_mib: Some(rss),
+            },
+            _ => LoadToolReport::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +95,8 @@ pub struct Report {
     pub kinds: BTreeMap<String, KindReport>,
     pub(crate) longest_stall_seconds: f64,
     pub events: EventsReport,
-    pub(crate) errors_by_status: BTreeMap<String, u64>,
+    pub load_tool: LoadToolReport,
+    pub errors_by_status: BTreeMap<String, u64>,
     pub failures: Vec<String>,
     pub passed: bool,
 }
@@ -91,6 +121,9 @@ pub(super) struct Recorder {
     pub(super) in_flight: AtomicI64,
     pub(super) events: AtomicU64,
     pub(super) gaps: AtomicU64,
+    pub(super) connected: AtomicU64,
+    /// Subscribers that got their `hello` or gave up connecting.
+    pub(super) settled: AtomicU64,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -185,6 +218,20 @@ impl Report {
             self.events.gaps,
             self.events.expected_per_subscriber
         ));
+        let l = &self.events.delivery_latency;
+        s.push_str(&format!(
+            "event delivery (commit to receipt): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} subscribers connected\n",
+            l.p50_ms, l.p99_ms, l.max_ms, self.events.connected
+        ));
+        if let (Some(cpu), Some(cores), Some(rss)) = (
+            self.load_tool.cpu_seconds,
+            self.load_tool.cores,
+            self.load_tool.peak_rss_mib,
+        ) {
+            s.push_str(&format!(
+                "load tool itself: {cpu:.1} s CPU ({cores:.2} cores), peak RSS {rss:.0} MiB\n"
+            ));
+        }
         if !self.errors_by_status.is_empty() {
             s.push_str(&format!("errors by status: {:?}\n", self.errors_by_status));
         }

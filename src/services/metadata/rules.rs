@@ -38,7 +38,7 @@ pub(crate) use audit::{audit, AuditSource, LastEventMismatch};
 
 /// What each kind of write does to the rows: [`Writer`] and its helpers.
 mod writer;
-use writer::{purge_entry, release, Writer};
+use writer::{new_file, purge_entry, release, Writer};
 
 /// Row operations inside one open write transaction.
 #[async_trait]

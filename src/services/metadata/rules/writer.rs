@@ -462,7 +462,7 @@ fn check_put_precondition(
 }
 
 /// A new file (version 1) at `path` with `blob`'s content.
-fn new_file(path: &str, blob: &BlobRef, content_type: &str, now: i64) -> FileMeta {
+pub(super) fn new_file(path: &str, blob: &BlobRef, content_type: &str, now: i64) -> FileMeta {
     FileMeta {
         id: uuid::Uuid::new_v4().simple().to_string(),
         path: path.to_string(),
