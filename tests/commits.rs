@@ -461,6 +461,25 @@ async fn expired_commits_stay_gone(a: &TestServer, b: &TestServer, db: &MetaDb) 
     assert_eq!(stage(a, &aborted, "exp/c", b"again").await.0, 404);
     assert_eq!(abort_commit(b, &aborted).await, 404);
 
+    // An ended commit's idempotency key starts a new commit (`vaultfs publish` run again
+    // after its commit lapsed), and the ended one keeps answering as before.
+    let (_, c) = create_commit(a, json!({"idempotency_key": "exp-key", "ttl": "1s"})).await;
+    let lapsed = c["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, again) = create_commit(b, json!({"idempotency_key": "exp-key"})).await;
+    assert_eq!(status, 201, "{again}");
+    let fresh = again["id"].as_str().unwrap().to_string();
+    assert_ne!(fresh, lapsed);
+    assert_eq!(stage(b, &fresh, "exp/k", b"retried").await.0, 202);
+    expired(get_commit(a, &lapsed).await);
+    let (status, same) = create_commit(a, json!({"idempotency_key": "exp-key"})).await;
+    assert_eq!((status, same["id"].as_str()), (200, Some(fresh.as_str())), "{same}");
+    assert_eq!(abort_commit(a, &fresh).await, 204);
+    let (status, third) = create_commit(b, json!({"idempotency_key": "exp-key"})).await;
+    assert_eq!(status, 201, "an aborted commit's key starts anew too: {third}");
+    assert_ne!(third["id"].as_str(), Some(fresh.as_str()));
+    assert_eq!(get_commit(a, &fresh).await.0, 404);
+
     // Bounded: a tombstone a week past its expiry is purged by the sweep; then 404.
     let week_ms = 7 * 24 * 3600 * 1000;
     db.age(&id, week_ms + 60_000).await;

@@ -235,6 +235,8 @@ pub(crate) trait CommitRows: Send {
         &mut self,
         key: &str,
     ) -> Result<Option<CommitRecord>, super::MetadataError>;
+    /// Frees an ended (expired or aborted) commit's idempotency key for a new commit.
+    async fn release_commit_key(&mut self, id: &str) -> Result<(), super::MetadataError>;
     async fn insert_commit(&mut self, c: &CommitRecord) -> Result<(), super::MetadataError>;
     async fn set_commit_state(
         &mut self,

@@ -57,6 +57,15 @@ macro_rules! commit_rows {
                 row.as_ref().map(row_to_commit).transpose()
             }
 
+            async fn release_commit_key(&mut self, id: &str) -> Result<(), MetadataError> {
+                sqlx::query("UPDATE commits SET idempotency_key = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.conn)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
             async fn insert_commit(&mut self, c: &CommitRecord) -> Result<(), MetadataError> {
                 let q = sqlx::query(
                     "INSERT INTO commits (id, idempotency_key, state, created_at, expires_at, result)

@@ -101,7 +101,14 @@ impl Writer<'_> {
             } => {
                 if let Some(key) = idempotency_key {
                     if let Some(existing) = tx.commit_by_key(key).await? {
-                        return Ok(AtomicDone::Commit(self.effective(existing), false));
+                        let existing = self.effective(existing);
+                        if existing.state != EXPIRED && existing.state != ABORTED {
+                            return Ok(AtomicDone::Commit(existing, false));
+                        }
+                        // An ended commit cannot take files or finish: a retry with its key
+                        // (`vaultfs publish` run again after its commit lapsed) starts over
+                        // in a new commit, and the old one stays an expired/aborted tombstone.
+                        tx.release_commit_key(&existing.id).await?;
                     }
                 }
                 let commit = CommitRecord {
