@@ -473,10 +473,17 @@ async fn expired_commits_stay_gone(a: &TestServer, b: &TestServer, db: &MetaDb) 
     assert_eq!(stage(b, &fresh, "exp/k", b"retried").await.0, 202);
     expired(get_commit(a, &lapsed).await);
     let (status, same) = create_commit(a, json!({"idempotency_key": "exp-key"})).await;
-    assert_eq!((status, same["id"].as_str()), (200, Some(fresh.as_str())), "{same}");
+    assert_eq!(
+        (status, same["id"].as_str()),
+        (200, Some(fresh.as_str())),
+        "{same}"
+    );
     assert_eq!(abort_commit(a, &fresh).await, 204);
     let (status, third) = create_commit(b, json!({"idempotency_key": "exp-key"})).await;
-    assert_eq!(status, 201, "an aborted commit's key starts anew too: {third}");
+    assert_eq!(
+        status, 201,
+        "an aborted commit's key starts anew too: {third}"
+    );
     assert_ne!(third["id"].as_str(), Some(fresh.as_str()));
     assert_eq!(get_commit(a, &fresh).await.0, 404);
 

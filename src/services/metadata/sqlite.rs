@@ -242,14 +242,39 @@ async fn committer(writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
 }
 
 async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
-    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
+    let mut conn = match writer.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            fail_batch(batch, map_err(e));
+            return;
+        }
+    };
+    if !run_batch(&mut conn, batch).await {
+        // A failed BEGIN or COMMIT (the disk full, say) leaves the connection's transaction
+        // state unknown: SQLite may have rolled back on its own, and sqlx's depth counter
+        // then stays at 1, so every later BEGIN on it would fail. The writer pool opens a
+        // fresh connection instead of reusing this one.
+        if let Err(e) = conn.close().await {
+            tracing::warn!(error = %e, "closing the metadata writer connection failed");
+        }
+    }
+}
+
+fn fail_batch(batch: &mut Vec<Job>, err: MetadataError) {
+    for job in batch.drain(..) {
+        let _ = job.reply.send(Err(err.clone()));
+    }
+}
+
+/// The batch in one transaction on `conn`; false when the connection must not be reused.
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> bool {
+    let mut tx = match sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
             let err = map_err(e);
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(err.clone()));
-            }
-            return;
+            tracing::error!(error = %err, "metadata batch could not begin");
+            fail_batch(batch, err);
+            return false;
         }
     };
     let mut results = Vec::with_capacity(batch.len());
@@ -263,6 +288,7 @@ async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
                 // Err: the caller is gone (client disconnected); the write stands.
                 let _ = reply.send(result);
             }
+            true
         }
         Err(e) => {
             let err = map_err(e);
@@ -270,6 +296,7 @@ async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
             for (reply, _) in results {
                 let _ = reply.send(Err(err.clone()));
             }
+            false
         }
     }
 }

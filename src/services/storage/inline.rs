@@ -224,8 +224,24 @@ async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// One transaction of `batch`, by plain `BEGIN`/`COMMIT` statements rather than sqlx's
+/// `Transaction`: when a COMMIT fails (the disk full, say) SQLite may have rolled back on its
+/// own, and sqlx's transaction depth would then stay at 1 and refuse every later `begin` on
+/// this one long-lived connection. A failed batch ends with a ROLLBACK whose own error (no
+/// transaction left) is harmless, so the next batch starts clean.
 async fn commit_batch(conn: &mut SqliteConnection, batch: &[Job]) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let result = match write_rows(conn, batch).await {
+        Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    result
+}
+
+async fn write_rows(tx: &mut SqliteConnection, batch: &[Job]) -> Result<(), sqlx::Error> {
     let at = now_ms();
     for job in batch {
         match &job.op {
@@ -249,5 +265,5 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &[Job]) -> Result<(), 
             }
         }
     }
-    tx.commit().await
+    Ok(())
 }
