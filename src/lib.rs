@@ -23,10 +23,8 @@
 pub mod api;
 pub mod app;
 pub(crate) mod blocking;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod cli;
 pub(crate) mod client;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
@@ -36,7 +34,6 @@ pub(crate) mod metrics;
 pub mod paths;
 pub(crate) mod retention;
 pub mod server;
-#[allow(missing_docs)] // issue 23: public items here still undocumented
 pub mod services;
 pub(crate) mod tls;
 pub(crate) mod watchdog;

@@ -18,6 +18,8 @@ use crate::services::auth::Auth;
 use crate::services::metadata::sqlite::SqliteMetadata;
 use crate::services::metadata::MetadataStore;
 
+/// Flags of `vaultfs token`: the subcommand and where the token table is (a data directory, or a
+/// server's admin API).
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     #[command(subcommand)]
@@ -151,6 +153,8 @@ async fn token_with_backend(args: TokenArgs) -> ExitCode {
     }
 }
 
+/// `vaultfs token`: creates, lists or revokes tokens in the data directory or through `--server`,
+/// or generates one offline; exit 1 on failure.
 pub async fn token(args: TokenArgs) -> ExitCode {
     if matches!(args.command, TokenCommand::Generate) {
         return match Auth::generate() {
@@ -283,6 +287,7 @@ async fn run_token(args: &TokenArgs, backend: &Backend) -> Result<(), String> {
     Ok(())
 }
 
+/// Flags of `vaultfs share`.
 #[derive(Debug, clap::Args)]
 pub struct ShareArgs {
     /// Remote path of the file to share
@@ -290,6 +295,7 @@ pub struct ShareArgs {
     /// How long the link works, e.g. 30m, 1h, 7d (at most 7d)
     #[arg(long, default_value = "1h")]
     pub expires: String,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -21,6 +21,7 @@ use super::{
 use crate::api::FileMeta;
 use crate::client::{Client, ClientError, RetryPolicy};
 
+/// Flags of `vaultfs download`.
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
     /// Remote file path, file id, or directory (a prefix; every file under it)
@@ -40,6 +41,7 @@ pub struct DownloadArgs {
     /// Download this old version of a file (see `vaultfs versions`)
     #[arg(long)]
     pub version: Option<i64>,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -50,6 +52,9 @@ pub const PART_SUFFIX: &str = ".vaultfs-part";
 /// Bytes gathered before one write (and hash) on the blocking pool.
 const WRITE_BATCH: usize = 1 << 20;
 
+/// `vaultfs download`: fetches a file, or every file under a directory, `--jobs` at a time, each
+/// verified by SHA-256 and renamed into place from a `*.vaultfs-part` temp file registered in
+/// `temps`.
 pub async fn run(args: DownloadArgs, temps: TempFiles) -> Outcome {
     if let Some(version) = args.version {
         return super::versions::download_version(&args.common, &args.remote, args.local, version)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use crate::api::FsckReport;
 use crate::client::{Client, ClientOptions};
 
+/// Flags of `vaultfs fsck`.
 #[derive(Debug, clap::Args)]
 pub struct FsckArgs {
     /// Data directory [default: ./vaultfs-data; env VAULTFS_DATA_DIR]

@@ -30,18 +30,30 @@ const BLOCK: usize = 64 * 1024;
 /// Largest payload hashed inline; bigger ones are hashed on the blocking pool.
 const INLINE_HASH: u64 = 1 << 20;
 
+/// What [`run`] does: the load's shape, the limits it is judged against, and where it is sent
+/// ([`LoadConfig::new`] gives the defaults).
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
+    /// Base URL of the server under test, e.g. `http://127.0.0.1:8080`.
     pub url: String,
+    /// Concurrent upload workers (default 20).
     pub uploaders: usize,
+    /// Concurrent workers downloading every acknowledged upload and checking its SHA-256
+    /// (default 8).
     pub downloaders: usize,
+    /// Workers issuing opposite moves (a->b while b->a, overwrite on); 0: none (default 4).
     pub movers: usize,
+    /// WebSocket sync subscribers checking the feed is gapless and in order (default 10).
     pub subscribers: usize,
+    /// How long uploads keep starting (default 30 s); `None`: until `count` uploads have started.
     pub duration: Option<Duration>,
+    /// Total uploads to start across all uploaders; `None`: unlimited (bounded by `duration`).
     pub count: Option<u64>,
     /// (bytes, weight)
     pub sizes: Vec<(u64, u32)>,
+    /// The run fails if no request completes for longer than this (default 5 s).
     pub stall_limit: Duration,
+    /// Print progress to standard error while running (default false).
     pub progress: bool,
     /// Uploads started per second across all uploaders (paced); `None`: as fast as they go.
     pub rate: Option<f64>,
@@ -50,6 +62,8 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
+    /// The default load against `url`: 20 uploaders, 8 downloaders, 4 movers and 10 subscribers
+    /// for 30 s, sizes 4 KiB:50, 1 MiB:45, 64 MiB:5, stall limit 5 s, unpaced, no progress.
     pub fn new(url: &str) -> Self {
         LoadConfig {
             url: url.to_string(),
@@ -538,6 +552,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
     })
 }
 
+/// Flags of `vaultfs loadtest`; turned into a [`LoadConfig`] by [`command`].
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
     /// Server URL

@@ -135,6 +135,8 @@ impl TempFiles {
         }
     }
 
+    /// Removes and returns every path still registered, leaving the set empty (what `main` deletes
+    /// after an interrupt).
     pub fn take_all(&self) -> Vec<PathBuf> {
         match self.0.lock() {
             Ok(mut set) => set.drain().collect(),
@@ -146,13 +148,18 @@ impl TempFiles {
 /// What a command ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every item succeeded: exit status 0.
     AllSucceeded,
+    /// At least one item failed: exit status 1.
     SomeFailed,
+    /// A usage error (bad flags, URL or token): exit status 2.
     Usage,
+    /// Interrupted by Ctrl-C: exit status 130.
     Interrupted,
 }
 
 impl Outcome {
+    /// The process exit status for this outcome (0, 1, 2 or 130).
     pub fn exit_code(self) -> ExitCode {
         match self {
             Outcome::AllSucceeded => ExitCode::SUCCESS,

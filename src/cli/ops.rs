@@ -9,6 +9,7 @@ use super::{
 use crate::api::FileMeta;
 use crate::client::{Client, ClientError, RetryPolicy};
 
+/// Flags of `vaultfs ls`.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// Directory (prefix) to list, or one file [default: the root]
@@ -23,19 +24,23 @@ pub struct LsArgs {
     /// Entries per request to the server (at most 10000)
     #[arg(long, hide = true)]
     pub page_size: Option<usize>,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs stat`.
 #[derive(Debug, clap::Args)]
 pub struct StatArgs {
     /// Remote paths or file ids
     #[arg(required = true, num_args = 1..)]
     pub paths: Vec<String>,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs rm`.
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
     /// Remote paths or file ids (directories with -r)
@@ -47,10 +52,12 @@ pub struct RmArgs {
     /// Parallel requests
     #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs mv` and `vaultfs cp`.
 #[derive(Debug, clap::Args)]
 pub struct MoveArgs {
     /// Remote path or file id
@@ -60,6 +67,7 @@ pub struct MoveArgs {
     /// Replace a file at the target (otherwise 409 already_exists)
     #[arg(short = 'f', long)]
     pub overwrite: bool,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -91,6 +99,7 @@ fn prefix_line(reporter: &Reporter, p: &str, long: bool) -> String {
     }
 }
 
+/// `vaultfs ls`: prints the files and subdirectories under a prefix (or one file), one per line.
 pub async fn ls(args: LsArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
@@ -166,6 +175,8 @@ pub async fn ls(args: LsArgs) -> Outcome {
     until_interrupted(&reporter, work).await
 }
 
+/// `vaultfs stat`: prints each path's or id's metadata; one that cannot be resolved is reported as
+/// an error and the rest still run.
 pub async fn stat(args: StatArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
@@ -219,6 +230,8 @@ async fn remove_one(client: &Client, policy: &RetryPolicy, meta: FileMeta) -> It
     }
 }
 
+/// `vaultfs rm`: deletes the given files (with `-r`, every file under each directory), `--jobs` at
+/// a time.
 pub async fn rm(args: RmArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;

@@ -26,6 +26,7 @@ use crate::client::{Client, ClientError};
 /// Exit status when the lease could not be taken or was lost (EX_TEMPFAIL).
 pub const EXIT_LEASE: u8 = 75;
 
+/// Flags of `vaultfs publish`.
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
     /// The directory to publish
@@ -38,20 +39,25 @@ pub struct PublishArgs {
     /// Uploads at once
     #[arg(short = 'j', long, default_value_t = 8)]
     pub jobs: usize,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs lease`.
 #[derive(Debug, clap::Args)]
 pub struct LeaseArgs {
+    /// The lease subcommand to run (only `run` so far).
     #[command(subcommand)]
     pub command: LeaseCommand,
 }
 
+/// The subcommands of `vaultfs lease`.
 #[derive(Debug, clap::Subcommand)]
 pub enum LeaseCommand {
     /// Run COMMAND while holding the lease on PATH (a file, or a prefix ending in /)
     Run {
+        /// The file, or a prefix ending in /, to hold the lease on
         path: String,
         /// The lease's ttl; renewed every third of it
         #[arg(long, default_value = "30s")]
@@ -62,6 +68,7 @@ pub enum LeaseCommand {
         /// The command and its arguments (after --)
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        /// Server, token, retries and output options.
         #[command(flatten)]
         common: CommonArgs,
     },

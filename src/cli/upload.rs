@@ -14,6 +14,7 @@ use super::{remote_dir, until_interrupted, CommonArgs, ItemResult, Outcome, Repo
 use crate::api::FileMeta;
 use crate::client::{Client, ClientError, RetryPolicy};
 
+/// Flags of `vaultfs upload`.
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
     /// Local files or directories (directories are uploaded recursively)
@@ -40,6 +41,7 @@ pub struct UploadArgs {
     /// Always one request per file (no tus, no resume state)
     #[arg(long)]
     pub no_resume: bool,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -67,6 +69,8 @@ struct Item {
 /// Read size while streaming a file to the server.
 const CHUNK: usize = 256 * 1024;
 
+/// `vaultfs upload`: sends every file `--jobs` at a time (large ones through tus unless
+/// `--no-resume`), verified by SHA-256, with retries; one result per file.
 pub async fn run(args: UploadArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;

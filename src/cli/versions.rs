@@ -10,14 +10,17 @@ use super::{resolve_file, CommonArgs, Outcome};
 use crate::api::{encode_path, FileMeta, FileVersion, TrashPage, VersionPage};
 use crate::client::{Client, ClientError};
 
+/// Flags of `vaultfs versions`.
 #[derive(Debug, clap::Args)]
 pub struct VersionsArgs {
     /// Remote file path or id
     pub path: String,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// Remote file path or id
@@ -25,21 +28,27 @@ pub struct RestoreArgs {
     /// The version to make current again (as a new version)
     #[arg(long)]
     pub version: i64,
+    /// Server, token, retries and output options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+/// Flags of `vaultfs trash`.
 #[derive(Debug, clap::Args)]
 pub struct TrashArgs {
+    /// The trash subcommand to run.
     #[command(subcommand)]
     pub command: TrashCommand,
 }
 
+/// The subcommands of `vaultfs trash`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TrashCommand {
     /// List trash entries (under PREFIX)
     Ls {
+        /// Only entries under this directory [default: the whole trash]
         prefix: Option<String>,
+        /// Server, token, retries and output options.
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -57,12 +66,15 @@ pub enum TrashCommand {
         /// Move a file occupying the target to the trash
         #[arg(long)]
         overwrite: bool,
+        /// Server, token, retries and output options.
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Remove a trash entry for good
     Purge {
+        /// Trash id (from `vaultfs trash ls`)
         trash_id: String,
+        /// Server, token, retries and output options.
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -131,6 +143,7 @@ pub async fn all_versions(client: &Client, id: &str) -> Result<Vec<FileVersion>,
     }
 }
 
+/// `vaultfs versions`: prints a file's versions, newest first (the current one marked).
 pub async fn versions(args: VersionsArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
@@ -158,6 +171,8 @@ pub async fn versions(args: VersionsArgs) -> Outcome {
     }
 }
 
+/// `vaultfs restore`: makes `--version` of a file current again, as a new version, and prints the
+/// file's metadata.
 pub async fn restore(args: RestoreArgs) -> Outcome {
     let Some(client) = args.common.client_or_usage() else {
         return Outcome::Usage;
@@ -181,6 +196,7 @@ pub async fn restore(args: RestoreArgs) -> Outcome {
     }
 }
 
+/// `vaultfs trash`: lists, restores or purges trash entries.
 pub async fn trash(args: TrashArgs) -> Outcome {
     match args.command {
         TrashCommand::Ls { prefix, common } => {

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+/// Flags of `vaultfs watch`.
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// Server URL

@@ -18,6 +18,7 @@ pub use parse::{parse_duration, parse_size};
 
 use crate::retention::{RetentionPolicy, RetentionRule, VersionsKeep};
 
+/// The server's resolved, validated configuration; see [`resolve`] for how sources are layered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address to listen on.
@@ -114,6 +115,7 @@ pub struct Config {
     /// PEM certificate chain and private key: both listeners serve HTTPS (reloaded when the
     /// files change).
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`; both or neither must be set.
     pub tls_key: Option<PathBuf>,
     /// Versions kept per file, the current one included (`all`, or N: 0 and 1 keep only the
     /// current one).
@@ -218,17 +220,30 @@ impl Config {
     }
 }
 
+/// Why the configuration could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A setting's value is malformed or out of range.
     #[error("invalid value {value:?} for setting `{setting}` (from {origin}): {reason}")]
     Invalid {
+        /// The setting's name (`max_upload_size`, `retention.versions_keep`).
         setting: &'static str,
+        /// Where the value came from: `config file <path>`, `environment (VAULTFS_*)` or
+        /// `command line`.
         origin: String,
+        /// The offending value as given (`(hidden)` for secrets such as `metadata_url`).
         value: String,
+        /// What is wrong with it and what was expected.
         reason: String,
     },
+    /// The config file could not be read or is not valid TOML for [`Overrides`].
     #[error("cannot read config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The config file's path as given (`--config FILE`).
+        path: PathBuf,
+        /// The I/O or TOML parse error.
+        reason: String,
+    },
 }
 
 /// Layers the sources in order: defaults, then `file` (with its path), then `env`, then `flags`.

@@ -84,6 +84,8 @@ pub struct ListOrder<'a> {
     pub filter: Option<&'a str>,
 }
 
+/// One page of a listing: the files and (with a delimiter) the rolled-up folder prefixes,
+/// and the cursor of the next page (`None`: this is the last page).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
     pub(crate) entries: Vec<FileMeta>,
@@ -164,6 +166,8 @@ impl UploadPermit {
 }
 
 impl UploadGate {
+    /// A gate of `slots` concurrent uploads (at least 1; a quarter of them reserved for small
+    /// uploads), with at most `max_waiting` queued per class, each for at most `timeout`.
     pub fn new(slots: usize, max_waiting: usize, timeout: std::time::Duration) -> Self {
         let slots = slots.max(1);
         let reserved = reserved_slots(slots);
@@ -235,6 +239,7 @@ impl UploadGate {
         }
     }
 
+    /// How many uploads wait for a slot and how many slots are free, now.
     pub fn stats(&self) -> UploadGateStats {
         use std::sync::atomic::Ordering;
         UploadGateStats {
@@ -245,12 +250,17 @@ impl UploadGate {
     }
 }
 
+/// A snapshot of the [`UploadGate`]'s occupancy.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadGateStats {
+    /// Uploads queued for a slot, small and large together.
     pub waiting: usize,
+    /// Slots free now, shared and reserved together.
     pub free_slots: usize,
 }
 
+/// The file operations (upload and commit, read, list, move, copy, delete) over the blob
+/// store, the metadata store and the lock manager. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct FileService {
     storage: BlobStore,
@@ -317,6 +327,7 @@ impl FileService {
         self.uploads.admit_class(UploadClass::of(declared)).await
     }
 
+    /// The upload gate's queue length and free slots (introspection).
     pub fn upload_gate_stats(&self) -> UploadGateStats {
         self.uploads.stats()
     }
@@ -500,6 +511,8 @@ impl FileService {
         }
     }
 
+    /// The current metadata of file `id`; `NotFound` if there is none, `Forbidden` if its
+    /// path is outside what the principal may touch.
     pub async fn meta_by_id(&self, id: &str, ctx: &RequestCtx) -> Result<FileMeta, ServiceError> {
         let meta = self
             .meta
@@ -510,6 +523,8 @@ impl FileService {
         Ok(meta)
     }
 
+    /// The current metadata of the file at `path`; `Forbidden` (checked first) if the
+    /// principal may not touch `path`, `NotFound` if no file is there.
     pub async fn meta_by_path(
         &self,
         path: &VPath,
@@ -540,6 +555,8 @@ impl FileService {
         .await?)
     }
 
+    /// Deletes file `id` (to the trash when the retention policy keeps one) if `precondition`
+    /// holds, and returns its metadata as it was. Follows the file if it moves meanwhile.
     pub async fn delete(
         &self,
         id: &str,
@@ -556,6 +573,9 @@ impl FileService {
         Ok(self.finish_change(outcome))
     }
 
+    /// Moves file `id` to `to`, keeping its id; with `overwrite`, a file already at `to` is
+    /// deleted first, else the move fails with `AlreadyExists`. Returns the moved file's
+    /// metadata.
     pub async fn move_file(
         &self,
         id: &str,
@@ -577,6 +597,9 @@ impl FileService {
         Ok(self.finish_change(outcome))
     }
 
+    /// Copies file `id` to a new file at `to` (new id, version 1) sharing its blob, so no
+    /// bytes are copied; with `overwrite`, a file already at `to` is deleted first, else
+    /// `AlreadyExists`. Returns the copy's metadata.
     pub async fn copy_file(
         &self,
         id: &str,

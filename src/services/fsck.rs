@@ -20,12 +20,18 @@ use crate::services::metadata::{AuditProblem, MetadataError, MetadataStore};
 use crate::services::storage::{BlobStore, StorageError};
 use crate::services::ServiceError;
 
+/// Why a check could not run or finish (findings are in the [`FsckReport`], not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum FsckError {
+    /// The directory cannot be checked offline: not a VaultFS data directory (no `meta.db`),
+    /// or in use by a running server. The text says which and what to do.
     #[error("{0}")]
     DataDir(String),
+    /// The metadata store could not be opened or read.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// Reading or repairing the data failed: the data directory (`tmp/`, the `LOCK` file) or
+    /// the blob store (listing, reading or deleting a blob).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// A lock needed for an online check was not granted in time, or the file service
@@ -58,6 +64,8 @@ pub struct Damaged {
     pub(crate) problem: String,
 }
 
+/// What a check found: counts of what was checked, the problems, and what `--repair`
+/// removed. [`FsckReport::is_damaged`] tells whether anything is beyond repair.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct FsckReport {
     /// Checked through a running server (`vaultfs fsck --server`).

@@ -37,10 +37,13 @@ impl fmt::Display for LockKey {
     }
 }
 
+/// How a key is held: any number of shared holders at once, or one exclusive holder alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockMode {
+    /// A read lock: held alongside other shared holders, never with an exclusive one.
     Shared,
+    /// A write lock: held by this lock set alone.
     Exclusive,
 }
 
@@ -51,10 +54,13 @@ pub struct LockRequest {
 }
 
 impl LockRequest {
+    /// An empty lock set; add keys with the builder methods.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds one key in `mode`, as is (no parent prefixes). Order and duplicates do not
+    /// matter: [`LockRequest::canonical`] sorts and merges them.
     pub fn add(mut self, key: LockKey, mode: LockMode) -> Self {
         self.keys.push((key, mode));
         self
@@ -116,14 +122,24 @@ impl LockRequest {
 /// Who is asking, for introspection.
 #[derive(Debug, Clone)]
 pub struct LockOwner {
+    /// The request's id (as in logs), or a fixed name for internal work (`gc`, `fsck`).
     pub request_id: String,
+    /// The operation taking the set (`copy`, `collect`, `fsck`, ...).
     pub operation: &'static str,
 }
 
+/// Why a lock set could not be acquired.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// The deadline passed before the whole set was held; the keys already taken were
+    /// released (503 `lock_timeout` with `Retry-After` at the edge).
     #[error("timed out after {waited:?} waiting for lock on {key}")]
-    Timeout { key: String, waited: Duration },
+    Timeout {
+        /// The key being waited for when the deadline passed (`path:...` or `blob:...`).
+        key: String,
+        /// Time from the start of the acquisition to the failure.
+        waited: Duration,
+    },
 }
 
 /// Counters, read by the admin endpoint and the metrics exporter.
@@ -136,14 +152,23 @@ struct Stats {
     wait_nanos_max: AtomicU64,
 }
 
+/// A snapshot of the lock manager's counters (since start) and current table sizes, as
+/// served by the admin endpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct LockStats {
+    /// Lock sets acquired in full.
     pub acquired: u64,
+    /// Of those, the sets where at least one key had to be waited for.
     pub contended: u64,
+    /// Acquisitions that hit their deadline ([`LockError::Timeout`]).
     pub timeouts: u64,
+    /// Sum over acquired sets of the time from asking to holding the whole set, in seconds.
     pub wait_seconds_total: f64,
+    /// Longest such wait of one acquired set, in seconds.
     pub wait_seconds_max: f64,
+    /// Lock sets currently held or being acquired.
     pub held_or_waiting_sets: usize,
+    /// Keys currently in the table (each held or waited for by at least one set).
     pub table_entries: usize,
 }
 
@@ -259,6 +284,8 @@ impl Drop for LockSetGuard {
 }
 
 impl LockManager {
+    /// An empty manager whose [`LockManager::acquire`] gives up after `default_timeout`
+    /// (the `lock_timeout` setting).
     pub fn new(default_timeout: Duration) -> Self {
         LockManager {
             inner: Arc::new(Inner {
@@ -423,6 +450,7 @@ impl LockManager {
         out
     }
 
+    /// The counters since start and the current number of lock sets and table entries.
     pub fn stats(&self) -> LockStats {
         let s = &self.inner.stats;
         let held_or_waiting_sets = lock(&self.inner.holders).len();

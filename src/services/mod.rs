@@ -40,17 +40,25 @@ use storage::StorageError;
 /// Errors of the service layer; `crate::error::AppError` maps them to HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The blob store failed (staging, reading or writing a blob).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The metadata backend refused or failed the operation (not found, precondition,
+    /// conflict, database error).
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// The path locks could not be taken (see [`LockError`]).
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// A listing cursor that does not decode, or does not belong to the listing it was sent to.
     #[error("invalid list cursor")]
     InvalidCursor,
     /// A listing cursor of another sort or order than the request's.
     #[error("the list cursor belongs to a listing with another sort")]
     CursorOtherSort,
+    /// The paths kept changing between the read and the lock on every retry (an operation
+    /// by id whose file moved, a recursive delete or commit whose tree changed); the client
+    /// may retry (503).
     #[error("the file kept changing while the operation retried")]
     Contended,
     /// The request's token may not touch this path.
@@ -59,6 +67,7 @@ pub enum ServiceError {
     /// No upload slot within the queue deadline, or the queue is full.
     #[error("too many uploads in progress")]
     Overloaded,
+    /// The upload body was refused (deadline, size limit, checksum, framing).
     #[error(transparent)]
     Upload(#[from] upload::UploadError),
     /// A recursive delete of more files than one transaction takes.

@@ -102,12 +102,19 @@ impl Item {
     }
 }
 
+/// Why a subscription to the event feed or a long-poll of it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     /// The cursor is older than the retained log (or ahead of it): re-list, resume from
     /// `latest`.
     #[error("cursor {since} is outside the retained event log; resync from {latest}")]
-    ResyncRequired { since: i64, latest: i64 },
+    ResyncRequired {
+        /// The seq the client asked to resume after (its cursor).
+        since: i64,
+        /// The latest committed seq: re-list, then resume from it.
+        latest: i64,
+    },
+    /// Reading the event log from the metadata store failed.
     #[error(transparent)]
     Store(#[from] MetadataError),
 }

@@ -59,6 +59,7 @@ pub struct ObjectAttrs {
     pub user: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub(crate) content_disposition: Option<String>,
+    /// `Cache-Control` sent with the object (`None`: none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cache_control: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -81,9 +82,12 @@ pub struct ObjectAttrs {
 /// An object's S3 record, valid while the file at its path has this SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRecord {
+    /// Hex SHA-256 of the content the record describes: it applies only while the file at its
+    /// path has this hash.
     pub sha256: String,
     /// Without quotes: an MD5 hex, or `md5-of-part-md5s-N`.
     pub etag: String,
+    /// The stored headers and checksums.
     pub attrs: ObjectAttrs,
 }
 
@@ -100,18 +104,24 @@ impl ObjectAttrs {
 /// A multipart upload in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRecord {
+    /// The upload id: a server-made simple uuid (32 hex digits), also its part directory's name.
     pub id: String,
+    /// The object's file path, `bucket/key`, where Complete puts it.
     pub path: String,
     /// The token that started it (empty on an open server); only it may continue it.
     pub token_id: String,
+    /// When CreateMultipartUpload ran, in milliseconds since the epoch.
     pub created_ms: i64,
+    /// The headers asked for at CreateMultipartUpload, given to the object at Complete.
     pub attrs: ObjectAttrs,
 }
 
 /// One staged part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartRecord {
+    /// The part's number, 1..=10000 (S3's limit); Complete joins parts in this order.
     pub part_number: u32,
+    /// The part's length in bytes.
     pub size: u64,
     /// Hex MD5 of the part.
     pub md5: String,
@@ -266,6 +276,7 @@ impl S3Meta {
             .busy_timeout(timeout)
     }
 
+    /// Closes this handle's database connections (graceful shutdown).
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
@@ -354,6 +365,8 @@ impl S3Meta {
         rows.0.iter().map(|r| Ok((r.text(0)?, r.int(1)?))).collect()
     }
 
+    /// When bucket `name` was created by `CreateBucket`, in milliseconds since the epoch
+    /// (`None`: no such bucket).
     pub async fn bucket(&self, name: &str) -> Result<Option<i64>, MetadataError> {
         let rows: Rows = on_pool!(
             &self.pool,
@@ -403,6 +416,7 @@ impl S3Meta {
             .join(format!("{n:05}.{}.tmp", uuid::Uuid::new_v4().simple()))
     }
 
+    /// Records a new multipart upload, after creating its part directory.
     pub async fn create_upload(&self, up: &UploadRecord) -> Result<(), MetadataError> {
         tokio::fs::create_dir_all(self.upload_dir(&up.id))
             .await
@@ -431,6 +445,7 @@ impl S3Meta {
         })
     }
 
+    /// Multipart upload `id` (`None`: unknown: never started, completed or aborted).
     pub async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetadataError> {
         let rows: Rows = on_pool!(
             &self.pool,
@@ -494,6 +509,7 @@ impl S3Meta {
         Ok(())
     }
 
+    /// The staged parts of upload `id`, by part number (a part sent again replaces its record).
     pub async fn parts(&self, id: &str) -> Result<Vec<PartRecord>, MetadataError> {
         let rows: Rows = on_pool!(
             &self.pool,

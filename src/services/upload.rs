@@ -44,16 +44,29 @@ pub enum UploadError {
     Idle(Duration),
     /// Fewer than `min_rate` bytes/s arrived over a window of waiting.
     #[error("the body arrived slower than {min_rate} bytes/s over {} s; the upload was discarded", .window.as_secs_f64())]
-    TooSlow { min_rate: u64, window: Duration },
+    TooSlow {
+        /// The configured minimum rate, in bytes per second.
+        min_rate: u64,
+        /// The window of waiting for the client over which the rate is averaged.
+        window: Duration,
+    },
     /// The next multipart part's headers did not arrive in time.
     #[error("no multipart part arrived within {} s; the upload was discarded", .0.as_secs_f64())]
     PartWait(Duration),
     /// The whole request is larger than the upload limit.
     #[error("upload exceeds the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The upload size limit, in bytes.
+        limit: u64,
+    },
     /// The body's SHA-256 is not the one the client declared.
     #[error("the body's SHA-256 is {actual}, not the {expected} the request declared")]
-    ChecksumMismatch { actual: String, expected: String },
+    ChecksumMismatch {
+        /// The SHA-256 of the bytes received, lowercase hex.
+        actual: String,
+        /// The SHA-256 the request declared, lowercase hex.
+        expected: String,
+    },
     /// The body could not be read to its end (connection reset, bad chunked encoding).
     #[error("the request body could not be read to its end")]
     Read(String),

@@ -34,6 +34,8 @@ pub struct FileVersion {
     pub(crate) current: bool,
 }
 
+/// One page of a file's versions, newest first, and the cursor of the next page (`None`:
+/// this is the last page).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VersionPage {
     pub(crate) versions: Vec<FileVersion>,
@@ -70,6 +72,8 @@ impl From<&TrashEntry> for TrashView {
     }
 }
 
+/// One page of trash entries (ordered by trash id) and the cursor of the next page
+/// (`None`: this is the last page).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrashPage {
     pub(crate) entries: Vec<TrashView>,

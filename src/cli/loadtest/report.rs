@@ -12,6 +12,7 @@ use crate::client::ClientError;
 /// Latency samples kept per kind (a run longer than this keeps the first ones).
 const MAX_SAMPLES: usize = 2_000_000;
 
+/// Latency percentiles of one kind of request, in milliseconds (all 0 when there were no samples).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Latency {
     pub(crate) p50_ms: f64,
@@ -36,8 +37,10 @@ impl Latency {
     }
 }
 
+/// Results for one kind of request (`upload`, `download`, `move`, ...).
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
+    /// Requests of this kind that finished, failed ones included.
     pub count: u64,
     pub(crate) errors: u64,
     pub(crate) per_sec: f64,
@@ -45,12 +48,17 @@ pub struct KindReport {
     pub(crate) latency: Latency,
 }
 
+/// What the sync subscribers saw of the event feed.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventsReport {
     pub(crate) subscribers: usize,
+    /// Events each subscriber should have received: the feed's seq advance over the run.
     pub expected_per_subscriber: i64,
+    /// Events received, summed over all subscribers.
     pub delivered: u64,
+    /// Subscribers that received every event up to the final seq.
     pub subscribers_complete: usize,
+    /// Times a subscriber saw a seq other than the one after its last (each is also a failure).
     pub gaps: u64,
     /// From the event's commit timestamp (millisecond resolution) to its arrival.
     pub delivery_latency: Latency,
@@ -65,6 +73,7 @@ pub struct LoadToolReport {
     pub cpu_seconds: Option<f64>,
     /// `cpu_seconds` over the run's wall time: the cores the tool kept busy.
     pub cores: Option<f64>,
+    /// Peak resident memory of the tool, in MiB (`None` where `/proc` is not available).
     pub peak_rss_mib: Option<f64>,
 }
 
@@ -85,6 +94,8 @@ impl LoadToolReport {
     }
 }
 
+/// The outcome of a load test run: per-kind throughput and latency, the event feed, failures;
+/// printed as text and optionally as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub(crate) url: String,
@@ -92,12 +103,19 @@ pub struct Report {
     pub(crate) uploaders: usize,
     pub(crate) downloaders: usize,
     pub(crate) movers: usize,
+    /// Per kind of request (`upload`, `download`, `move`, ...), sorted by name.
     pub kinds: BTreeMap<String, KindReport>,
     pub(crate) longest_stall_seconds: f64,
+    /// What the sync subscribers received.
     pub events: EventsReport,
+    /// CPU and memory the load tool itself used.
     pub load_tool: LoadToolReport,
+    /// Failed requests counted by `"<HTTP status> <error code>"`, or the client error code when
+    /// there was no response; any entry fails the run.
     pub errors_by_status: BTreeMap<String, u64>,
+    /// Every failure, in the order found (failed requests, gaps, stalls, incomplete subscribers).
     pub failures: Vec<String>,
+    /// True when there were no failures and no failed requests.
     pub passed: bool,
 }
 

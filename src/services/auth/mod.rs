@@ -46,16 +46,23 @@ const SHARE_KEY_PURPOSE: &str = "share-link-v1";
 /// Longest single wait of [`Auth::until_invalid`] before it looks again.
 const LONGEST_VALIDITY_WAIT: Duration = Duration::from_secs(3600);
 
+/// Why a token operation (create, bootstrap, revoke) or opening [`Auth`] failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
+    /// The request is malformed (unknown scope, bad prefix or label, expiry too long, weak
+    /// bootstrap token); the text says what to change (400 at the edge).
     #[error("{0}")]
     Invalid(String),
+    /// No token has the id given to revoke.
     #[error("no such token")]
     NotFound,
+    /// The metadata store (where the tokens live) failed.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// The OS random source failed, so no token id or secret could be made.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The server secret could not be loaded (`ServerSecret::load`).
     #[error("server secret: {0}")]
     Secret(String),
 }

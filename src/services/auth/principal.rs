@@ -9,12 +9,19 @@ use crate::paths::VPath;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
+    /// Download, stat, list and follow files (the event feed), and make share links; in the
+    /// S3 API, the `Get*`, `Head*` and `List*` operations.
     Read,
+    /// Upload, move, copy, delete and restore files, multi-file commits and leases; in the
+    /// S3 API, every operation that is not a read.
     Write,
+    /// The admin routes (tokens, locks, fsck, `/metrics`); includes `read` and `write`.
+    /// Admin routes also need a token without a prefix.
     Admin,
 }
 
 impl Scope {
+    /// The scope's name as written in a token's scope list (`read`, `write`, `admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",

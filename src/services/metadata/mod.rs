@@ -37,10 +37,18 @@ pub use rules::listing::{LevelPage, LevelPosition, LevelQuery, ListSort};
 /// A file as clients see it (API v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
+    /// Stable file id, 32 lowercase hex digits (a simple uuid v4): kept by new versions,
+    /// moves and trash restores; a copy gets a new one.
     pub id: String,
+    /// Current path: validated, NFC-normalized, `/`-separated and relative (see `crate::paths`).
     pub path: String,
+    /// Content length of the current version, in bytes.
     pub size: u64,
+    /// Lowercase hex SHA-256 of the current version's content (also its blob's name and, quoted,
+    /// its entity tag).
     pub sha256: String,
+    /// Version number of the current content: 1 when created, +1 on every replace or version
+    /// restore; unchanged by a move.
     pub version: i64,
     pub(crate) content_type: String,
     /// RFC 3339.
@@ -59,19 +67,27 @@ impl FileMeta {
     }
 }
 
+/// What a logged change did to its file: the `kind` of an [`Event`] (snake_case on the wire
+/// and in the database).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A new file (new id, version 1) at a path that had none.
     Created,
+    /// The content of an existing file replaced: a new version of the same id.
     Updated,
+    /// A file removed from its path: to the trash (`trash_id` set) or for good.
     Deleted,
+    /// A file moved from `from_path` to `path`, keeping its id, version and content.
     Moved,
+    /// A new file (new id, version 1) at `path` sharing the blob of the one at `from_path`.
     Copied,
     /// A version made current again, or a file brought back from the trash.
     Restored,
 }
 
 impl EventKind {
+    /// The kind's name as stored and serialized (`created`, `updated`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Created => "created",
@@ -99,12 +115,17 @@ impl EventKind {
 /// One committed change, in the durable log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Position in the log: gapless, increasing in commit order, never reused (the first is 1).
     pub seq: i64,
+    /// What the change did.
     pub kind: EventKind,
     pub(crate) id: String,
+    /// The file's path after the change (for `deleted`: the path it was removed from).
     pub path: String,
+    /// On `moved` and `copied`: the source path; `None` on every other kind.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub from_path: Option<String>,
+    /// The file's version after the change (for `deleted`: the version that was removed).
     pub version: i64,
     pub(crate) size: u64,
     pub(crate) sha256: String,
@@ -137,9 +158,15 @@ pub use crate::retention::{RetentionPolicy, RetentionRule, VersionsKeep};
 /// A file in the trash: its row as it was when deleted, and when it goes for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrashEntry {
+    /// The entry's id: 32 hex digits, the first 12 the deletion time in milliseconds, so ids
+    /// sort by age.
     pub trash_id: String,
+    /// The file's row as it was when deleted (its id, path, current version).
     pub file: FileMeta,
+    /// When it was deleted, in milliseconds since the epoch.
     pub deleted_at_ms: i64,
+    /// When it expires, in milliseconds since the epoch: listings hide it from then on and
+    /// [`MetadataStore::expire_trash`] purges it.
     pub expires_at_ms: i64,
     /// The recursive delete that trashed it, if any.
     pub batch_id: Option<String>,
@@ -148,6 +175,7 @@ pub struct TrashEntry {
 /// Several files changed in one transaction (a recursive delete, a batch restore).
 #[derive(Debug, Clone)]
 pub struct BatchOutcome {
+    /// The files changed: as they were when deleted (a delete), or as restored (a restore).
     pub files: Vec<FileMeta>,
     /// Blobs whose reference count this change dropped to zero.
     pub released: Vec<String>,
@@ -156,7 +184,9 @@ pub struct BatchOutcome {
 /// What the retention metrics show.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionStats {
+    /// Entries in the trash, expired ones not yet purged included.
     pub trash_entries: u64,
+    /// Sum of the trashed files' sizes, in bytes (each entry counted, shared blobs included).
     pub trash_bytes: u64,
     pub(crate) versions_retained: u64,
 }
@@ -164,6 +194,7 @@ pub struct RetentionStats {
 /// Which entity tags an `If-Match` accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EtagMatch {
+    /// `*`: any existing file matches.
     Any,
     /// SHA-256 hex values (the tags without quotes).
     OneOf(Vec<String>),
@@ -199,6 +230,7 @@ impl EtagMatch {
 /// A write's condition on the current state of its path.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Precondition {
+    /// No condition: the write proceeds whatever is at the path.
     #[default]
     None,
     /// `If-None-Match: *`: create only.
@@ -207,11 +239,17 @@ pub enum Precondition {
     MustMatch(EtagMatch),
 }
 
+/// One write of a file's content: a new file at `path`, or a new version of the one there.
 #[derive(Debug, Clone)]
 pub struct PutRequest {
+    /// The file's path (validated, see `crate::paths`).
     pub path: String,
+    /// The content, already committed to the blob store; the put takes a reference on it.
     pub blob: BlobRef,
+    /// MIME type recorded with the version (served as `Content-Type`).
     pub content_type: String,
+    /// The condition on the file now at `path` ([`MetadataError::PreconditionFailed`] when it
+    /// does not hold).
     pub precondition: Precondition,
     /// The S3 API's record of this version, written in the same transaction. `None` (every
     /// native write): nothing is written; a record of the path's earlier content no longer
@@ -231,9 +269,12 @@ pub struct S3ObjectRow {
     pub attrs: String,
 }
 
+/// What a put did.
 #[derive(Debug, Clone)]
 pub struct PutOutcome {
+    /// The file as written: its new current version.
     pub meta: FileMeta,
+    /// True when the put made a new file (version 1); false when it replaced an existing one.
     pub created: bool,
     /// A blob whose reference count this change dropped to zero: a collection candidate.
     pub released: Option<String>,
@@ -241,19 +282,27 @@ pub struct PutOutcome {
     pub released_more: Vec<String>,
 }
 
+/// What a single-file change (delete, move, copy, version or trash restore) did.
 #[derive(Debug, Clone)]
 pub struct ChangeOutcome {
+    /// The file after the change (for a delete: as it was when deleted; for a copy: the new
+    /// file).
     pub meta: FileMeta,
     /// Blobs whose reference count this change dropped to zero.
     pub released: Vec<String>,
 }
 
+/// Why a metadata operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MetadataError {
+    /// No such file (or version, trash entry, token, commit) as the caller named.
     #[error("not found")]
     NotFound,
+    /// The target path already holds a file and overwriting was not asked, or the new row's key
+    /// (a token id) is taken.
     #[error("target already exists")]
     AlreadyExists,
+    /// The operation's [`Precondition`] (or `If-Match`) does not hold for the current file.
     #[error("precondition failed")]
     PreconditionFailed,
     /// The file is no longer at the path the caller locked; the caller retries.
@@ -262,8 +311,12 @@ pub enum MetadataError {
     /// The store did not answer within its deadline (pool exhausted, database busy).
     #[error("metadata store busy")]
     Busy,
+    /// The database's disk is full (SQLite `SQLITE_FULL`; PostgreSQL `disk_full`,
+    /// `insufficient_resources`).
     #[error("metadata store is out of space")]
     StorageFull,
+    /// The database cannot be used as is: its schema is newer than this binary, a migration
+    /// failed, or the metadata URL is invalid; the text says which.
     #[error("metadata schema: {0}")]
     Schema(String),
     /// A finish's `expect` does not match the staged set (the differences).
@@ -280,7 +333,10 @@ pub enum MetadataError {
     CommitTooLarge(usize),
     /// Another holder's lease covers the path (until `expires_at_ms`).
     #[error("the path is leased by another holder")]
-    LeaseHeld { expires_at_ms: i64 },
+    LeaseHeld {
+        /// When the other holder's lease ends, in milliseconds since the epoch.
+        expires_at_ms: i64,
+    },
     /// The lease lapsed (or was taken over) before this renewal.
     #[error("the lease expired")]
     LeaseExpired,
@@ -290,6 +346,7 @@ pub enum MetadataError {
     /// A live lease covers the path and the write carries no fence.
     #[error("the path is leased; the write needs the lease's fence")]
     Locked,
+    /// Any other database failure, or a row this binary cannot read: the underlying error's text.
     #[error("metadata store error: {0}")]
     Backend(String),
 }
@@ -307,9 +364,12 @@ pub struct AuditProblem {
 /// What [`MetadataStore::audit`] found, read from one consistent snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataAudit {
+    /// Live files (not old versions, not trash entries).
     pub files: u64,
     pub(crate) events: u64,
+    /// The lowest retained event seq (`None`: the log is empty).
     pub oldest_seq: Option<i64>,
+    /// The highest committed event seq (0 when nothing was ever logged).
     pub latest_seq: i64,
     /// Old versions kept (each holds a blob reference).
     #[serde(default)]
@@ -317,6 +377,7 @@ pub struct MetadataAudit {
     /// Trash entries (each holds a blob reference).
     #[serde(default)]
     pub trash: u64,
+    /// The inconsistencies found, at most [`AUDIT_LIMIT`] of each kind; empty when consistent.
     pub problems: Vec<AuditProblem>,
 }
 
@@ -328,6 +389,7 @@ pub const AUDIT_LIMIT: usize = 1000;
 pub struct TokenRecord {
     /// Public id (also the second part of the token string).
     pub id: String,
+    /// Free text naming the token, given at creation (at most 200 characters).
     pub label: String,
     /// Hex SHA-256 of the secret part.
     #[serde(skip_serializing)]
@@ -338,7 +400,10 @@ pub struct TokenRecord {
     pub prefix: String,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// Expiry, in milliseconds since the epoch: valid while now is before it (`None`: never
+    /// expires).
     pub expires_at: Option<i64>,
+    /// When it was revoked, in milliseconds since the epoch (`None`: not revoked).
     pub revoked_at: Option<i64>,
 }
 
@@ -375,7 +440,9 @@ impl std::fmt::Debug for BlobFence {
 /// The metadata engine. Implementations: SQLite (default); PostgreSQL (scale-out).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
+    /// The live file with id `id` (`None`: no such file, or it is in the trash).
     async fn get_by_id(&self, id: &str) -> Result<Option<FileMeta>, MetadataError>;
+    /// The live file at `path` (`None`: nothing there).
     async fn get_by_path(&self, path: &str) -> Result<Option<FileMeta>, MetadataError>;
 
     /// Creates or replaces the file at `req.path` (same id, version + 1 on replace).
@@ -561,6 +628,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         now_ms: i64,
         limit: usize,
     ) -> Result<(usize, Vec<String>), MetadataError>;
+    /// Trash entries, their total size and the old versions kept, for the retention metrics.
     async fn retention_stats(&self) -> Result<RetentionStats, MetadataError>;
 
     /// A commit or lease operation (issue 21, [`commits::AtomicOp`]): one write transaction.

@@ -148,6 +148,8 @@ sql_layer! {
     }
 }
 
+/// The [`super::MetadataStore`] on PostgreSQL (see the module docs): a connection pool,
+/// the blob fences' session and the retention policy writes apply. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PostgresMetadata {
     pool: PgPool,

@@ -94,6 +94,9 @@ sql_layer! {
     extra: {}
 }
 
+/// The [`super::MetadataStore`] on SQLite (see the module docs): the writer connection fed
+/// by a group-commit queue, a pool of read-only connections and the retention policy writes
+/// apply. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteMetadata {
     writer: SqlitePool,

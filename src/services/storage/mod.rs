@@ -33,18 +33,27 @@ use bytes::Bytes;
 pub use staging::{hash_file, hash_to_end, BlobWriter, StagedBlob, INLINE_HASH_LIMIT};
 pub use tus_staging::TusStaging;
 
+/// Why a blob operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// The upload passed the size limit its writer was opened with.
     #[error("upload exceeds the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit that was passed, in bytes.
+        limit: u64,
+    },
+    /// No blob or staged object by this name (its SHA-256 hex, or the object key).
     #[error("blob {0} not found")]
     NotFound(String),
     /// The store is backed up (no upload slot within its wait): retry later.
     #[error("blob store busy: {0}")]
     Busy(&'static str),
+    /// A file-system or object-store operation failed.
     #[error("storage I/O error during {op}: {source}")]
     Io {
+        /// What was being done (`"commit blob"`, `"write temp file"`, ...).
         op: &'static str,
+        /// The underlying error (object-store errors are wrapped as `io::Error`s).
         #[source]
         source: io::Error,
     },
@@ -67,7 +76,9 @@ impl StorageError {
 /// A blob as metadata records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRef {
+    /// Lowercase hex SHA-256 of the content: the blob's name in the store.
     pub sha256: String,
+    /// Content length in bytes.
     pub size: u64,
 }
 
@@ -400,6 +411,7 @@ impl BlobStore {
         }
     }
 
+    /// True when blob `sha256_hex` is stored, in the backend or inline.
     pub async fn blob_exists(&self, sha256_hex: &str) -> Result<bool, StorageError> {
         let exists = match &self.backend {
             Backend::Local(b) => b.exists(sha256_hex).await?,

@@ -342,6 +342,7 @@ fn lost_hasher() -> StorageError {
 #[derive(Debug)]
 pub struct StagedBlob {
     pub(super) temp: TempFile,
+    /// The content's hash and size, computed while it streamed in.
     pub blob: BlobRef,
     /// Whether the temp file's data is on disk (fdatasync done).
     pub(super) synced: bool,

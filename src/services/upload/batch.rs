@@ -50,6 +50,7 @@ impl UploadBatch {
         self.staged.len()
     }
 
+    /// True when no file has been staged yet.
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
     }

@@ -20,9 +20,13 @@ use crate::services::metadata::{FileMeta, MetadataError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ListSort {
+    /// By name: files by path, folders by name, both in the listing's direction.
     Name,
+    /// By file size in bytes (folders first, by name ascending).
     Size,
+    /// By last modification time, [`FileMeta::modified_ms`] (folders first, by name ascending).
     Modified,
+    /// By version number (folders first, by name ascending).
     Version,
 }
 
@@ -54,7 +58,12 @@ pub enum LevelPosition {
     /// After this folder (a full prefix ending in '/').
     Folder(String),
     /// After this file: its sort key (see [`ListSort::key`]) and path.
-    File { key: i64, path: String },
+    File {
+        /// The file's sort key under the listing's sort ([`ListSort::key`]).
+        key: i64,
+        /// The file's full path (the tiebreak among equal keys).
+        path: String,
+    },
 }
 
 /// One page of a level listing.
@@ -65,17 +74,24 @@ pub struct LevelQuery<'a> {
     pub prefix: &'a str,
     /// Every file below `prefix`, no folders (the filter matches anywhere below `prefix`).
     pub recursive: bool,
+    /// The column files are ordered by (then by path).
     pub sort: ListSort,
+    /// Descending order: files, and folders too when sorting by [`ListSort::Name`].
     pub desc: bool,
     /// Keep only names containing this text, ASCII case-insensitively (`None`: all).
     pub filter: Option<&'a str>,
+    /// Start strictly after this position, a previous page's `next` (`None`: the first page).
     pub after: Option<LevelPosition>,
+    /// Most items, folders and files together, on the page (0 counts as 1).
     pub limit: usize,
 }
 
+/// One page of a level listing's results: the folders, then the files.
 #[derive(Debug, Clone, Default)]
 pub struct LevelPage {
+    /// Folders on this page, each a full prefix ending in '/' (none when `recursive`).
     pub prefixes: Vec<String>,
+    /// Files on this page, in the listing's order.
     pub entries: Vec<FileMeta>,
     /// Set when there may be more: the position of the page's last item.
     pub next: Option<LevelPosition>,
