@@ -136,7 +136,7 @@ fn path_rejection(e: PathRejection) -> AppError {
 }
 
 /// `Json` of a JSON object body, whose rejection is a JSON error. Every request body of the
-/// native API is an object; serde would also read a struct from an array (`["a","b"]` for
+/// native API is an object; serde would also read a struct from an array (a two-element array for
 /// `{from, to}`), so anything but an object is `invalid_json`.
 pub struct ApiJson<T>(pub T);
 
