@@ -531,20 +531,32 @@ async fn s3_overload_is_slow_down() {
         c.put(format!("{s3}/busy")).send().await.unwrap().status(),
         200
     );
-    // A native upload holds the only slot while its body trickles in.
-    let (tx, pending) = server.streaming_upload("busy/native.bin");
+    // A native upload holds the only slot while its body trickles in. Under load it can
+    // arrive while one of the probes below holds that slot, and is then refused itself (no
+    // queue): it is started again until it holds the slot and the probe is the one refused.
+    let (mut tx, mut pending) = server.streaming_upload("busy/native.bin");
     tx.send(vec![1u8; 1024]).await.unwrap();
-    let busy = common::eventually(Duration::from_secs(5), || async {
-        c.put(format!("{s3}/busy/s3.bin"))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut busy = false;
+    while tokio::time::Instant::now() < deadline {
+        if pending.is_finished() {
+            (tx, pending) = server.streaming_upload("busy/native.bin");
+            tx.send(vec![1u8; 1024]).await.unwrap();
+        }
+        let probe = c
+            .put(format!("{s3}/busy/probe.bin"))
             .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
             .body("x")
             .send()
-            .await
-            .is_ok_and(|r| {
-                r.status() == 503 && r.headers().get("retry-after").is_some_and(|v| v == "1")
-            })
-    })
-    .await;
+            .await;
+        if probe.is_ok_and(|r| {
+            r.status() == 503 && r.headers().get("retry-after").is_some_and(|v| v == "1")
+        }) {
+            busy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         busy,
         "an S3 write past the upload gate answers 503 SlowDown with Retry-After"
