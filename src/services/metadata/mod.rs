@@ -27,6 +27,7 @@ pub(crate) mod instrumented;
 pub(crate) mod rules;
 #[macro_use]
 mod sql;
+pub(crate) mod pools;
 pub mod postgres;
 pub mod sqlite;
 pub(crate) mod tus;

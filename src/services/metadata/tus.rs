@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::Row as _;
 use sqlx::{PgPool, SqlitePool};
 
+use super::pools::{map_err, on_pool, Pools};
 use super::MetadataError;
 
 /// Where a session is in its life.
@@ -82,61 +83,14 @@ pub(crate) struct OwnerUsage {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone)]
-enum Backend {
-    Sqlite {
-        writer: SqlitePool,
-        readers: SqlitePool,
-    },
-    Postgres(PgPool),
-}
-
 /// Session rows on the server's metadata database.
 #[derive(Debug, Clone)]
 pub(crate) struct TusStore {
-    backend: Backend,
-    timeout: Duration,
+    pools: Pools,
 }
 
 const COLUMNS: &str = "id, owner, upload_length, upload_offset, target, metadata, concat, \
                        state, file_id, created_at, expires_at, remote";
-
-/// Runs `$body` with `$pool` bound to the backend's writer (`write`) or a reader (`read`):
-/// the same code, type-checked once per backend.
-/// `$post` turns the backend's own result type (bound to `$r`) into a common one.
-macro_rules! on_pool {
-    ($self:ident, write, $pool:ident => $body:expr, |$r:ident| $post:expr) => {
-        match &$self.backend {
-            Backend::Sqlite { writer: $pool, .. } => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-            Backend::Postgres($pool) => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-        }
-    };
-    ($self:ident, read, $pool:ident => $body:expr, |$r:ident| $post:expr) => {
-        match &$self.backend {
-            Backend::Sqlite { readers: $pool, .. } => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-            Backend::Postgres($pool) => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-        }
-    };
-}
-
-fn map_err(e: sqlx::Error) -> MetadataError {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => MetadataError::Busy,
-        _ => MetadataError::Backend(e.to_string()),
-    }
-}
 
 fn to_i64(v: u64) -> Result<i64, MetadataError> {
     i64::try_from(v).map_err(|_| MetadataError::Backend("size out of range".into()))
@@ -171,25 +125,13 @@ macro_rules! decode_row {
 impl TusStore {
     pub(crate) fn sqlite(writer: SqlitePool, readers: SqlitePool, timeout: Duration) -> Self {
         TusStore {
-            backend: Backend::Sqlite { writer, readers },
-            timeout,
+            pools: Pools::sqlite(writer, readers, timeout),
         }
     }
 
     pub(crate) fn postgres(pool: PgPool, timeout: Duration) -> Self {
         TusStore {
-            backend: Backend::Postgres(pool),
-            timeout,
-        }
-    }
-
-    async fn deadline<T>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, MetadataError> {
-        match tokio::time::timeout(self.timeout, query).await {
-            Err(_) => Err(MetadataError::Busy),
-            Ok(r) => r.map_err(map_err),
+            pools: Pools::postgres(pool, timeout),
         }
     }
 

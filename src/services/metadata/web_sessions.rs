@@ -13,6 +13,7 @@ use std::time::Duration;
 use sqlx::Row as _;
 use sqlx::{PgPool, SqlitePool};
 
+use super::pools::{map_err, on_pool, Pools};
 use super::MetadataError;
 
 /// A new session as stored.
@@ -52,57 +53,10 @@ impl TokenState {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Backend {
-    Sqlite {
-        writer: SqlitePool,
-        readers: SqlitePool,
-    },
-    Postgres(PgPool),
-}
-
 /// Session rows on the server's metadata database.
 #[derive(Debug, Clone)]
 pub(crate) struct WebSessionStore {
-    backend: Backend,
-    timeout: Duration,
-}
-
-/// Runs `$body` with `$pool` bound to the backend's writer (`write`) or a reader (`read`):
-/// the same code, type-checked once per backend; `$post` turns the result (`$r`) into a
-/// common one.
-macro_rules! on_pool {
-    ($self:ident, write, $pool:ident => $body:expr, |$r:ident| $post:expr) => {
-        match &$self.backend {
-            Backend::Sqlite { writer: $pool, .. } => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-            Backend::Postgres($pool) => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-        }
-    };
-    ($self:ident, read, $pool:ident => $body:expr, |$r:ident| $post:expr) => {
-        match &$self.backend {
-            Backend::Sqlite { readers: $pool, .. } => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-            Backend::Postgres($pool) => {
-                let $r = $self.deadline($body).await?;
-                $post
-            }
-        }
-    };
-}
-
-fn map_err(e: sqlx::Error) -> MetadataError {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => MetadataError::Busy,
-        _ => MetadataError::Backend(e.to_string()),
-    }
+    pools: Pools,
 }
 
 fn count(limit: usize) -> i64 {
@@ -134,25 +88,13 @@ macro_rules! decode_lookup {
 impl WebSessionStore {
     pub(crate) fn sqlite(writer: SqlitePool, readers: SqlitePool, timeout: Duration) -> Self {
         WebSessionStore {
-            backend: Backend::Sqlite { writer, readers },
-            timeout,
+            pools: Pools::sqlite(writer, readers, timeout),
         }
     }
 
     pub(crate) fn postgres(pool: PgPool, timeout: Duration) -> Self {
         WebSessionStore {
-            backend: Backend::Postgres(pool),
-            timeout,
-        }
-    }
-
-    async fn deadline<T>(
-        &self,
-        query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> Result<T, MetadataError> {
-        match tokio::time::timeout(self.timeout, query).await {
-            Err(_) => Err(MetadataError::Busy),
-            Ok(r) => r.map_err(map_err),
+            pools: Pools::postgres(pool, timeout),
         }
     }
 
@@ -258,9 +200,9 @@ impl WebSessionStore {
     /// would cancel this process's POSIX locks on it when it closes).
     #[cfg(test)]
     pub(crate) fn sqlite_writer(&self) -> Option<&SqlitePool> {
-        match &self.backend {
-            Backend::Sqlite { writer, .. } => Some(writer),
-            Backend::Postgres(_) => None,
+        match &self.pools.backend {
+            super::pools::Backend::Sqlite { writer, .. } => Some(writer),
+            super::pools::Backend::Postgres(_) => None,
         }
     }
 
