@@ -101,11 +101,15 @@ impl Handle {
                 // Installed when hyper starts on the body, so that a response that is never
                 // written (replaced, dropped) cannot leave its region to the next one.
                 let Ok(mut slot) = handle.region.lock() else {
-                    return Some((Err(io::Error::other("zero-copy slot poisoned")), (handle, None, 0)));
+                    return Some((
+                        Err(io::Error::other("zero-copy slot poisoned")),
+                        (handle, None, 0),
+                    ));
                 };
                 if slot.is_some() {
                     drop(slot);
-                    let e = io::Error::other("zero-copy region still in use by an earlier response");
+                    let e =
+                        io::Error::other("zero-copy region still in use by an earlier response");
                     return Some((Err(e), (handle, None, 0)));
                 }
                 *slot = Some(region);
@@ -276,15 +280,21 @@ impl Sender {
             let want = self.in_pipe.min(max);
             let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
                 let flags = rustix::pipe::SpliceFlags::NONBLOCK;
-                Ok(rustix::pipe::splice(&pipe.read, None, stream.as_fd(), None, want, flags)?)
+                Ok(rustix::pipe::splice(
+                    &pipe.read,
+                    None,
+                    stream.as_fd(),
+                    None,
+                    want,
+                    flags,
+                )?)
             });
             match sent {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.in_pipe -= n;
                     self.finish_if_done()?;
-                    metrics::counter!("vaultfs_download_zero_copy_bytes_total")
-                        .increment(n as u64);
+                    metrics::counter!("vaultfs_download_zero_copy_bytes_total").increment(n as u64);
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

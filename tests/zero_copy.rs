@@ -28,7 +28,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = io.read(&mut byte).await.unwrap();
-        assert_eq!(n, 1, "connection closed in the head: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "connection closed in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
@@ -99,8 +104,12 @@ async fn whole_files_and_ranges_are_byte_exact_on_one_connection() {
     assert!(head.contains(&format!("content-length: {SIZE}")), "{head}");
     // Conditional: 304 on the current tag; a stale If-Range serves the whole file.
     let tag = format!("\"{}\"", meta["sha256"].as_str().unwrap());
-    let (status, _, got) =
-        exchange(&mut sock, &get(path, &format!("if-none-match: {tag}\r\n")), false).await;
+    let (status, _, got) = exchange(
+        &mut sock,
+        &get(path, &format!("if-none-match: {tag}\r\n")),
+        false,
+    )
+    .await;
     assert_eq!((status, got.len()), (304, 0));
     let stale = "range: bytes=5-9\r\nif-range: \"stale\"\r\n";
     let (status, _, got) = exchange(&mut sock, &get(path, stale), false).await;
@@ -118,7 +127,9 @@ async fn whole_files_and_ranges_are_byte_exact_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_zero_copy_downloads_get_their_own_bytes() {
     let (_dir, s) = TestServer::start().await;
-    let files: Vec<Vec<u8>> = (0..4).map(|i| data(SIZE - i * 4099, 20 + i as u64)).collect();
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| data(SIZE - i * 4099, 20 + i as u64))
+        .collect();
     for (i, f) in files.iter().enumerate() {
         s.put(&format!("zc/f{i}"), f).await;
     }
@@ -179,7 +190,11 @@ async fn a_slow_reader_within_the_write_idle_timeout_gets_every_byte() {
         }
     }
     let h = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(got[h..] == body[..], "slow download differs ({} bytes)", got.len() - h);
+    assert!(
+        got[h..] == body[..],
+        "slow download differs ({} bytes)",
+        got.len() - h
+    );
     s.stop().await;
 }
 
@@ -206,11 +221,21 @@ async fn a_client_that_goes_away_mid_download_leaves_the_server_serving() {
 }
 
 /// A self-signed certificate for 127.0.0.1 from the openssl CLI, or `None` (SKIPPED).
-fn make_cert(dir: &std::path::Path, test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+fn make_cert(
+    dir: &std::path::Path,
+    test: &str,
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         // webpki refuses a CA certificate as the server's own.
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")

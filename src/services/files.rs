@@ -561,7 +561,10 @@ impl FileService {
         &self,
         meta: &FileMeta,
     ) -> Result<Option<std::fs::File>, ServiceError> {
-        Ok(crate::metrics::timed("blob", "open", self.storage.open_blob_file(&meta.sha256)).await?)
+        Ok(
+            crate::metrics::timed("blob", "open", self.storage.open_blob_file(&meta.sha256))
+                .await?,
+        )
     }
 
     /// Deletes file `id` (to the trash when the retention policy keeps one) if `precondition`
