@@ -302,6 +302,8 @@ def main():
                     r["rss"] = srv.peak_rss_mib()
                 finally:
                     srv.stop()
+                    # Each GET of 1 GiB leaves 1 GiB behind per server and repeat: free it now.
+                    shutil.rmtree(srv.dir, ignore_errors=True)
                 results.setdefault((name, kind), []).append(r)
                 print(f"{name:32} {kind:8} rep {rep + 1}: {r['rate']:.1f} {r['unit']} p99 {r['p99']:.1f} ms rss {r['rss']:.1f} MiB", file=sys.stderr)
     med = lambda xs: statistics.median(xs)

@@ -33,6 +33,9 @@ pub(crate) struct ServerIo {
     /// connection is cut only if no write progressed since `last_progress + write_timeout`.
     write_deadline: Option<Pin<Box<Sleep>>>,
     last_progress: Instant,
+    /// Sends the file regions of zero-copy responses ([`crate::zero_copy`]); set by
+    /// [`ServerIo::zero_copy`] on plain-TCP connections only.
+    zero_copy: Option<crate::zero_copy::Sender>,
 }
 
 impl ServerIo {
@@ -44,7 +47,43 @@ impl ServerIo {
             write_timeout,
             write_deadline: None,
             last_progress: Instant::now(),
+            zero_copy: None,
         }
+    }
+
+    /// Turns on zero-copy responses for this connection and returns the handle that the
+    /// connection's task must serve with ([`crate::zero_copy::scope`]); `None` where the
+    /// platform has no splice. Only for connections whose bytes go to the socket as written
+    /// (never under TLS).
+    pub(crate) fn zero_copy(&mut self) -> Option<crate::zero_copy::Handle> {
+        let (sender, handle) = crate::zero_copy::Sender::new()?;
+        self.zero_copy = Some(sender);
+        Some(handle)
+    }
+
+    /// One write of `len` placeholder bytes: the zero-copy sender moves that much of its file
+    /// region to the socket. Without a sender (placeholders on a connection that did not turn
+    /// zero-copy on) the write fails: never the placeholder's zeros in place of content.
+    fn send_region(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let (Some(stream), Some(sender)) = (self.stream.as_ref(), self.zero_copy.as_mut()) else {
+            return Poll::Ready(Err(io::Error::other(
+                "zero-copy body on a connection without zero-copy",
+            )));
+        };
+        match sender.poll_send(stream, cx, len) {
+            Poll::Ready(r) => {
+                self.last_progress = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.pending_write(cx),
+        }
+    }
+
+    /// Whether a zero-copy send is half-way (its bytes must go out before anything else).
+    fn sending_region(&self) -> bool {
+        self.zero_copy
+            .as_ref()
+            .is_some_and(crate::zero_copy::Sender::busy)
     }
 
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
@@ -117,8 +156,14 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .write_with(cx, |s, cx| Pin::new(s).poll_write(cx, buf))
+        let this = self.get_mut();
+        if crate::zero_copy::is_placeholder(buf) {
+            return this.send_region(cx, buf.len());
+        }
+        if this.sending_region() {
+            return Poll::Ready(Err(interleaved()));
+        }
+        this.write_with(cx, |s, cx| Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -126,8 +171,24 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .write_with(cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        // Placeholders go out by splice, everything else by writev: a write is either the
+        // first (non-empty) placeholder slice or the slices before the first placeholder.
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return this.write_with(cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs));
+        };
+        if crate::zero_copy::is_placeholder(&bufs[first]) {
+            return this.send_region(cx, bufs[first].len());
+        }
+        if this.sending_region() {
+            return Poll::Ready(Err(interleaved()));
+        }
+        let end = bufs
+            .iter()
+            .position(|b| crate::zero_copy::is_placeholder(b))
+            .unwrap_or(bufs.len());
+        let bufs = &bufs[..end];
+        this.write_with(cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -149,6 +210,11 @@ impl AsyncWrite for ServerIo {
             Err(e) => Poll::Ready(Err(e)),
         }
     }
+}
+
+/// Other bytes written while a zero-copy send is half-way: they would land inside it.
+fn interleaved() -> io::Error {
+    io::Error::other("a write interleaved with a zero-copy send")
 }
 
 impl Drop for ServerIo {

@@ -37,3 +37,4 @@ pub mod server;
 pub mod services;
 pub(crate) mod tls;
 pub(crate) mod watchdog;
+pub(crate) mod zero_copy;

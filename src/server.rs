@@ -98,6 +98,9 @@ impl Connections {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .max_buf_size(MAX_CONNECTION_BUFFER)
+            // Body chunks reach the connection as the handler made them (queued, not copied
+            // into hyper's buffer): what zero-copy responses rely on (crate::zero_copy).
+            .writev(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(config.header_read_timeout);
         Connections {
@@ -141,6 +144,8 @@ impl Connections {
         let (builder, tls) = (self.builder.clone(), tls.cloned());
         let mut stop = state.shutdown.clone();
         let cut = self.cut_off.clone();
+        // Zero-copy file responses: only where the socket gets the bytes as written.
+        let zero_copy = if tls.is_none() { io.zero_copy() } else { None };
         self.tracker.spawn(async move {
             let _slot = slot;
             // TLS (when configured): the handshake runs here, within its own deadline.
@@ -151,19 +156,25 @@ impl Connections {
             let conn = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = crate::services::notification::until_true(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn => r,
-                        () = cut.cancelled() => return,
+            let served = async move {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = crate::services::notification::until_true(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn => r,
+                            () = cut.cancelled() => return,
+                        }
                     }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match zero_copy {
+                Some(handle) => crate::zero_copy::scope(handle, served).await,
+                None => served.await,
             }
         });
     }

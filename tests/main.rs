@@ -36,3 +36,4 @@ mod tus;
 mod uploads;
 mod versions;
 mod webui;
+mod zero_copy;

@@ -267,7 +267,20 @@ pub async fn serve(
     let body = if head {
         Body::empty()
     } else {
-        let content = state.files.read_content(&meta, start, len).await?;
+        // Plain HTTP/1.1 and a file on local disk: the connection sends the file's bytes
+        // itself (splice), they never pass through here.
+        let zero_copy = match crate::zero_copy::current() {
+            Some(handle) if len > 0 => state
+                .files
+                .open_content_file(&meta)
+                .await?
+                .map(|file| handle.body(file, start, len).boxed()),
+            _ => None,
+        };
+        let content = match zero_copy {
+            Some(body) => body,
+            None => state.files.read_content(&meta, start, len).await?,
+        };
         // Counted while the body streams: in flight until it ends or the client goes away.
         let in_flight = crate::metrics::InFlight::new("vaultfs_downloads_in_flight");
         let bytes_out = metrics::counter!("vaultfs_download_bytes_total");

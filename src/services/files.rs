@@ -555,6 +555,18 @@ impl FileService {
         .await?)
     }
 
+    /// `meta`'s content as a file on local disk, for a zero-copy response; `None` when it is
+    /// not stored as one (then [`FileService::read_content`]).
+    pub async fn open_content_file(
+        &self,
+        meta: &FileMeta,
+    ) -> Result<Option<std::fs::File>, ServiceError> {
+        Ok(
+            crate::metrics::timed("blob", "open", self.storage.open_blob_file(&meta.sha256))
+                .await?,
+        )
+    }
+
     /// Deletes file `id` (to the trash when the retention policy keeps one) if `precondition`
     /// holds, and returns its metadata as it was. Follows the file if it moves meanwhile.
     pub async fn delete(

@@ -402,6 +402,23 @@ impl BlobStore {
         Ok(blob)
     }
 
+    /// The blob as a file on local disk, for sending it without reading it
+    /// ([`crate::zero_copy`]): `None` when it is not one (inline content, an object store);
+    /// read those with [`BlobStore::read_blob`]. A file blob wins over an inline row, as there.
+    pub async fn open_blob_file(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<std::fs::File>, StorageError> {
+        match &self.backend {
+            Backend::Local(b) => match b.open(sha256_hex).await {
+                Ok(f) => Ok(Some(f.into_std().await)),
+                Err(StorageError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Backend::S3(_) => Ok(None),
+        }
+    }
+
     /// Opens a blob on local disk for reading (blobs in an object store are not files:
     /// [`StorageError::NotFound`]; use [`BlobStore::read_blob`]).
     pub async fn open_blob(&self, sha256_hex: &str) -> Result<tokio::fs::File, StorageError> {
