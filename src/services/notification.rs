@@ -12,6 +12,7 @@
 //!   what it already delivered, and turns `Lagged` (it fell behind) or a seq gap into catch-up
 //!   reads from the log. It never slows anyone else down and never loses an event.
 //!   `Closed` (the hub stopped: shutdown) ends the stream cleanly.
+//! - Subscriber sessions run on a runtime of their own ([`sessions`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,9 +23,11 @@ use tokio::sync::{broadcast, watch};
 
 use super::metadata::{now_ms, Event, MetadataError, MetadataStore};
 
+mod sessions;
 mod subscription;
+use sessions::SessionRuntime;
+pub use subscription::{until_true, Filter, Subscription};
 use subscription::{CursorRegistration, Cursors};
-pub use subscription::{Filter, Subscription};
 
 /// Live events buffered for subscribers; a subscriber further behind catches up from the log.
 pub const BROADCAST_CAPACITY: usize = 1024;
@@ -141,6 +144,8 @@ struct Inner {
     /// Its mutex guards the id -> position map; held for one insert, remove or scan.
     cursors: Cursors,
     next_cursor: std::sync::atomic::AtomicU64,
+    /// Where subscriber sessions run (see [`sessions`]).
+    sessions: SessionRuntime,
 }
 
 /// Cheap to clone.
@@ -177,6 +182,7 @@ impl Notifier {
                 shutdown: shutdown.clone(),
                 cursors: Cursors::default(),
                 next_cursor: std::sync::atomic::AtomicU64::new(0),
+                sessions: SessionRuntime::start(),
             }),
         };
         tokio::spawn(hub(notifier.clone(), tx, poked, latest, shutdown.clone()));
@@ -187,6 +193,14 @@ impl Notifier {
     /// Tells the hub that something committed. Never blocks, never fails.
     pub fn poke(&self) {
         self.inner.poke.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Runs a subscriber's session on the session runtime (see [`sessions`]).
+    pub(crate) fn spawn_session<F>(&self, session: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.sessions.spawn(session);
     }
 
     /// The highest seq broadcast so far.
@@ -370,13 +384,6 @@ impl Notifier {
             }
         }
     }
-}
-
-/// Resolves once `rx` reads true (or its sender is gone). The `watch` read guard that
-/// `wait_for` returns is not `Send`; this drops it before returning, so callers may await
-/// after selecting on it.
-pub async fn until_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
 }
 
 async fn hub(
