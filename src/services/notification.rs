@@ -5,9 +5,9 @@
 //!
 //! - A writer, after its commit, calls [`Notifier::poke`]: a `watch` counter bump. It never
 //!   blocks, never fails, and works with zero subscribers.
-//! - One hub task reads new events from the log in seq order and sends them on a bounded
-//!   `broadcast` channel ([`BROADCAST_CAPACITY`]). It also polls the log every second, so a
-//!   missed poke only delays, never loses.
+//! - One hub task reads new events from the log in seq order and sends them on the live
+//!   channel: bounded `broadcast` shards ([`live`], [`BROADCAST_CAPACITY`] each). It also
+//!   polls the log every second, so a missed poke only delays, never loses.
 //! - A [`Subscription`] subscribes to the broadcast *before* it replays from the log, skips
 //!   what it already delivered, and turns `Lagged` (it fell behind) or a seq gap into catch-up
 //!   reads from the log. It never slows anyone else down and never loses an event.
@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::metadata::{now_ms, Event, MetadataError, MetadataStore};
 
+mod live;
 mod sessions;
 mod subscription;
 use sessions::SessionRuntime;
@@ -134,9 +135,8 @@ struct Inner {
     meta: Arc<dyn MetadataStore>,
     /// Bumped after every commit; the hub waits on it.
     poke: watch::Sender<u64>,
-    /// A receiver that never reads, kept only to `resubscribe()` new subscribers. A tokio
-    /// broadcast channel overwrites old slots whatever its receivers do, so it holds no memory.
-    template: broadcast::Receiver<Arc<Published>>,
+    /// Receivers that never read, kept only to subscribe new subscriptions (see [`live`]).
+    template: live::LiveTemplates,
     /// Highest seq the hub has read and broadcast; long-polls wait on it.
     published: watch::Sender<i64>,
     shutdown: watch::Receiver<bool>,
@@ -170,7 +170,7 @@ impl Notifier {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, MetadataError> {
         let latest = meta.latest_seq().await?;
-        let (tx, template) = broadcast::channel(BROADCAST_CAPACITY);
+        let (tx, template) = live::channel();
         let (poke, poked) = watch::channel(0u64);
         let (published, _) = watch::channel(latest);
         let notifier = Notifier {
@@ -247,7 +247,11 @@ impl Notifier {
     ) -> Result<(Subscription, i64), SubscribeError> {
         // Subscribe to the live feed before reading anything: whatever commits from here on
         // is either in the replay or in the channel.
-        let rx = self.inner.template.resubscribe();
+        let n = self
+            .inner
+            .next_cursor
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rx = self.inner.template.subscribe(n);
         let latest = self.inner.meta.latest_seq().await?;
         let last = match since {
             None => latest,
@@ -388,7 +392,7 @@ impl Notifier {
 
 async fn hub(
     notifier: Notifier,
-    tx: broadcast::Sender<Arc<Published>>,
+    tx: live::LiveSender,
     mut poked: watch::Receiver<u64>,
     mut cursor: i64,
     mut shutdown: watch::Receiver<bool>,
@@ -416,7 +420,7 @@ async fn hub(
                         match Published::new(e) {
                             // Err means "no subscriber right now": nothing to do.
                             Ok(p) => {
-                                let _ = tx.send(Arc::new(p));
+                                tx.send(Arc::new(p));
                             }
                             // Never seen (the event is plain strings and numbers). The seq is
                             // skipped on the channel, so subscribers see a gap and read it
