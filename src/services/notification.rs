@@ -161,8 +161,8 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// Starts the hub (and the retention pruner) on the current runtime. Both stop when
-    /// `shutdown` turns true; the hub then drops the broadcast sender, which ends every
+    /// Starts the hub (on the session runtime) and the retention pruner. Both stop when
+    /// `shutdown` turns true; the hub then drops the live channel, which ends every
     /// subscription with `Closed`.
     pub async fn start(
         meta: Arc<dyn MetadataStore>,
@@ -185,8 +185,9 @@ impl Notifier {
                 sessions: SessionRuntime::start(),
             }),
         };
-        tokio::spawn(hub(notifier.clone(), tx, poked, latest, shutdown.clone()));
-        tokio::spawn(pruner(meta, retention, shutdown));
+        let sessions = &notifier.inner.sessions;
+        sessions.spawn(hub(notifier.clone(), tx, poked, latest, shutdown));
+        tokio::spawn(pruner(meta, retention, notifier.inner.shutdown.clone()));
         Ok(notifier)
     }
 

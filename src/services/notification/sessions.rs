@@ -6,8 +6,11 @@
 //! of the log), so each event's delivery would wait for the previous event's fan-out. Sessions
 //! therefore run on a small runtime of their own, and the operating system's scheduler shares
 //! the cores between it and the main runtime: the commit path is never queued behind a
-//! fan-out. Sockets stay registered with the main runtime's I/O driver (tokio wakes a task
-//! on any runtime), timers of a session belong to this runtime.
+//! fan-out. The hub runs here too, so that its wake-ups of the sessions are pushes onto its
+//! worker's own queue rather than one cross-runtime wake and thread unpark each (measured
+//! with `perf sched`: the two session threads took turns sleeping and waking every ~10 µs).
+//! Sockets stay registered with the main runtime's I/O driver (tokio wakes a task on any
+//! runtime); timers of a session belong to this runtime.
 
 use std::future::Future;
 
