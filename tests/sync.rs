@@ -354,6 +354,51 @@ async fn event_kinds_and_protocol_errors() {
         Frame::Closed(Some(1009)) | Frame::Closed(None)
     ));
 
+    // The client's ping gets its pong while events flow, and its close ends the session.
+    let mut polite = s.ws("").await;
+    let _ = next_json(&mut polite).await;
+    polite
+        .send(tokio_tungstenite::tungstenite::Message::Ping(
+            b"are you there".to_vec().into(),
+        ))
+        .await
+        .unwrap();
+    s.put("k/after-ping", b"p").await;
+    let (mut pong, mut event) = (false, false);
+    while !(pong && event) {
+        use futures_util::StreamExt;
+        let msg = tokio::time::timeout(Duration::from_secs(20), polite.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("the session is open")
+            .unwrap();
+        match msg {
+            tokio_tungstenite::tungstenite::Message::Pong(p) => {
+                assert_eq!(&p[..], b"are you there");
+                pong = true;
+            }
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["path"], "k/after-ping");
+                event = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    polite
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 1000.into(),
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+    // tungstenite echoes the close frame and then reports the stream as ended.
+    let answer = next_frame(&mut polite).await;
+    assert!(
+        matches!(answer, Frame::Closed(Some(1000) | None)),
+        "{answer:?}"
+    );
+
     // Plain HTTP on the WebSocket route: a JSON error.
     let (status, e) = s.get_json("/api/v1/sync").await;
     assert_eq!(

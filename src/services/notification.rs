@@ -5,26 +5,30 @@
 //!
 //! - A writer, after its commit, calls [`Notifier::poke`]: a `watch` counter bump. It never
 //!   blocks, never fails, and works with zero subscribers.
-//! - One hub task reads new events from the log in seq order and sends them on a bounded
-//!   `broadcast` channel ([`BROADCAST_CAPACITY`]). It also polls the log every second, so a
-//!   missed poke only delays, never loses.
+//! - One hub task reads new events from the log in seq order and sends them on the live
+//!   channel: bounded `broadcast` shards ([`live`], [`BROADCAST_CAPACITY`] each). It also
+//!   polls the log every second, so a missed poke only delays, never loses.
 //! - A [`Subscription`] subscribes to the broadcast *before* it replays from the log, skips
 //!   what it already delivered, and turns `Lagged` (it fell behind) or a seq gap into catch-up
 //!   reads from the log. It never slows anyone else down and never loses an event.
 //!   `Closed` (the hub stopped: shutdown) ends the stream cleanly.
+//! - Subscriber sessions run on a runtime of their own ([`sessions`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::metadata::{now_ms, Event, MetadataError, MetadataStore};
 
+mod live;
+mod sessions;
 mod subscription;
+use sessions::SessionRuntime;
+pub use subscription::{until_true, Filter, Subscription};
 use subscription::{CursorRegistration, Cursors};
-pub use subscription::{Filter, Subscription};
 
 /// Live events buffered for subscribers; a subscriber further behind catches up from the log.
 pub const BROADCAST_CAPACITY: usize = 1024;
@@ -131,9 +135,8 @@ struct Inner {
     meta: Arc<dyn MetadataStore>,
     /// Bumped after every commit; the hub waits on it.
     poke: watch::Sender<u64>,
-    /// A receiver that never reads, kept only to `resubscribe()` new subscribers. A tokio
-    /// broadcast channel overwrites old slots whatever its receivers do, so it holds no memory.
-    template: broadcast::Receiver<Arc<Published>>,
+    /// Receivers that never read, kept only to subscribe new subscriptions (see [`live`]).
+    template: live::LiveTemplates,
     /// Highest seq the hub has read and broadcast; long-polls wait on it.
     published: watch::Sender<i64>,
     shutdown: watch::Receiver<bool>,
@@ -141,6 +144,8 @@ struct Inner {
     /// Its mutex guards the id -> position map; held for one insert, remove or scan.
     cursors: Cursors,
     next_cursor: std::sync::atomic::AtomicU64,
+    /// Where subscriber sessions run (see [`sessions`]).
+    sessions: SessionRuntime,
 }
 
 /// Cheap to clone.
@@ -156,8 +161,8 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// Starts the hub (and the retention pruner) on the current runtime. Both stop when
-    /// `shutdown` turns true; the hub then drops the broadcast sender, which ends every
+    /// Starts the hub (on the session runtime) and the retention pruner. Both stop when
+    /// `shutdown` turns true; the hub then drops the live channel, which ends every
     /// subscription with `Closed`.
     pub async fn start(
         meta: Arc<dyn MetadataStore>,
@@ -165,7 +170,7 @@ impl Notifier {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, MetadataError> {
         let latest = meta.latest_seq().await?;
-        let (tx, template) = broadcast::channel(BROADCAST_CAPACITY);
+        let (tx, template) = live::channel();
         let (poke, poked) = watch::channel(0u64);
         let (published, _) = watch::channel(latest);
         let notifier = Notifier {
@@ -177,16 +182,26 @@ impl Notifier {
                 shutdown: shutdown.clone(),
                 cursors: Cursors::default(),
                 next_cursor: std::sync::atomic::AtomicU64::new(0),
+                sessions: SessionRuntime::start(),
             }),
         };
-        tokio::spawn(hub(notifier.clone(), tx, poked, latest, shutdown.clone()));
-        tokio::spawn(pruner(meta, retention, shutdown));
+        let sessions = &notifier.inner.sessions;
+        sessions.spawn(hub(notifier.clone(), tx, poked, latest, shutdown));
+        tokio::spawn(pruner(meta, retention, notifier.inner.shutdown.clone()));
         Ok(notifier)
     }
 
     /// Tells the hub that something committed. Never blocks, never fails.
     pub fn poke(&self) {
         self.inner.poke.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Runs a subscriber's session on the session runtime (see [`sessions`]).
+    pub(crate) fn spawn_session<F>(&self, session: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.sessions.spawn(session);
     }
 
     /// The highest seq broadcast so far.
@@ -233,7 +248,11 @@ impl Notifier {
     ) -> Result<(Subscription, i64), SubscribeError> {
         // Subscribe to the live feed before reading anything: whatever commits from here on
         // is either in the replay or in the channel.
-        let rx = self.inner.template.resubscribe();
+        let n = self
+            .inner
+            .next_cursor
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rx = self.inner.template.subscribe(n);
         let latest = self.inner.meta.latest_seq().await?;
         let last = match since {
             None => latest,
@@ -372,16 +391,9 @@ impl Notifier {
     }
 }
 
-/// Resolves once `rx` reads true (or its sender is gone). The `watch` read guard that
-/// `wait_for` returns is not `Send`; this drops it before returning, so callers may await
-/// after selecting on it.
-pub async fn until_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
 async fn hub(
     notifier: Notifier,
-    tx: broadcast::Sender<Arc<Published>>,
+    tx: live::LiveSender,
     mut poked: watch::Receiver<u64>,
     mut cursor: i64,
     mut shutdown: watch::Receiver<bool>,
@@ -409,7 +421,7 @@ async fn hub(
                         match Published::new(e) {
                             // Err means "no subscriber right now": nothing to do.
                             Ok(p) => {
-                                let _ = tx.send(Arc::new(p));
+                                tx.send(Arc::new(p));
                             }
                             // Never seen (the event is plain strings and numbers). The seq is
                             // skipped on the channel, so subscribers see a gap and read it

@@ -168,6 +168,24 @@ impl Recorder {
         }
     }
 
+    /// Several successes of `kind` at once, each with its latency in milliseconds and no
+    /// bytes: a subscriber's batch of deliveries, recorded under one lock.
+    pub(super) fn ok_many(&self, kind: &'static str, latencies_ms: &[f64]) {
+        let mut kinds = lock(&self.kinds);
+        let k = kinds.entry(kind).or_default();
+        k.count += latencies_ms.len() as u64;
+        let room = MAX_SAMPLES.saturating_sub(k.samples.len());
+        k.samples.extend_from_slice(
+            latencies_ms
+                .get(..room.min(latencies_ms.len()))
+                .unwrap_or(&[]),
+        );
+        if Self::counts_as_completion(kind) {
+            self.completions
+                .fetch_add(latencies_ms.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn err(&self, kind: &'static str, e: &ClientError) {
         {
             let mut kinds = lock(&self.kinds);

@@ -241,3 +241,10 @@ impl Subscription {
         }
     }
 }
+
+/// Resolves once `rx` reads true (or its sender is gone). The `watch` read guard that
+/// `wait_for` returns is not `Send`; this drops it before returning, so callers may await
+/// after selecting on it.
+pub async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
