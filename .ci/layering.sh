@@ -9,7 +9,8 @@
 #   2 api.rs                   wire types shared by the client and the server
 #   1 app.rs                   AppState and opening it
 #   0 services/                everything below the HTTP edge
-#  -1 metrics.rs, config.rs, retention.rs, paths.rs, blocking.rs, faults.rs, watchdog.rs, lib.rs   leaves
+#  -1 metrics.rs, config.rs, retention.rs, paths.rs, blocking.rs, faults.rs, watchdog.rs,
+#     zero_copy.rs (splice bodies: used by the edge and the connection, uses only blocking.rs), lib.rs   leaves
 # Besides: error.rs maps service errors only (no crate::handlers/server/app/client there).
 # Every `crate::<module>` path in a file counts (imports and inline paths alike); comments
 # are skipped. Prints each upward edge; exits 1 if there is one.
@@ -25,7 +26,7 @@ layer_of_module() {
         api) echo 2 ;;
         app) echo 1 ;;
         services) echo 0 ;;
-        metrics|config|retention|paths|blocking|faults|watchdog) echo -1 ;;
+        metrics|config|retention|paths|blocking|faults|watchdog|zero_copy) echo -1 ;;
         *) echo "?" ;;
     esac
 }

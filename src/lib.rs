@@ -16,7 +16,8 @@
 //! - leaves: [`metrics`] (recorder, request metrics, `timed`, `InFlight`), [`config`],
 //!   [`retention`] (version and trash retention settings), [`paths`] (validation and normalization of
 //!   user paths), [`blocking`] (the one `spawn_blocking` wrapper), [`watchdog`] (the
-//!   runtime stall watchdog), [`faults`] (fault-injection points, armed only with `test-hooks`).
+//!   runtime stall watchdog), [`faults`] (fault-injection points, armed only with `test-hooks`),
+//!   `zero_copy` (file bodies spliced to the socket on plain HTTP/1.1).
 
 #![warn(unreachable_pub, missing_docs)]
 
