@@ -157,10 +157,11 @@ async fn session(
     let shutting_down = until_true(&mut shutdown);
     tokio::pin!(shutting_down);
     let mut ping = tokio::time::interval(PING_EVERY);
-    ping.reset(); // the first tick would fire at once
-                  // The socket's reading half has a task of its own: the writer below is woken by events
-                  // and polls no socket read for each one (a read attempt costs a buffer fill and a
-                  // readiness check, 10,000 times per event at 10,000 subscribers).
+    // The first tick would fire at once.
+    ping.reset();
+    // The socket's reading half has a task of its own: the writer below is woken by events
+    // and polls no socket read for each one (a read attempt costs a buffer fill and a
+    // readiness check, 10,000 times per event at 10,000 subscribers).
     let (mut sink, stream) = socket.split();
     let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
