@@ -166,7 +166,8 @@ async fn session(
     let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
-    let reader = AbortOnDrop(tokio::spawn(read_client(
+    // Aborted when the writer ends.
+    let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_client(
         stream,
         std::sync::Arc::clone(&heard),
         started,
@@ -225,15 +226,6 @@ async fn session(
         }
     }
     drop(reader);
-}
-
-/// Ends the reading task with the session.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The session's reading half: records when the client was last heard from (ms after
