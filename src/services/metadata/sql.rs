@@ -42,6 +42,7 @@ macro_rules! sql_layer {
         };
 
         sql_rows! {
+            sqlx: sqlx,
             db: $db,
             conn: $conn,
             row: $row,

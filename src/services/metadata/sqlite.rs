@@ -6,6 +6,8 @@
 //! - A small pool of read-only connections serves lookups and listings concurrently with
 //!   writes (WAL readers never wait for the writer).
 //! - sqlx runs each SQLite connection on its own thread, so no query blocks a runtime worker.
+//!   The group committer is the exception that proves it: it owns a synchronous connection on
+//!   a thread of its own ([`committer`]), so a batch of writes costs no hand-off per statement.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,8 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rules::WriteDone;
 
-/// Most writes committed in one transaction (one WAL fsync).
-const MAX_BATCH: usize = 256;
+/// The group committer: its own thread and a synchronous connection (see its docs).
+mod committer;
+/// sqlx's query API, as `sql_rows!` uses it, over that connection.
+mod sync_sql;
+
 /// Writes waiting for the committer; past this, writers wait (with their deadline).
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -166,7 +171,7 @@ impl SqliteMetadata {
             .await
             .map_err(map_err)?;
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(committer(writer.clone(), queue));
+        committer::start(&db_path, busy_timeout, queue).await?;
         Ok(SqliteMetadata {
             writer,
             readers,
@@ -223,108 +228,4 @@ impl SqliteMetadata {
         self.readers.close().await;
         self.writer.close().await;
     }
-}
-
-/// Group commit: takes whatever writes are queued (up to [`MAX_BATCH`]) and commits them in one
-/// transaction, each inside its own savepoint so that one failing write (a precondition, a
-/// conflict) rolls back alone. Under load many commits share one WAL fsync; alone, a write
-/// commits at once.
-async fn committer(writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_batch(&writer, &mut batch).await;
-    }
-    tracing::debug!("metadata committer stopped");
-}
-
-async fn commit_batch(writer: &SqlitePool, batch: &mut Vec<Job>) {
-    let mut conn = match writer.acquire().await {
-        Ok(conn) => conn,
-        Err(e) => {
-            fail_batch(batch, map_err(e));
-            return;
-        }
-    };
-    if !run_batch(&mut conn, batch).await {
-        // A failed BEGIN or COMMIT (the disk full, say) leaves the connection's transaction
-        // state unknown: SQLite may have rolled back on its own, and sqlx's depth counter
-        // then stays at 1, so every later BEGIN on it would fail. The writer pool opens a
-        // fresh connection instead of reusing this one.
-        if let Err(e) = conn.close().await {
-            tracing::warn!(error = %e, "closing the metadata writer connection failed");
-        }
-    }
-}
-
-fn fail_batch(batch: &mut Vec<Job>, err: MetadataError) {
-    for job in batch.drain(..) {
-        let _ = job.reply.send(Err(err.clone()));
-    }
-}
-
-/// The batch in one transaction on `conn`; false when the connection must not be reused.
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> bool {
-    let mut tx = match sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let err = map_err(e);
-            tracing::error!(error = %err, "metadata batch could not begin");
-            fail_batch(batch, err);
-            return false;
-        }
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        let result = apply_in_savepoint(&mut tx, job.op, &job.policy).await;
-        results.push((job.reply, result));
-    }
-    match tx.commit().await {
-        Ok(()) => {
-            for (reply, result) in results {
-                // Err: the caller is gone (client disconnected); the write stands.
-                let _ = reply.send(result);
-            }
-            true
-        }
-        Err(e) => {
-            let err = map_err(e);
-            tracing::error!(error = %err, "metadata batch commit failed");
-            for (reply, _) in results {
-                let _ = reply.send(Err(err.clone()));
-            }
-            false
-        }
-    }
-}
-
-/// One write inside its own savepoint: it fails alone, and a `put_many` fails whole.
-async fn apply_in_savepoint(
-    conn: &mut SqliteConnection,
-    op: WriteOp,
-    policy: &RetentionPolicy,
-) -> Result<WriteDone, MetadataError> {
-    sqlx::query("SAVEPOINT vaultfs_op")
-        .execute(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    let result = rules::apply(&mut SqlTx::new(&mut *conn), &op, policy).await;
-    let end = if result.is_ok() {
-        "RELEASE vaultfs_op"
-    } else {
-        "ROLLBACK TO vaultfs_op; RELEASE vaultfs_op"
-    };
-    for statement in end.split("; ") {
-        sqlx::query(statement)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-    }
-    result
 }

@@ -100,21 +100,32 @@ impl InlineStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(WAIT);
-        let mut writer = SqliteConnection::connect_with(&options)
+        // Creates the file in WAL mode with its table, then leaves writing to the thread.
+        let mut setup = SqliteConnection::connect_with(&options)
             .await
             .map_err(db_err("open inline blobs"))?;
         sqlx::query(SCHEMA)
-            .execute(&mut writer)
+            .execute(&mut setup)
             .await
             .map_err(db_err("create inline blobs table"))?;
+        setup.close().await.map_err(db_err("open inline blobs"))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(2)
             .acquire_timeout(WAIT)
             .connect_with(options.read_only(true))
             .await
             .map_err(db_err("open inline blob readers"))?;
+        let path = Self::path_in(data_dir);
+        let writer = crate::blocking::run(move || {
+            open_writer(&path).map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(StorageError::io("open inline blob writer"))?;
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(writer, rx));
+        std::thread::Builder::new()
+            .name("vaultfs-inline".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(StorageError::io("start inline blob writer"))?;
         Ok(InlineStore { jobs, readers })
     }
 
@@ -205,14 +216,22 @@ impl InlineStore {
     }
 }
 
-/// The writer task: takes every queued write (at most [`MAX_BATCH`]), commits them in one
-/// transaction and answers each; ends when every [`InlineStore`] handle is gone.
-async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+/// The writer thread: takes every queued write (at most [`MAX_BATCH`]), commits them in one
+/// transaction and answers each; ends when every [`InlineStore`] handle is gone. It owns a
+/// synchronous connection (the SQLite library sqlx links, through `rusqlite`), so a batch
+/// costs one wake-up rather than a hand-off to sqlx's connection thread per row (as the
+/// metadata committer, `metadata/sqlite/committer.rs`).
+fn write_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = commit_batch(&mut conn, &batch)
-            .await
-            .map_err(|e| e.to_string());
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&mut conn, &batch).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::warn!(error = %e, writes = batch.len(), "inline blob commit failed");
         }
@@ -224,46 +243,46 @@ async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// One transaction of `batch`, by plain `BEGIN`/`COMMIT` statements rather than sqlx's
-/// `Transaction`: when a COMMIT fails (the disk full, say) SQLite may have rolled back on its
-/// own, and sqlx's transaction depth would then stay at 1 and refuse every later `begin` on
-/// this one long-lived connection. A failed batch ends with a ROLLBACK whose own error (no
-/// transaction left) is harmless, so the next batch starts clean.
-async fn commit_batch(conn: &mut SqliteConnection, batch: &[Job]) -> Result<(), sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let result = match write_rows(conn, batch).await {
-        Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+/// One transaction of `batch`. When a COMMIT fails (the disk full, say) SQLite may have
+/// rolled back on its own or not: whatever is left open is rolled back, so the next batch
+/// starts clean.
+fn commit_batch(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = write_rows(conn, batch).and_then(|()| conn.execute_batch("COMMIT"));
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
     result
 }
 
-async fn write_rows(tx: &mut SqliteConnection, batch: &[Job]) -> Result<(), sqlx::Error> {
+fn write_rows(conn: &rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
     let at = now_ms();
+    let mut put = conn.prepare_cached(
+        "INSERT INTO blobs (sha256, size, content, written_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (sha256) DO NOTHING",
+    )?;
+    let mut delete = conn.prepare_cached("DELETE FROM blobs WHERE sha256 = ?1")?;
     for job in batch {
         match &job.op {
             Op::Put { sha256, content } => {
-                sqlx::query(
-                    "INSERT INTO blobs (sha256, size, content, written_ms) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (sha256) DO NOTHING",
-                )
-                .bind(sha256)
-                .bind(i64::try_from(content.len()).unwrap_or(i64::MAX))
-                .bind(content.as_ref())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                let size = i64::try_from(content.len()).unwrap_or(i64::MAX);
+                put.execute(rusqlite::params![sha256, size, content.as_ref(), at])?;
             }
             Op::Delete { sha256 } => {
-                sqlx::query("DELETE FROM blobs WHERE sha256 = $1")
-                    .bind(sha256)
-                    .execute(&mut *tx)
-                    .await?;
+                delete.execute([sha256])?;
             }
         }
     }
     Ok(())
+}
+
+/// The writer's connection (the database exists: [`InlineStore::open`] created it).
+fn open_writer(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(WAIT)?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    Ok(conn)
 }

@@ -5,14 +5,16 @@
 
 /// Expands, inside `sql_layer!`, [`CommitRows`] for its `SqlTx` (SQL both engines accept).
 macro_rules! commit_rows {
-    ($row:ty) => {
+    ($row:ty, $sqlx:ident) => {
         use $crate::services::metadata::commits::{
             values_rows, CommitRecord, CommitRows, LeaseRow, StagedEntry, ROWS_PER_STATEMENT,
         };
 
+        #[allow(dead_code)] // see `SqlTx` in sql/rows.rs
         const COMMIT_COLUMNS: &str =
             "id, idempotency_key, state, created_at, expires_at, result";
 
+        #[allow(dead_code)] // see `SqlTx` in sql/rows.rs
         fn row_to_commit(r: &$row) -> Result<CommitRecord, MetadataError> {
             Ok(CommitRecord {
                 id: r.try_get("id").map_err(map_err)?,
@@ -36,7 +38,7 @@ macro_rules! commit_rows {
 
             async fn commit_by_id(&mut self, id: &str) -> Result<Option<CommitRecord>, MetadataError> {
                 let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE id = $1");
-                let row = sqlx::query(&sql)
+                let row = $sqlx::query(&sql)
                     .bind(id)
                     .fetch_optional(&mut *self.conn)
                     .await
@@ -49,7 +51,7 @@ macro_rules! commit_rows {
                 key: &str,
             ) -> Result<Option<CommitRecord>, MetadataError> {
                 let sql = format!("SELECT {COMMIT_COLUMNS} FROM commits WHERE idempotency_key = $1");
-                let row = sqlx::query(&sql)
+                let row = $sqlx::query(&sql)
                     .bind(key)
                     .fetch_optional(&mut *self.conn)
                     .await
@@ -58,7 +60,7 @@ macro_rules! commit_rows {
             }
 
             async fn release_commit_key(&mut self, id: &str) -> Result<(), MetadataError> {
-                sqlx::query("UPDATE commits SET idempotency_key = NULL WHERE id = $1")
+                $sqlx::query("UPDATE commits SET idempotency_key = NULL WHERE id = $1")
                     .bind(id)
                     .execute(&mut *self.conn)
                     .await
@@ -67,7 +69,7 @@ macro_rules! commit_rows {
             }
 
             async fn insert_commit(&mut self, c: &CommitRecord) -> Result<(), MetadataError> {
-                let q = sqlx::query(
+                let q = $sqlx::query(
                     "INSERT INTO commits (id, idempotency_key, state, created_at, expires_at, result)
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
@@ -86,7 +88,7 @@ macro_rules! commit_rows {
                 state: &str,
                 result: Option<&str>,
             ) -> Result<(), MetadataError> {
-                let q = sqlx::query("UPDATE commits SET state = $1, result = $2 WHERE id = $3")
+                let q = $sqlx::query("UPDATE commits SET state = $1, result = $2 WHERE id = $3")
                     .bind(state)
                     .bind(result)
                     .bind(id);
@@ -98,7 +100,7 @@ macro_rules! commit_rows {
                 now: i64,
                 limit: i64,
             ) -> Result<Vec<String>, MetadataError> {
-                sqlx::query_scalar(
+                $sqlx::query_scalar(
                     "SELECT id FROM commits WHERE state = 'open' AND expires_at <= $1
                      ORDER BY expires_at LIMIT $2",
                 )
@@ -114,7 +116,7 @@ macro_rules! commit_rows {
                 before: i64,
                 limit: i64,
             ) -> Result<(), MetadataError> {
-                let q = sqlx::query(
+                let q = $sqlx::query(
                     "DELETE FROM commits WHERE id IN (
                         SELECT id FROM commits WHERE state IN ('expired', 'aborted')
                         AND expires_at < $1 LIMIT $2)",
@@ -128,7 +130,7 @@ macro_rules! commit_rows {
                 &mut self,
                 commit_id: &str,
             ) -> Result<Vec<StagedEntry>, MetadataError> {
-                let rows = sqlx::query(
+                let rows = $sqlx::query(
                     "SELECT path, size, sha256, content_type, s3_etag, s3_attrs FROM commit_files
                      WHERE commit_id = $1 ORDER BY path",
                 )
@@ -158,7 +160,7 @@ macro_rules! commit_rows {
                 commit_id: &str,
                 e: &StagedEntry,
             ) -> Result<(), MetadataError> {
-                let q = sqlx::query(
+                let q = $sqlx::query(
                     "INSERT INTO commit_files
                         (commit_id, path, size, sha256, content_type, s3_etag, s3_attrs)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -177,12 +179,12 @@ macro_rules! commit_rows {
             }
 
             async fn delete_staged(&mut self, commit_id: &str) -> Result<(), MetadataError> {
-                self.run(sqlx::query("DELETE FROM commit_files WHERE commit_id = $1").bind(commit_id))
+                self.run($sqlx::query("DELETE FROM commit_files WHERE commit_id = $1").bind(commit_id))
                     .await
             }
 
             async fn lease_rows(&mut self) -> Result<Vec<LeaseRow>, MetadataError> {
-                let rows = sqlx::query("SELECT path, fence, lease_id, expires_at FROM leases")
+                let rows = $sqlx::query("SELECT path, fence, lease_id, expires_at FROM leases")
                     .fetch_all(&mut *self.conn)
                     .await
                     .map_err(map_err)?;
@@ -199,7 +201,7 @@ macro_rules! commit_rows {
             }
 
             async fn put_lease_row(&mut self, row: &LeaseRow) -> Result<(), MetadataError> {
-                let q = sqlx::query(
+                let q = $sqlx::query(
                     "INSERT INTO leases (path, fence, lease_id, expires_at) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (path) DO UPDATE SET fence = excluded.fence,
                         lease_id = excluded.lease_id, expires_at = excluded.expires_at",
@@ -218,13 +220,13 @@ macro_rules! commit_rows {
                 forget_before: i64,
             ) -> Result<(), MetadataError> {
                 self.run(
-                    sqlx::query("DELETE FROM lapsed_leases WHERE lapsed_at < $1").bind(forget_before),
+                    $sqlx::query("DELETE FROM lapsed_leases WHERE lapsed_at < $1").bind(forget_before),
                 )
                 .await?;
                 let Some(lease_id) = row.lease_id.as_deref() else {
                     return Ok(());
                 };
-                let q = sqlx::query(
+                let q = $sqlx::query(
                     "INSERT INTO lapsed_leases (lease_id, path, fence, lapsed_at) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (lease_id) DO NOTHING",
                 )
@@ -237,7 +239,7 @@ macro_rules! commit_rows {
 
             async fn lapsed_lease(&mut self, lease_id: &str) -> Result<bool, MetadataError> {
                 let found: Option<i64> =
-                    sqlx::query_scalar("SELECT fence FROM lapsed_leases WHERE lease_id = $1")
+                    $sqlx::query_scalar("SELECT fence FROM lapsed_leases WHERE lease_id = $1")
                         .bind(lease_id)
                         .fetch_optional(&mut *self.conn)
                         .await
@@ -249,7 +251,7 @@ macro_rules! commit_rows {
                 &mut self,
                 commit_id: &str,
             ) -> Result<Vec<FileMeta>, MetadataError> {
-                let rows = sqlx::query(
+                let rows = $sqlx::query(
                     "SELECT f.id, f.path, f.size, f.sha256, f.version, f.content_type,
                             f.created_at, f.modified_at
                      FROM commit_files c JOIN files f ON f.path = c.path
@@ -270,7 +272,7 @@ macro_rules! commit_rows {
                          VALUES {}",
                         values_rows(chunk.len(), 1, 7, &[0, 1, 2, 3, 4, 5, 6, 6])
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = $sqlx::query(&sql);
                     for m in chunk {
                         q = q
                             .bind(&m.id)
@@ -294,7 +296,7 @@ macro_rules! commit_rows {
                          FROM (VALUES {}) AS v WHERE files.id = v.column1",
                         values_rows(chunk.len(), 1, 6, &[0, 1, 2, 3, 4, 5])
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = $sqlx::query(&sql);
                     for m in chunk {
                         q = q
                             .bind(&m.id)
@@ -316,7 +318,7 @@ macro_rules! commit_rows {
                          VALUES {}",
                         values_rows(chunk.len(), 1, 6, &[0, 1, 2, 3, 4, 5])
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = $sqlx::query(&sql);
                     for m in chunk {
                         q = q
                             .bind(&m.id)
@@ -346,7 +348,7 @@ macro_rules! commit_rows {
                          WHERE newer > $1",
                         values_rows(chunk.len(), 2, 1, &[0]).replace(['(', ')'], "")
                     );
-                    let mut q = sqlx::query_as(&sql).bind(i64::try_from(skip).unwrap_or(i64::MAX));
+                    let mut q = $sqlx::query_as(&sql).bind(i64::try_from(skip).unwrap_or(i64::MAX));
                     for id in chunk {
                         q = q.bind(id);
                     }
@@ -363,7 +365,7 @@ macro_rules! commit_rows {
                         "DELETE FROM versions WHERE (file_id, version) IN (VALUES {})",
                         values_rows(chunk.len(), 1, 2, &[0, 1])
                     );
-                    let mut q = sqlx::query(&sql);
+                    let mut q = $sqlx::query(&sql);
                     for (id, version) in chunk {
                         q = q.bind(id).bind(*version);
                     }
@@ -384,7 +386,7 @@ macro_rules! commit_rows {
                          RETURNING sha256, refcount",
                         values_rows(chunk.len(), 1, 2, &[0, 1])
                     );
-                    let mut q = sqlx::query_as(&sql);
+                    let mut q = $sqlx::query_as(&sql);
                     for (sha, n) in chunk {
                         q = q.bind(sha).bind(*n);
                     }
@@ -433,7 +435,7 @@ macro_rules! commit_rows {
                              VALUES {rows} RETURNING seq"
                         )
                     };
-                    let mut q = sqlx::query_scalar(&sql)
+                    let mut q = $sqlx::query_scalar(&sql)
                         .bind(at)
                         .bind(commit_id.as_deref())
                         .bind(commit_size);
@@ -470,7 +472,7 @@ macro_rules! commit_rows {
                 seq: i64,
                 limit: i64,
             ) -> Result<Vec<(String, Option<String>)>, MetadataError> {
-                sqlx::query_as("SELECT path, from_path FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                $sqlx::query_as("SELECT path, from_path FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(seq)
                     .bind(limit)
                     .fetch_all(&mut *self.conn)
@@ -479,7 +481,7 @@ macro_rules! commit_rows {
             }
 
             async fn oldest_retained_seq(&mut self) -> Result<Option<i64>, MetadataError> {
-                sqlx::query_scalar("SELECT MIN(seq) FROM events")
+                $sqlx::query_scalar("SELECT MIN(seq) FROM events")
                     .fetch_one(&mut *self.conn)
                     .await
                     .map_err(map_err)

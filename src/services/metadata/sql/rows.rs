@@ -5,6 +5,7 @@
 /// Expands inside [`sql_layer!`]; takes its arguments.
 macro_rules! sql_rows {
     (
+        sqlx: $sqlx:ident,
         db: $db:ty,
         conn: $conn:ty,
         row: $row:ty,
@@ -13,6 +14,9 @@ macro_rules! sql_rows {
         writes: $writes:ident,
         extra: { $($extra:tt)* }
     ) => {
+        // Unused where a backend runs its writes on another expansion (SQLite's committer,
+        // `sqlite/committer.rs`, expands this macro over its synchronous connection).
+        #[allow(dead_code)]
         fn size_i64(size: u64) -> Result<i64, MetadataError> {
             i64::try_from(size).map_err(|_| MetadataError::Backend("size out of range".into()))
         }
@@ -73,7 +77,7 @@ macro_rules! sql_rows {
         }
 
         /// Trash entries matching `filter` (SQL after WHERE, binding `$1` to `value`).
-        async fn trash_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+        async fn trash_where<'e, E: $sqlx::Executor<'e, Database = $db>>(
             conn: E,
             filter: &str,
             value: &str,
@@ -82,7 +86,7 @@ macro_rules! sql_rows {
                 "SELECT {} FROM trash WHERE {filter} ORDER BY trash_id",
                 dialect::TRASH_COLUMNS
             );
-            let rows = sqlx::query(&sql)
+            let rows = $sqlx::query(&sql)
                 .bind(value)
                 .fetch_all(conn)
                 .await
@@ -117,7 +121,7 @@ macro_rules! sql_rows {
         }
 
         /// The file whose `column` (`id` or `path`) is `value`.
-        async fn file_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+        async fn file_where<'e, E: $sqlx::Executor<'e, Database = $db>>(
             conn: E,
             column: &str,
             value: &str,
@@ -126,7 +130,7 @@ macro_rules! sql_rows {
                 "SELECT {} FROM files WHERE {column} = $1",
                 dialect::FILE_COLUMNS
             );
-            let row = sqlx::query(&sql)
+            let row = $sqlx::query(&sql)
                 .bind(value)
                 .fetch_optional(conn)
                 .await
@@ -135,6 +139,9 @@ macro_rules! sql_rows {
         }
 
         /// Row operations on an open write transaction.
+        // Unused where a backend runs its writes on another expansion (SQLite's committer,
+        // `sqlite/committer.rs`, expands this macro over its synchronous connection).
+        #[allow(dead_code)]
         struct SqlTx<'c> {
             conn: &'c mut $conn,
             /// The seq of the last event appended, if any.
@@ -143,6 +150,9 @@ macro_rules! sql_rows {
             commit: Option<(String, i64)>,
         }
 
+        // Unused where a backend runs its writes on another expansion (SQLite's committer,
+        // `sqlite/committer.rs`, expands this macro over its synchronous connection).
+        #[allow(dead_code)]
         impl<'c> SqlTx<'c> {
             fn new(conn: &'c mut $conn) -> Self {
                 SqlTx {
@@ -154,7 +164,7 @@ macro_rules! sql_rows {
 
             async fn run<'q>(
                 &mut self,
-                q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                q: $sqlx::query::Query<'q, $db, <$db as $sqlx::Database>::Arguments<'q>>,
             ) -> Result<(), MetadataError> {
                 q.execute(&mut *self.conn).await.map_err(map_err)?;
                 Ok(())
@@ -175,7 +185,7 @@ macro_rules! sql_rows {
             }
 
             async fn insert_file(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::INSERT_FILE)
+                let q = $sqlx::query(dialect::INSERT_FILE)
                     .bind(&meta.id)
                     .bind(&meta.path)
                     .bind(size_i64(meta.size)?)
@@ -187,7 +197,7 @@ macro_rules! sql_rows {
             }
 
             async fn update_content(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::UPDATE_CONTENT)
+                let q = $sqlx::query(dialect::UPDATE_CONTENT)
                     .bind(size_i64(meta.size)?)
                     .bind(&meta.sha256)
                     .bind(meta.version)
@@ -198,23 +208,23 @@ macro_rules! sql_rows {
             }
 
             async fn update_path(&mut self, id: &str, path: &str) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::UPDATE_PATH).bind(path).bind(id))
+                self.run($sqlx::query(dialect::UPDATE_PATH).bind(path).bind(id))
                     .await
             }
 
             async fn delete_file(&mut self, id: &str) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::DELETE_FILE).bind(id)).await
+                self.run($sqlx::query(dialect::DELETE_FILE).bind(id)).await
             }
 
             async fn add_blob_ref(&mut self, sha256: &str, size: u64) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::ADD_BLOB_REF)
+                let q = $sqlx::query(dialect::ADD_BLOB_REF)
                     .bind(sha256)
                     .bind(size_i64(size)?);
                 self.run(q).await
             }
 
             async fn drop_blob_ref(&mut self, sha256: &str) -> Result<Option<i64>, MetadataError> {
-                sqlx::query_scalar(dialect::DROP_BLOB_REF)
+                $sqlx::query_scalar(dialect::DROP_BLOB_REF)
                     .bind(sha256)
                     .fetch_optional(&mut *self.conn)
                     .await
@@ -229,7 +239,7 @@ macro_rules! sql_rows {
                 note: &EventNote,
                 at: i64,
             ) -> Result<i64, MetadataError> {
-                let seq: i64 = sqlx::query_scalar(dialect::APPEND_EVENT)
+                let seq: i64 = $sqlx::query_scalar(dialect::APPEND_EVENT)
                     .bind(kind.as_str())
                     .bind(&meta.id)
                     .bind(&meta.path)
@@ -250,7 +260,7 @@ macro_rules! sql_rows {
             }
 
             async fn insert_version(&mut self, meta: &FileMeta) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::INSERT_VERSION)
+                let q = $sqlx::query(dialect::INSERT_VERSION)
                     .bind(&meta.id)
                     .bind(meta.version)
                     .bind(size_i64(meta.size)?)
@@ -273,7 +283,7 @@ macro_rules! sql_rows {
                 id: &str,
                 skip: u64,
             ) -> Result<Vec<(i64, String)>, MetadataError> {
-                sqlx::query_as(dialect::VERSIONS_BEYOND)
+                $sqlx::query_as(dialect::VERSIONS_BEYOND)
                     .bind(id)
                     .bind(i64::try_from(skip).unwrap_or(i64::MAX))
                     .fetch_all(&mut *self.conn)
@@ -286,12 +296,12 @@ macro_rules! sql_rows {
                 id: &str,
                 version: i64,
             ) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::DELETE_VERSION).bind(id).bind(version))
+                self.run($sqlx::query(dialect::DELETE_VERSION).bind(id).bind(version))
                     .await
             }
 
             async fn trash_file(&mut self, entry: &TrashEntry) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::TRASH_FILE)
+                let q = $sqlx::query(dialect::TRASH_FILE)
                     .bind(&entry.trash_id)
                     .bind(entry.deleted_at_ms)
                     .bind(entry.expires_at_ms)
@@ -305,8 +315,12 @@ macro_rules! sql_rows {
                 trash_id: &str,
                 path: &str,
             ) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::UNTRASH_FILE).bind(trash_id).bind(path))
-                    .await
+                self.run(
+                    $sqlx::query(dialect::UNTRASH_FILE)
+                        .bind(trash_id)
+                        .bind(path),
+                )
+                .await
             }
 
             async fn trash_by_id(
@@ -334,7 +348,7 @@ macro_rules! sql_rows {
                     "SELECT {} FROM trash WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2",
                     dialect::TRASH_COLUMNS
                 );
-                let rows = sqlx::query(&sql)
+                let rows = $sqlx::query(&sql)
                     .bind(now)
                     .bind(limit)
                     .fetch_all(&mut *self.conn)
@@ -344,7 +358,7 @@ macro_rules! sql_rows {
             }
 
             async fn delete_trash(&mut self, trash_id: &str) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::DELETE_TRASH).bind(trash_id))
+                self.run($sqlx::query(dialect::DELETE_TRASH).bind(trash_id))
                     .await
             }
 
@@ -354,7 +368,7 @@ macro_rules! sql_rows {
                     "SELECT {} FROM files WHERE path >= $1 {range} ORDER BY path",
                     dialect::FILE_COLUMNS
                 );
-                let rows = sqlx::query(&sql)
+                let rows = $sqlx::query(&sql)
                     .bind(prefix)
                     .bind(upper)
                     .fetch_all(&mut *self.conn)
@@ -369,7 +383,7 @@ macro_rules! sql_rows {
                 sha256: &str,
                 row: &S3ObjectRow,
             ) -> Result<(), MetadataError> {
-                let q = sqlx::query(dialect::PUT_S3_OBJECT)
+                let q = $sqlx::query(dialect::PUT_S3_OBJECT)
                     .bind(path)
                     .bind(sha256)
                     .bind(&row.etag)
@@ -378,19 +392,22 @@ macro_rules! sql_rows {
             }
 
             async fn forget_s3_object(&mut self, path: &str) -> Result<(), MetadataError> {
-                self.run(sqlx::query(dialect::FORGET_S3_OBJECT).bind(path))
+                self.run($sqlx::query(dialect::FORGET_S3_OBJECT).bind(path))
                     .await
             }
 
             async fn move_s3_object(&mut self, from: &str, to: &str) -> Result<(), MetadataError> {
                 self.forget_s3_object(to).await?;
-                self.run(sqlx::query(dialect::MOVE_S3_OBJECT).bind(from).bind(to))
+                self.run($sqlx::query(dialect::MOVE_S3_OBJECT).bind(from).bind(to))
                     .await
             }
         }
 
         /// Old version `version` of file `id`.
-        async fn version_where<'e, E: sqlx::Executor<'e, Database = $db>>(
+        // Unused where a backend runs its writes on another expansion (SQLite's committer,
+        // `sqlite/committer.rs`, expands this macro over its synchronous connection).
+        #[allow(dead_code)]
+        async fn version_where<'e, E: $sqlx::Executor<'e, Database = $db>>(
             conn: E,
             id: &str,
             version: i64,
@@ -399,7 +416,7 @@ macro_rules! sql_rows {
                 "SELECT {} FROM versions WHERE file_id = $1 AND version = $2",
                 dialect::VERSION_COLUMNS
             );
-            let row = sqlx::query(&sql)
+            let row = $sqlx::query(&sql)
                 .bind(id)
                 .bind(version)
                 .fetch_optional(conn)
@@ -408,6 +425,6 @@ macro_rules! sql_rows {
             row.as_ref().map(row_to_meta).transpose()
         }
 
-        commit_rows!($row);
+        commit_rows!($row, $sqlx);
     };
 }
