@@ -283,7 +283,10 @@ mod tests {
             request.push(byte[0]);
         }
         let text = String::from_utf8(request).unwrap();
-        assert!(text.starts_with("GET /api/v1/sync?since=3 HTTP/1.1\r\n"), "{text}");
+        assert!(
+            text.starts_with("GET /api/v1/sync?since=3 HTTP/1.1\r\n"),
+            "{text}"
+        );
         let key = text
             .lines()
             .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
@@ -377,7 +380,9 @@ mod tests {
             let mut request = vec![0u8; 4096];
             let _ = server.read(&mut request).await.unwrap();
             server
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n",
+                )
                 .await
                 .unwrap();
             server

@@ -106,7 +106,9 @@ pub(super) async fn subscriber(
 /// The feed's WebSocket at `url` (`ws://host[:port]/path?query`; the tool speaks no TLS).
 async fn connect(url: &str) -> Result<FeedSocket<tokio::net::TcpStream>, FeedError> {
     let rest = url.strip_prefix("ws://").ok_or_else(|| {
-        FeedError::Handshake(format!("{url}: the load tool's subscribers speak ws:// only"))
+        FeedError::Handshake(format!(
+            "{url}: the load tool's subscribers speak ws:// only"
+        ))
     })?;
     let (host, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -163,7 +165,9 @@ where
             Ok(None) => return last,
         };
         let Ok(text) = std::str::from_utf8(text) else {
-            sh.rec.fail(format!("subscriber got a text frame that is not UTF-8 after seq {last}"));
+            sh.rec.fail(format!(
+                "subscriber got a text frame that is not UTF-8 after seq {last}"
+            ));
             return last;
         };
         let Ok(v) = serde_json::from_str::<FeedFrame<'_>>(text) else {

@@ -164,11 +164,7 @@ impl Subscription {
             }
             // Nothing newer than what this subscription has was sent: its shard has nothing
             // for it now (asking would take the shard's lock).
-            if self.last
-                >= self
-                    .live_sent
-                    .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if self.last >= self.live_sent.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(None);
             }
             match self.rx.try_recv() {
