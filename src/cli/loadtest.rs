@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{Client, ClientError};
 
+mod feed_socket;
 mod observers;
 mod report;
 use observers::{latest_seq, own_usage, spawn_prober, subscriber, CONNECTING_AT_ONCE};
@@ -354,14 +355,18 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
     });
     let cpu_before = own_usage().await;
 
-    let (target_tx, target_rx) = tokio::sync::watch::channel(0i64);
+    // One channel per subscriber: 10,000 waiting on one shared channel would take its lock
+    // at each of their events.
+    let mut targets = Vec::with_capacity(cfg.subscribers);
     let mut subs = tokio::task::JoinSet::new();
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
     for _ in 0..cfg.subscribers {
+        let (target_tx, target_rx) = tokio::sync::oneshot::channel();
+        targets.push(target_tx);
         subs.spawn(subscriber(
             Arc::clone(&sh),
             start_seq,
-            target_rx.clone(),
+            target_rx,
             Arc::clone(&connecting),
         ));
     }
@@ -473,7 +478,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, ClientError> {
 
     // Every subscriber must reach the final seq.
     let final_seq = latest_seq(&sh.client).await.unwrap_or(start_seq);
-    target_tx.send_replace(final_seq.max(1));
+    for target in targets {
+        // Err: that subscriber already ended.
+        let _ = target.send(final_seq.max(1));
+    }
     let mut complete = 0;
     let drained = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(r) = subs.join_next().await {

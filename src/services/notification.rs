@@ -273,6 +273,7 @@ impl Notifier {
             Subscription {
                 meta: Arc::clone(&self.inner.meta),
                 rx,
+                live_sent: self.inner.template.sent(),
                 last,
                 filter,
                 behind: true,

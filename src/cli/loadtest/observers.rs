@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
-
+use super::feed_socket::{FeedError, FeedSocket, Received};
 use super::Shared;
 use crate::client::{Client, ClientError};
 
@@ -68,11 +66,6 @@ struct FeedFrame<'a> {
 /// Subscribers connecting at once: 10,000 at a time would overflow the server's accept
 /// backlog and turn into SYN retransmits.
 pub(super) const CONNECTING_AT_ONCE: usize = 256;
-/// A subscriber's WebSocket read buffer (tungstenite's default is 128 KiB; the feed's frames
-/// are a few hundred bytes, and 10,000 subscribers would hold 1.2 GiB of buffers).
-/// tungstenite zero-fills this much before every read attempt, so it is kept small: with
-/// 10,000 subscribers, 16 KiB each was 160 MiB of cold memory cleared twice per event.
-const SUBSCRIBER_READ_BUFFER: usize = 4 * 1024;
 /// Delivery latencies a subscriber collects before it records them (under the recorder's
 /// lock, once per batch instead of once per event).
 const LATENCY_BATCH: usize = 256;
@@ -82,22 +75,16 @@ const LATENCY_BATCH: usize = 256;
 pub(super) async fn subscriber(
     sh: Arc<Shared>,
     since: i64,
-    mut target: tokio::sync::watch::Receiver<i64>,
+    target: tokio::sync::oneshot::Receiver<i64>,
     connecting: Arc<tokio::sync::Semaphore>,
 ) -> i64 {
     let url = sh.client.sync_url(Some(since), "");
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(SUBSCRIBER_READ_BUFFER);
     let connected = async {
         let _turn = connecting.acquire().await;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
-        )
-        .await
+        tokio::time::timeout(Duration::from_secs(60), connect(&url)).await
     };
     let mut ws = match connected.await {
-        Ok(Ok((ws, _))) => ws,
+        Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             sh.rec.settled.fetch_add(1, Ordering::Relaxed);
             sh.rec.fail(format!("subscriber could not connect: {e}"));
@@ -111,62 +98,79 @@ pub(super) async fn subscriber(
         }
     };
     let mut latencies = Vec::with_capacity(LATENCY_BATCH);
-    let last = follow(&sh, &mut ws, since, &mut target, &mut latencies).await;
+    let last = follow(&sh, &mut ws, since, target, &mut latencies).await;
     sh.rec.ok_many("event", &latencies);
     last
 }
 
-/// Reads the feed from `since` on, checking order and gaps, until `target` (published
-/// once the load is over) is reached or the stream ends; returns the last seq seen.
-/// Delivery latencies go to `latencies`, recorded every [`LATENCY_BATCH`].
+/// The feed's WebSocket at `url` (`ws://host[:port]/path?query`; the tool speaks no TLS).
+async fn connect(url: &str) -> Result<FeedSocket<tokio::net::TcpStream>, FeedError> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| {
+        FeedError::Handshake(format!(
+            "{url}: the load tool's subscribers speak ws:// only"
+        ))
+    })?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    tcp.set_nodelay(true)?;
+    FeedSocket::handshake(tcp, host, path).await
+}
+
+/// Reads the feed from `since` on, checking order and gaps, until `target` (sent once the
+/// load is over) is reached or the stream ends; returns the last seq seen. Delivery
+/// latencies go to `latencies`, recorded every [`LATENCY_BATCH`].
 async fn follow<S>(
     sh: &Shared,
-    ws: &mut S,
+    ws: &mut FeedSocket<S>,
     since: i64,
-    target: &mut tokio::sync::watch::Receiver<i64>,
+    mut target: tokio::sync::oneshot::Receiver<i64>,
     latencies: &mut Vec<f64>,
 ) -> i64
 where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut hello = false;
     let mut last = since;
-    // One wait for the target, kept across messages (a new one per message would register
-    // with the watch 10,000 times per event).
-    let mut watch = target.clone();
-    let published = async move {
-        let _ = watch.wait_for(|want| *want > 0).await;
-    };
-    tokio::pin!(published);
+    // The target, once sent (0: not yet); `target_known` also when it never will be.
+    let mut want = 0;
     let mut target_known = false;
     loop {
-        let want = if target_known { *target.borrow() } else { 0 };
         if want > 0 && last >= want {
             return last;
         }
-        let msg = tokio::select! {
+        let received = tokio::select! {
             biased;
-            m = ws.next() => m,
-            () = &mut published, if !target_known => {
+            r = ws.next() => r,
+            sent = &mut target, if !target_known => {
                 target_known = true;
+                want = sent.unwrap_or(0);
                 continue;
             }
         };
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(c))) => {
+        let text = match received {
+            Ok(Some(Received::Text(t))) => t,
+            Ok(Some(Received::Close(c))) => {
                 sh.rec
                     .fail(format!("subscriber closed by server at seq {last}: {c:?}"));
                 return last;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
+            Ok(Some(Received::Binary(_))) => continue,
+            Err(e) => {
                 sh.rec.fail(format!("subscriber error at seq {last}: {e}"));
                 return last;
             }
-            None => return last,
+            Ok(None) => return last,
         };
-        let Ok(v) = serde_json::from_str::<FeedFrame<'_>>(&text) else {
+        let Ok(text) = std::str::from_utf8(text) else {
+            sh.rec.fail(format!(
+                "subscriber got a text frame that is not UTF-8 after seq {last}"
+            ));
+            return last;
+        };
+        let Ok(v) = serde_json::from_str::<FeedFrame<'_>>(text) else {
             sh.rec.fail("subscriber got invalid JSON".into());
             return last;
         };

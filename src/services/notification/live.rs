@@ -10,6 +10,7 @@
 //! shared `Arc`, serialized once) to all of them, so the receivers of one shard re-register
 //! while the hub wakes the next.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -22,11 +23,16 @@ pub(super) const SHARDS: usize = 32;
 /// The hub's side: sends to every shard.
 pub(super) struct LiveSender {
     shards: Vec<broadcast::Sender<Arc<Published>>>,
+    /// The highest seq sent (see [`LiveTemplates::sent`]).
+    sent: Arc<AtomicI64>,
 }
 
 impl LiveSender {
     /// Sends `event` to every shard. A shard without receivers drops it (nothing to do).
     pub(super) fn send(&self, event: Arc<Published>) {
+        // Before the shards: a receiver that reads the new seq and finds its shard still
+        // without it only looks again later.
+        self.sent.fetch_max(event.event.seq, Ordering::Release);
         for shard in &self.shards {
             let _ = shard.send(Arc::clone(&event));
         }
@@ -38,9 +44,17 @@ impl LiveSender {
 /// they hold no memory beyond the channels' fixed slots.
 pub(super) struct LiveTemplates {
     shards: Vec<broadcast::Receiver<Arc<Published>>>,
+    sent: Arc<AtomicI64>,
 }
 
 impl LiveTemplates {
+    /// The highest seq the hub has sent (0 before the first): a subscription that has
+    /// delivered it has nothing waiting in its shard, and need not take the shard's lock to
+    /// find that out (10,000 subscribers on 32 shards do so at every event).
+    pub(super) fn sent(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.sent)
+    }
+
     /// A receiver of shard `n % SHARDS`, seeing what the hub sends from now on.
     pub(super) fn subscribe(&self, n: u64) -> broadcast::Receiver<Arc<Published>> {
         let len = self.shards.len().max(1) as u64;
@@ -56,9 +70,16 @@ pub(super) fn channel() -> (LiveSender, LiveTemplates) {
     let (senders, receivers) = (0..SHARDS)
         .map(|_| broadcast::channel(BROADCAST_CAPACITY))
         .unzip();
+    let sent = Arc::new(AtomicI64::new(0));
     (
-        LiveSender { shards: senders },
-        LiveTemplates { shards: receivers },
+        LiveSender {
+            shards: senders,
+            sent: Arc::clone(&sent),
+        },
+        LiveTemplates {
+            shards: receivers,
+            sent,
+        },
     )
 }
 
@@ -92,8 +113,11 @@ mod tests {
         let mut rxs: Vec<_> = (0..(SHARDS as u64 * 2))
             .map(|n| templates.subscribe(n))
             .collect();
+        let sent = templates.sent();
+        assert_eq!(sent.load(Ordering::Acquire), 0);
         for seq in 1..=3 {
             tx.send(event(seq));
+            assert_eq!(sent.load(Ordering::Acquire), seq);
         }
         drop(tx);
         for rx in &mut rxs {

@@ -98,6 +98,8 @@ enum View {
 pub struct Subscription {
     pub(super) meta: Arc<dyn MetadataStore>,
     pub(super) rx: broadcast::Receiver<Arc<Published>>,
+    /// The highest seq the hub has sent on the live channel (see `live::LiveTemplates::sent`).
+    pub(super) live_sent: Arc<std::sync::atomic::AtomicI64>,
     /// Highest seq delivered or skipped (filtered out).
     pub(super) last: i64,
     pub(super) filter: Filter,
@@ -158,6 +160,11 @@ impl Subscription {
                 return Frame::of(&e).map(Some);
             }
             if self.behind {
+                return Ok(None);
+            }
+            // Nothing newer than what this subscription has was sent: its shard has nothing
+            // for it now (asking would take the shard's lock).
+            if self.last >= self.live_sent.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(None);
             }
             match self.rx.try_recv() {
