@@ -223,14 +223,7 @@ impl InlineStore {
 /// metadata committer, `metadata/sqlite/committer.rs`).
 fn write_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let result = commit_batch(&mut conn, &batch).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::warn!(error = %e, writes = batch.len(), "inline blob commit failed");

@@ -119,14 +119,9 @@ fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
 /// one transaction. Under load many writes share one WAL fsync; alone, a write commits at once.
 fn committer(mut conn: Connection, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    // Waits for one write, then takes every write queued behind it (up to MAX_BATCH); 0
+    // when every sender is gone.
+    while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         run_batch(&mut conn, &mut batch);
     }
     tracing::debug!("metadata committer stopped");
