@@ -153,6 +153,19 @@ async fn a_multipart_upload_that_sends_nothing_after_its_headers_is_cut_off() {
     .await;
     let started = Instant::now();
     let (read, writer) = trickle_on(sock, &[]);
+    // The probe goes in only once the server has admitted the silent client: on two
+    // connections there is no order between the requests, and a probe that came first would
+    // take the only slot itself (and the silent client would get the 503).
+    assert!(
+        common::metric_line_appears(
+            &s.client,
+            &s.base,
+            "vaultfs_uploads_in_flight 1",
+            Duration::from_millis(900)
+        )
+        .await,
+        "the silent client is admitted"
+    );
     assert!(
         slot_is_taken(&s).await,
         "the silent client holds the only slot"
