@@ -53,7 +53,7 @@ mod rows {
 
     sql_rows! {
         sqlx: sync_sql,
-        db: sync_sql::Sync,
+        db: sync_sql::SyncSqlite,
         conn: rusqlite::Connection,
         row: sync_sql::Row,
         store: (),

@@ -37,14 +37,14 @@ impl std::fmt::Display for Error {
 
 /// The driver's marker type (the `Database` of [`Executor`]).
 #[derive(Debug)]
-pub(crate) struct Sync;
+pub(crate) struct SyncSqlite;
 
 /// Mirrors `sqlx::Database` for the one type `sql_rows!` names through it.
 pub(crate) trait Database {
     type Arguments<'q>;
 }
 
-impl Database for Sync {
+impl Database for SyncSqlite {
     type Arguments<'q> = ();
 }
 
@@ -55,7 +55,7 @@ pub(crate) trait Executor<'e> {
 }
 
 impl<'e> Executor<'e> for &'e mut rusqlite::Connection {
-    type Database = Sync;
+    type Database = SyncSqlite;
     fn connection(self) -> &'e mut rusqlite::Connection {
         self
     }
@@ -294,7 +294,7 @@ pub(crate) mod query {
 
 /// A statement and its bound values.
 #[derive(Debug)]
-pub(crate) struct Query<'q, DB = Sync, A = ()> {
+pub(crate) struct Query<'q, DB = SyncSqlite, A = ()> {
     sql: &'q str,
     args: Vec<Value>,
     _db: PhantomData<(DB, A)>,
